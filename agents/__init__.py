@@ -1,0 +1,1 @@
+"""Agents for prompt editing: policy with value head, sampling, rollouts, PPO, SFT and baselines."""

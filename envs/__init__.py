@@ -1,0 +1,35 @@
+"""Token-level Gymnasium environments for prompt editing, edit-task data and prompt templates.
+
+Importing this package registers `promptgym/PromptEdit-v0` (`gymnasium.make`) with a vector entry point
+(`gymnasium.make_vec(..., vectorization_mode="vector_entry_point")` gives a `PromptEditVectorEnv`).
+"""
+
+import gymnasium
+
+from promptgym.envs.prompt_edit import EditEpisodes, PromptEditEnv, default_reward
+from promptgym.envs.tasks import EditTask, load_tasks
+from promptgym.envs.templates import EditTemplate
+from promptgym.envs.tokenizer import default_tokenizer, train_tokenizer
+from promptgym.envs.vector import PromptEditVectorEnv
+
+ENV_ID = "promptgym/PromptEdit-v0"
+
+if ENV_ID not in gymnasium.registry:
+    gymnasium.register(
+        id=ENV_ID,
+        entry_point="promptgym.envs.prompt_edit:PromptEditEnv",
+        vector_entry_point="promptgym.envs.vector:PromptEditVectorEnv",
+    )
+
+__all__ = [
+    "ENV_ID",
+    "EditEpisodes",
+    "EditTask",
+    "EditTemplate",
+    "PromptEditEnv",
+    "PromptEditVectorEnv",
+    "default_reward",
+    "default_tokenizer",
+    "load_tasks",
+    "train_tokenizer",
+]

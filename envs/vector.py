@@ -1,0 +1,180 @@
+"""`PromptEditVectorEnv`: N prompt-editing episodes stepped together, scored in one reward call per step.
+
+Rendering-based rewards are only affordable in batches, so every episode that finishes on the same step is
+scored by **one** call to the reward. Autoreset follows Gymnasium's default (`NEXT_STEP`): the step after an
+episode ends resets that sub-environment, ignores its action and returns reward 0. Results equal those of N
+`PromptEditEnv`s seeded `seed, seed+1, ...` (or a `SyncVectorEnv` of them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from transformers import PreTrainedTokenizerBase
+
+from promptgym.envs.prompt_edit import build_episodes
+from promptgym.envs.tasks import EditTask
+from promptgym.envs.templates import EditTemplate
+from promptgym.rewards import CompositeReward, EditResult, PotentialShaping, Scorer
+
+
+class PromptEditVectorEnv(VectorEnv):
+    """A batch of `num_envs` prompt-editing episodes with batched reward calls.
+
+    Takes the same arguments as `PromptEditEnv` (all sub-environments share tasks, tokenizer and reward).
+    Observations are `{"input_ids": int64 [N, L], "attention_mask": int8 [N, L]}`; infos follow Gymnasium's
+    vector convention (`info["prompt"]` with mask `info["_prompt"]` on the steps where episodes end).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int,
+        tasks: Sequence[EditTask] | str | os.PathLike = "demo",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        reward: CompositeReward | Scorer | None = None,
+        template: EditTemplate | None = None,
+        max_new_tokens: int = 48,
+        max_context_tokens: int = 64,
+        shaping: PotentialShaping | None = None,
+    ) -> None:
+        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r}; expected a positive integer")
+        self.episodes, self.reward = build_episodes(
+            tasks, tokenizer, reward, template, max_new_tokens, max_context_tokens
+        )
+        self.shaping = shaping
+        self.num_envs = int(num_envs)
+        self.single_observation_space = self.episodes.observation_space
+        self.single_action_space = self.episodes.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        n, length = self.num_envs, self.episodes.length
+        self._input_ids = np.full((n, length), self.episodes.pad_id, dtype=np.int64)
+        self._attention_mask = np.zeros((n, length), dtype=np.int8)
+        self._num_tokens = np.zeros(n, dtype=np.int64)
+        self._needs_reset = np.ones(n, dtype=bool)
+        self._tasks: list[EditTask | None] = [None] * n
+        self._phi = np.zeros(n, dtype=np.float64)
+        self._rngs = [seeding.np_random()[0] for _ in range(n)]
+        self._was_reset = False
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.episodes.tokenizer
+
+    @property
+    def tasks(self) -> list[EditTask | None]:
+        """The task of each sub-environment's current episode."""
+        return list(self._tasks)
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
+        """Reset every sub-environment; `seed=s` seeds sub-environment i with `s + i`, as Gymnasium does."""
+        seeds = self._seeds(seed)
+        self._was_reset = True
+        infos: dict[str, Any] = {}
+        for i, env_seed in enumerate(seeds):
+            if env_seed is not None:
+                self._rngs[i] = seeding.np_random(env_seed)[0]
+            infos = self._add_info(infos, self._reset_one(i, options), i)
+        return self._observation(), infos
+
+    def step(self, actions):
+        if not self._was_reset:
+            raise RuntimeError("step() called before reset(); call reset() first")
+        actions = self._check_actions(actions)
+        infos: dict[str, Any] = {}
+        resetting = self._needs_reset.copy()
+        for i in np.flatnonzero(resetting):
+            infos = self._add_info(infos, self._reset_one(i, None), i)
+        stepping = np.flatnonzero(~resetting)
+        positions = self.episodes.max_context_tokens + self._num_tokens[stepping]
+        self._input_ids[stepping, positions] = actions[stepping]
+        self._attention_mask[stepping, positions] = 1
+        self._num_tokens[stepping] += 1
+        terminated = ~resetting & (actions == self.episodes.eos_id)
+        truncated = ~resetting & ~terminated & (self._num_tokens >= self.episodes.max_new_tokens)
+        done = terminated | truncated
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        finished = np.flatnonzero(done)
+        if len(finished):
+            infos = self._score(finished, rewards, infos)
+        if self.shaping is not None:
+            infos = self._add_shaping(stepping, done, rewards, infos)
+        self._needs_reset = done
+        return self._observation(), rewards, terminated, truncated, infos
+
+    def _score(self, finished: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:
+        """Decode every finished episode and score them all in one reward call."""
+        prompts = [self.episodes.decode(self._generated(i)) for i in finished]
+        output = self.reward([EditResult(self._tasks[i], p) for i, p in zip(finished, prompts)])
+        rewards[finished] = output.total.double().numpy()
+        for row, (i, prompt) in enumerate(zip(finished, prompts)):
+            info = {
+                "prompt": prompt,
+                "reward_components": output.row(row),
+                "task_id": self._tasks[i].id,
+                "num_tokens": int(self._num_tokens[i]),
+            }
+            infos = self._add_info(infos, info, int(i))
+        return infos
+
+    def _add_shaping(self, stepping: np.ndarray, done: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]):
+        for i in stepping:
+            text = self.episodes.decode(self._generated(i))
+            phi_after = self.shaping.phi(self._tasks[i], text, terminal=bool(done[i]))
+            term = self.shaping.term(float(self._phi[i]), phi_after)
+            self._phi[i] = phi_after
+            rewards[i] += term
+            infos = self._add_info(infos, {"shaping": term}, int(i))
+        return infos
+
+    def _reset_one(self, i: int, options: dict[str, Any] | None) -> dict[str, Any]:
+        task, context = self.episodes.choose(self._rngs[i], options)
+        self._input_ids[i], self._attention_mask[i] = self.episodes.start(context)
+        self._num_tokens[i] = 0
+        self._needs_reset[i] = False
+        self._tasks[i] = task
+        if self.shaping is not None:
+            self._phi[i] = self.shaping.phi(task, "")
+        return {"task_id": task.id, "context_tokens": len(context)}
+
+    def _generated(self, i: int) -> np.ndarray:
+        start = self.episodes.max_context_tokens
+        return self._input_ids[i, start : start + self._num_tokens[i]]
+
+    def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, (int, np.integer)):
+            return [int(seed) + i for i in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"seed has {len(seeds)} entries; expected one per sub-environment ({self.num_envs})")
+        return seeds
+
+    def _check_actions(self, actions) -> np.ndarray:
+        array = np.asarray(actions)
+        if array.shape != (self.num_envs,) or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"actions has shape {array.shape} and dtype {array.dtype}; expected {self.num_envs} integer token ids"
+            )
+        bad = np.flatnonzero((array < 0) | (array >= self.episodes.vocab_size))
+        if len(bad):
+            raise ValueError(
+                f"actions[{int(bad[0])}]={int(array[bad[0]])} is outside the action space; "
+                f"expected [0, {self.episodes.vocab_size})"
+            )
+        return array.astype(np.int64, copy=False)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
+
+

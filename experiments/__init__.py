@@ -1,0 +1,1 @@
+"""Experiments: configs, the `promptgym` command line, training/eval/benchmark drivers, logging and plots."""

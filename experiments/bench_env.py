@@ -1,0 +1,84 @@
+"""Benchmark: the cost of one `PromptEditEnv.step` against CartPole-v1's, and vector-env throughput.
+
+    python -m promptgym.experiments.bench_env [--steps 20000] [--rounds 5] [--num-envs 64]
+
+Both single envs are built with `gymnasium.make` (same wrapper stack) and timed in the same run, one step at
+a time, on steps that do not end the episode (so no reward is computed for ours). Printed: the median
+per-step time of each over `--rounds` rounds and their ratio (target: ours within 5x of CartPole). The vector
+env is then stepped with random non-EOS tokens, which includes the batched content-integrity reward of every
+episode truncated at `max_new_tokens`; printed as steps/s (env steps, i.e. tokens, per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+
+from promptgym.envs import ENV_ID, PromptEditVectorEnv
+
+
+def time_single_steps(env: gym.Env, actions: np.ndarray, ends_episode) -> list[float]:
+    """Seconds per step for each action, timing only steps that do not end the episode."""
+    times: list[float] = []
+    env.reset(seed=0)
+    for action in actions:
+        start = time.perf_counter()
+        _, _, terminated, truncated, _ = env.step(action)
+        elapsed = time.perf_counter() - start
+        if terminated or truncated:
+            env.reset()
+        elif not ends_episode(action):
+            times.append(elapsed)
+    return times
+
+
+def median_step_seconds(env_id: str, actions: np.ndarray, rounds: int, ends_episode, **kwargs) -> float:
+    env = gym.make(env_id, **kwargs)
+    time_single_steps(env, actions[:200], ends_episode)  # warm-up
+    return statistics.median(statistics.median(time_single_steps(env, actions, ends_episode)) for _ in range(rounds))
+
+
+def vector_steps_per_second(num_envs: int, steps: int, rounds: int) -> float:
+    vec = PromptEditVectorEnv(num_envs)
+    rng = np.random.default_rng(0)
+    eos = vec.tokenizer.eos_token_id
+    actions = rng.integers(3, vec.single_action_space.n, size=(steps, num_envs))
+    assert not (actions == eos).any()
+    rates = []
+    for _ in range(rounds):
+        vec.reset(seed=0)
+        start = time.perf_counter()
+        for row in actions:
+            vec.step(row)
+        rates.append(steps * num_envs / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20000, help="timed steps per round per env")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; medians are reported")
+    parser.add_argument("--num-envs", type=int, default=64, help="sub-environments of the vector env")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    probe = gym.make(ENV_ID).unwrapped
+    eos = probe.tokenizer.eos_token_id
+    token_actions = rng.integers(3, probe.action_space.n, size=args.steps)
+    cartpole_actions = rng.integers(0, 2, size=args.steps)
+    ours = median_step_seconds(ENV_ID, token_actions, args.rounds, lambda a: a == eos, max_new_tokens=48)
+    cartpole = median_step_seconds("CartPole-v1", cartpole_actions, args.rounds, lambda a: False)
+    print(f"PromptEdit-v0 step : {ours * 1e6:8.2f} us (median of {args.rounds} rounds x {args.steps} steps)")
+    print(f"CartPole-v1 step   : {cartpole * 1e6:8.2f} us")
+    print(f"ratio PromptEdit / CartPole: {ours / cartpole:.2f}x (target <= 5x)")
+    vector_steps = max(200, args.steps // args.num_envs)
+    rate = vector_steps_per_second(args.num_envs, vector_steps, args.rounds)
+    print(f"vector env, {args.num_envs} envs: {rate:,.0f} steps/s (tokens/s, reward calls included)")
+
+
+if __name__ == "__main__":
+    main()

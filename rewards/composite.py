@@ -1,0 +1,161 @@
+"""`CompositeReward`: a weighted sum of scorers, with every term reported.
+
+Optional per-term transforms, both off by default:
+- *delta* (BeautifulPrompt): a term scores the edited prompt minus the unedited source prompt, so the
+  reward measures what the edit changed rather than how good the subject already was;
+- *normalize*: a term is standardised by its running mean and std over all episodes seen so far.
+
+Scorer failures follow `on_error`: "raise" stops with the scorer's name and the offending prompts;
+"zero" gives those episodes 0 for that term and counts them in the `reward_errors` component.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from promptgym.rewards.base import EditResult, RewardOutput, Scorer, check_scores
+
+ERRORS_COMPONENT = "reward_errors"
+
+
+class ScorerError(RuntimeError):
+    """A scorer raised or returned a non-finite score; names the scorer and the prompts."""
+
+
+@dataclass
+class RunningMeanStd:
+    """Running mean and variance over batches (Chan et al. parallel update, as in SB3's VecNormalize)."""
+
+    mean: float = 0.0
+    var: float = 1.0
+    count: float = 1e-4
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double()
+        batch_mean, batch_var, batch_count = float(x.mean()), float(x.var(unbiased=False)), x.numel()
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean += delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def normalize(self, x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        return ((x.double() - self.mean) / math.sqrt(self.var + eps)).float()
+
+
+def _names(flag: bool | Iterable[str], terms: Mapping[str, object], arg: str) -> frozenset[str]:
+    """Which terms a per-term flag applies to: all (True), none (False) or the given names."""
+    if isinstance(flag, bool):
+        return frozenset(terms) if flag else frozenset()
+    names = frozenset(flag)
+    unknown = sorted(names - set(terms))
+    if unknown:
+        raise ValueError(f"{arg}={sorted(names)} names unknown terms {unknown}; terms are {sorted(terms)}")
+    return names
+
+
+class CompositeReward:
+    """Weighted sum of scorers: `total = sum_i weight_i * transformed_score_i`.
+
+    `terms` maps a term name to `(scorer, weight)`. `components[name]` is always the raw score of the edited
+    prompt; with delta mode `name/source` and `name/delta` are added, with normalisation `name/normalized`.
+    """
+
+    def __init__(
+        self,
+        terms: Mapping[str, tuple[Scorer, float]],
+        *,
+        normalize: bool | Iterable[str] = False,
+        delta: bool | Iterable[str] = False,
+        on_error: Literal["raise", "zero"] = "raise",
+    ) -> None:
+        if not terms:
+            raise ValueError("terms is empty; expected a mapping {name: (scorer, weight)} with at least one term")
+        for name, term in terms.items():
+            if not (isinstance(term, tuple) and len(term) == 2 and callable(term[0])):
+                raise ValueError(f"terms[{name!r}]={term!r}; expected a (scorer, weight) tuple")
+            if not math.isfinite(float(term[1])):
+                raise ValueError(f"terms[{name!r}] weight={term[1]!r}; expected a finite number")
+        if on_error not in ("raise", "zero"):
+            raise ValueError(f"on_error={on_error!r}; expected 'raise' or 'zero'")
+        self.terms = {name: (scorer, float(weight)) for name, (scorer, weight) in terms.items()}
+        self.normalize = _names(normalize, terms, "normalize")
+        self.delta = _names(delta, terms, "delta")
+        self.on_error = on_error
+        self.stats = {name: RunningMeanStd() for name in self.normalize}
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{name}={weight:g}*{type(s).__name__}" for name, (s, weight) in self.terms.items())
+        return f"CompositeReward({parts})"
+
+    def __call__(self, results: Sequence[EditResult]) -> RewardOutput:
+        n = len(results)
+        total = torch.zeros(n, dtype=torch.float32)
+        components: dict[str, torch.Tensor] = {}
+        failed = torch.zeros(n, dtype=torch.bool)
+        for name, (scorer, weight) in self.terms.items():
+            if name in self.delta:
+                sources = [EditResult(r.task, r.task.source) for r in results]
+                both, bad = self._score(name, scorer, list(results) + sources)
+                score, source_score = both[:n], both[n:]
+                bad = bad[:n] | bad[n:]
+                value = score - source_score
+                components[f"{name}/source"] = source_score
+                components[f"{name}/delta"] = value
+            else:
+                score, bad = self._score(name, scorer, results)
+                value = score
+            components[name] = score
+            failed |= bad
+            value = value.masked_fill(bad, 0.0)
+            if name in self.normalize:
+                if (~bad).any():
+                    self.stats[name].update(value[~bad])
+                value = self.stats[name].normalize(value).masked_fill(bad, 0.0)
+                components[f"{name}/normalized"] = value
+            total += weight * value
+        if self.on_error == "zero":
+            components[ERRORS_COMPONENT] = failed.float()
+        return RewardOutput(total=total, components=components)
+
+    def _score(self, name: str, scorer: Scorer, results: Sequence[EditResult]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores `[N]` and a bool mask of failed episodes; raises ScorerError in "raise" mode."""
+        n = len(results)
+        try:
+            scores = check_scores(name, scorer(results), n)
+        except Exception as err:  # noqa: BLE001 - reported by name below, never swallowed
+            if self.on_error == "raise":
+                prompts = [r.prompt for r in results][:5]
+                raise ScorerError(f"scorer {name!r} raised {type(err).__name__}: {err} (prompts: {prompts})") from err
+            return torch.zeros(n), torch.ones(n, dtype=torch.bool)
+        bad = ~torch.isfinite(scores)
+        if bad.any() and self.on_error == "raise":
+            prompts = [results[i].prompt for i in bad.nonzero().flatten().tolist()]
+            raise ScorerError(f"scorer {name!r} returned non-finite scores for prompts {prompts}")
+        return scores.masked_fill(bad, 0.0), bad
+
+    def state_dict(self) -> dict:
+        """Running normalisation statistics (for checkpoints)."""
+        return {name: vars(stat).copy() for name, stat in self.stats.items()}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        for name, values in state.items():
+            self.stats[name] = RunningMeanStd(**values)
+
+
+def as_composite(reward: CompositeReward | Scorer) -> CompositeReward:
+    """A `CompositeReward` from either a composite reward or a single scorer (weight 1)."""
+    if isinstance(reward, CompositeReward):
+        return reward
+    if callable(reward) and isinstance(getattr(reward, "name", None), str):
+        return CompositeReward({reward.name: (reward, 1.0)})
+    raise TypeError(
+        f"reward={reward!r}; expected a CompositeReward or a Scorer (an object with a `name` and "
+        "`__call__(results) -> Tensor[N]`)"
+    )

@@ -1,0 +1,437 @@
+"""Edit-task loading (`load_tasks`) and the bundled demo set (`promptgym.envs.demo_data`)."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import simplemma
+
+from promptgym.envs import demo_data
+from promptgym.envs.demo_data import (
+    ACCESSORIES,
+    BACKGROUNDS,
+    COLOURS,
+    COUNTS,
+    INSTRUCTION_WORDS,
+    KINDS,
+    MODIFIERS,
+    STYLES,
+    SUBJECTS,
+    TIMES,
+    VOCABULARY,
+    generate_demo,
+)
+from promptgym.envs.tasks import EditTask, load_tasks
+
+DATA_DIR = Path(demo_data.__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def demo() -> dict[str, list[dict]]:
+    return generate_demo()
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def strip_modifiers(target: str) -> tuple[str, list[str]]:
+    """Split a demo target into the edited prompt and its trailing modifiers."""
+    parts = target.split(", ")
+    n = 0
+    while parts[-1 - n] in MODIFIERS:
+        n += 1
+    return ", ".join(parts[: len(parts) - n]), parts[len(parts) - n :]
+
+
+# ---------------------------------------------------------------- demo set
+
+
+def test_demo_split_sizes_and_ids():
+    train, test = load_tasks("demo"), load_tasks("demo", split="test")
+    assert len(train) >= 2000 and len(test) >= 200
+    assert [t.id for t in train] == [f"demo-train-{i:05d}" for i in range(len(train))]
+    assert [t.id for t in test] == [f"demo-test-{i:05d}" for i in range(len(test))]
+    assert all(isinstance(t, EditTask) and t.target for t in train + test)
+
+
+def test_demo_loader_matches_generator(demo):
+    for split in ("train", "test"):
+        tasks = load_tasks("demo", split)
+        expected = [EditTask(r["source"], r["instruction"], r["target"], r["id"]) for r in demo[split]]
+        assert tasks == expected
+
+
+def test_no_test_source_in_train(demo):
+    train_sources = {r["source"] for r in demo["train"]}
+    test_sources = {r["source"] for r in demo["test"]}
+    assert test_sources and not (test_sources & train_sources)
+
+
+def test_every_kind_well_represented_in_both_splits(demo):
+    for split, rows in demo.items():
+        counts = collections.Counter(r["kind"] for r in rows)
+        assert set(counts) == set(KINDS), split
+        assert min(counts.values()) >= len(rows) / len(KINDS) / 2, (split, counts)
+        for kind in KINDS:  # several phrasings per kind
+            phrasings = {" ".join("X" if w in VOCABULARY else w for w in words(r["instruction"]))
+                         for r in rows if r["kind"] == kind}
+            assert len(phrasings) >= 3, (split, kind, phrasings)
+
+
+def test_generate_demo_is_deterministic_and_seeded(demo):
+    assert generate_demo() == demo
+    assert generate_demo(seed=1) != demo
+
+
+def test_bundled_files_equal_a_fresh_generation(demo):
+    for split, rows in demo.items():
+        lines = (DATA_DIR / f"demo_{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line) for line in lines] == rows
+    assert demo_data.main(["--check"]) == 0
+
+
+def test_check_detects_stale_files_and_out_writes(tmp_path, capsys):
+    assert demo_data.main(["--out", str(tmp_path)]) == 0
+    assert demo_data.main(["--check", "--out", str(tmp_path)]) == 0
+    path = tmp_path / "demo_test.jsonl"
+    path.write_text(path.read_text(encoding="utf-8").replace("a", "b", 1), encoding="utf-8")
+    assert demo_data.main(["--check", "--out", str(tmp_path)]) == 1
+    assert str(path) in capsys.readouterr().err
+    assert demo_data.main(["--check", "--out", str(tmp_path / "missing")]) == 1
+
+
+def test_module_check_is_stable_under_another_hash_seed():
+    """`python -m ... --check` in a fresh interpreter with a different str hash seed (no set-order luck)."""
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-m", "promptgym.envs.demo_data", "--check"], env=env, check=False,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_rows_are_well_formed(demo):
+    for rows in demo.values():
+        for r in rows:
+            assert list(r) == ["id", "source", "instruction", "target", "kind"]
+            assert r["target"] != r["source"]
+            edited, modifiers = strip_modifiers(r["target"])
+            assert 1 <= len(modifiers) <= 3 and len(set(modifiers)) == len(modifiers)
+            assert edited != r["source"]
+            assert all(w in INSTRUCTION_WORDS or w in VOCABULARY for w in words(r["instruction"])), r
+            prompt_words = set(VOCABULARY) | {"a", "an", "with", "in", "on", "by", "at", "weather"}
+            assert set(words(r["source"] + " " + edited)) <= prompt_words, r
+
+
+def test_articles_and_number_agree(demo):
+    singular = {s for s, _ in SUBJECTS} | {s for s, _ in ACCESSORIES}
+    plural_only = ({p for _, p in SUBJECTS} | {p for _, p in ACCESSORIES}) - singular  # "sheep" is both
+    for rows in demo.values():
+        for r in rows:
+            for text in (r["source"], r["target"], r["instruction"].lower()):
+                for art, word, after in re.findall(r"\b(a|an) ([a-z]+) ?([a-z]*)", text):
+                    assert art == ("an" if word[0] in "aeiou" else "a"), text
+                    assert (after if word in COLOURS else word) not in plural_only, text  # never "a red dogs"
+            for text in (r["source"], r["target"]):
+                first = text.split()
+                assert first[0] in ("a", "an", *COUNTS[1:]), text
+                head = first[2] if first[1] in COLOURS else first[1]
+                subject_forms = {pair[0] if first[0] in ("a", "an") else pair[1] for pair in SUBJECTS}
+                assert head in subject_forms, text
+
+
+def test_edits_change_only_their_attribute(demo):
+    """Old value gone, new value present: compare the word multisets of source and edited target."""
+    subject_words = {w for pair in SUBJECTS for w in pair}
+    accessory_words = {w for pair in ACCESSORIES for w in pair}
+    style_words = {w for s in STYLES for w in s.split()}
+    time_words = {t[0] for t in TIMES} | {"at", "in", "weather"}
+    articles = {"a", "an"}
+    allowed = {  # words a kind may add or remove
+        "colour": set(COLOURS) | articles,
+        "count": set(COUNTS) | articles | subject_words | accessory_words,
+        "background": {b[1] for b in BACKGROUNDS} | {"in", "on", "by"} | articles,
+        "add": accessory_words | set(COLOURS) | articles | {"with"},
+        "remove": accessory_words | articles | {"with"},
+        "style": style_words,
+        "time": time_words,
+        "replace": subject_words | articles,
+    }
+    new_value_words = {"colour": set(COLOURS), "count": set(COUNTS), "background": {b[1] for b in BACKGROUNDS},
+                       "add": accessory_words, "style": style_words, "time": {t[0] for t in TIMES},
+                       "replace": subject_words}
+    for rows in demo.values():
+        for r in rows:
+            source = collections.Counter(words(r["source"]))
+            edited = collections.Counter(words(strip_modifiers(r["target"])[0]))
+            added, removed = edited - source, source - edited
+            kind = r["kind"]
+            assert set(added) | set(removed) <= allowed[kind], r
+            if kind == "remove":
+                assert not added and set(removed) & accessory_words & set(words(r["instruction"])), r
+            else:  # the new value is named by the instruction and appears in the target
+                new = set(added) & new_value_words[kind] & set(words(r["instruction"]))
+                assert new, r
+            if kind == "replace":
+                assert set(removed) & subject_words, r  # the old subject is gone
+
+
+def test_vocabulary_is_unambiguous_and_lemmatises():
+    lists = {"subjects": {w for pair in SUBJECTS for w in pair}, "colours": set(COLOURS), "counts": set(COUNTS),
+             "backgrounds": {b[1] for b in BACKGROUNDS}, "styles": {w for s in STYLES for w in s.split()},
+             "times": {t[0] for t in TIMES}, "accessories": {w for pair in ACCESSORIES for w in pair},
+             "modifiers": {w for m in MODIFIERS for w in m.split()}}
+    names = sorted(lists)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not lists[a] & lists[b], (a, b, lists[a] & lists[b])
+    assert not set(INSTRUCTION_WORDS) & (set(VOCABULARY) - {"weather"})
+    for singular, plural in (*SUBJECTS, *ACCESSORIES):
+        assert simplemma.lemmatize(plural, lang="en") == singular, plural
+        assert simplemma.lemmatize(singular, lang="en") == singular, singular
+
+
+def test_edit_task_is_frozen_with_documented_fields():
+    task = EditTask("a dog", "make it red")
+    assert (task.target, task.id) == (None, "")
+    assert [f.name for f in dataclasses.fields(EditTask)] == ["source", "instruction", "target", "id"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.source = "a cat"  # type: ignore[misc]
+
+
+def test_demo_bad_split_lists_allowed():
+    with pytest.raises(ValueError, match=r"split='validation'.*\['train', 'test'\]"):
+        load_tasks("demo", split="validation")
+
+
+# ---------------------------------------------------------------- .jsonl / .csv files
+
+
+def test_jsonl_round_trip(tmp_path):
+    path = tmp_path / "edits.jsonl"
+    rows = [
+        {"source": "  two red dogs, watercolor ", "instruction": "make them blue\t", "target": " two blue dogs "},
+        {"source": "a café\u2028at night", "instruction": "make it snowy", "id": "custom-7", "extra": 1},
+        {"source": "a cat", "instruction": "add a hat", "target": "   "},
+        {"source": "a cat", "instruction": "add a hat", "target": None, "id": 42},
+    ]
+    path.write_text(json.dumps(rows[0]) + "\r\n\n" + "\n".join(json.dumps(r, ensure_ascii=False) for r in rows[1:]),
+                    encoding="utf-8")
+    expected = [
+        EditTask("two red dogs, watercolor", "make them blue", "two blue dogs", "edits-0"),
+        EditTask("a café\u2028at night", "make it snowy", None, "custom-7"),
+        EditTask("a cat", "add a hat", None, "edits-2"),
+        EditTask("a cat", "add a hat", None, "42"),
+    ]
+    assert load_tasks(path) == expected
+    assert load_tasks(str(path), split="test") == expected  # split is ignored for files
+
+
+def test_csv_round_trip(tmp_path):
+    path = tmp_path / "my tasks.CSV"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "source", "instruction", "target"])
+        writer.writerow(["", 'a "quoted", comma dog', " make it\nnight ", ""])
+        writer.writerow(["x1", "a fox", "make it red", "a red fox, 8k"])
+    assert load_tasks(path) == [
+        EditTask('a "quoted", comma dog', "make it\nnight", None, "my tasks-0"),
+        EditTask("a fox", "make it red", "a red fox, 8k", "x1"),
+    ]
+
+
+def test_csv_without_target_column(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("source,instruction\na dog,make it red\n", encoding="utf-8")
+    assert load_tasks(path) == [EditTask("a dog", "make it red", None, "t-0")]
+
+
+def test_missing_file_names_path(tmp_path):
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        load_tasks(path)
+
+
+@pytest.mark.parametrize("spec", ["tasks.json", "tasks.txt", "demo2", "hf"])
+def test_unknown_spec_says_what_is_accepted(spec):
+    with pytest.raises(ValueError) as err:
+        load_tasks(spec)
+    message = str(err.value)
+    assert repr(spec) in message
+    assert all(s in message for s in ("'demo'", ".jsonl", ".csv", "hf:"))
+    if "." in spec:
+        assert f"extension {Path(spec).suffix!r}" in message
+
+
+def test_spec_of_wrong_type():
+    with pytest.raises(TypeError, match="spec=123"):
+        load_tasks(123)  # type: ignore[arg-type]
+
+
+def test_jsonl_missing_column_lists_found_and_expected(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"source": "a", "instruction": "b"}\n{"source": "a dog", "target": "x"}\n', encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        load_tasks(path)
+    message = str(err.value)
+    assert str(path) in message and "line 2" in message
+    assert "missing column(s) ['instruction']" in message
+    assert "found columns ['source', 'target']" in message and "['source', 'instruction']" in message
+
+
+def test_csv_missing_column_lists_found_and_expected(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("prompt,instruction\na dog,make it red\n", encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        load_tasks(path)
+    message = str(err.value)
+    assert str(path) in message and "missing column(s) ['source']" in message
+    assert "found columns ['prompt', 'instruction']" in message and "['source', 'instruction']" in message
+
+
+def test_jsonl_empty_source_names_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"source": "a", "instruction": "b"}\n\n{"source": "  ", "instruction": "b"}\n',
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: line 3 has an empty 'source'"):
+        load_tasks(path)
+
+
+def test_csv_blank_instruction_names_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("source,instruction\na dog,make it red\na cat,   \n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: line 3 has an empty 'instruction'"):
+        load_tasks(path)
+
+
+def test_malformed_json_names_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"source": "a", "instruction": "b"}\n{"source": "a",\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: line 2 is not valid JSON"):
+        load_tasks(path)
+    path.write_text('["a", "b"]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1 is a JSON list; expected an object"):
+        load_tasks(path)
+
+
+def test_non_string_field_names_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"source": 5, "instruction": "b"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 1 column 'source' is 5 \(int\); expected a string"):
+        load_tasks(path)
+
+
+def test_ragged_csv_row_names_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("source,instruction\na dog,red,extra\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2 has 3 fields; the header has 2"):
+        load_tasks(path)
+    path.write_text("source,instruction\na dog\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2 has fewer fields"):
+        load_tasks(path)
+
+
+@pytest.mark.parametrize("name,text", [("t.jsonl", "\n"), ("t.csv", ""), ("t.csv", "source,instruction\n")])
+def test_empty_file_is_an_error(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_tasks(path)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """Keep `datasets`' Arrow cache for local test data inside tmp_path."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def test_hf_local_dir_input_edit_output(tmp_path, hf_cache):
+    root = tmp_path / "ip2p-like"
+    root.mkdir()
+    rows = [{"input": "a dog ", "edit": "make it red", "output": "a red dog"},
+            {"input": "a cat", "edit": " add a hat", "output": ""}]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert load_tasks(f"hf:{root}") == [EditTask("a dog", "make it red", "a red dog", "ip2p-like-train-0"),
+                                        EditTask("a cat", "add a hat", None, "ip2p-like-train-1")]
+
+
+def test_hf_local_parquet_instructpix2pix_columns(tmp_path, hf_cache):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "pix"
+    root.mkdir()
+    for split, n in (("train", 3), ("test", 2)):
+        table = pa.table({"original_prompt": [f"{split} dog {i}" for i in range(n)],
+                          "edit_prompt": [f"make it red {i}" for i in range(n)],
+                          "edited_prompt": [f"red {split} dog {i}" for i in range(n)],
+                          "original_image": [b"\x89PNG" for _ in range(n)]})
+        pq.write_table(table, root / f"{split}.parquet")
+    test = load_tasks(f"hf:{root}", split="test")
+    assert test == [EditTask(f"test dog {i}", f"make it red {i}", f"red test dog {i}", f"pix-test-{i}")
+                    for i in range(2)]
+    assert len(load_tasks(f"hf:{root}", split="train")) == 3
+
+
+def test_hf_local_source_instruction_columns_and_errors(tmp_path, hf_cache):
+    root = tmp_path / "plain"
+    root.mkdir()
+    rows = [{"id": "r0", "source": "a dog", "instruction": "make it red", "target": "a red dog"},
+            {"id": "r1", "source": "a cat", "instruction": " ", "target": "x"}]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"row index 1 has an empty 'instruction'"):
+        load_tasks(f"hf:{root}")
+    with pytest.raises(ValueError, match=r"split='test' is not in data set"):
+        load_tasks(f"hf:{root}", split="test")
+
+
+def test_hf_save_to_disk_dir(tmp_path, hf_cache):
+    import datasets
+
+    rows = {"source": ["a dog", "a fox"], "instruction": ["make it red", "make it night"], "target": ["x", "y"]}
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "saved"))
+    assert [t.source for t in load_tasks(f"hf:{tmp_path / 'saved'}", split="test")] == ["a dog", "a fox"]
+    with pytest.raises(ValueError, match=r"split='train' is not in data set"):
+        load_tasks(f"hf:{tmp_path / 'saved'}")
+
+
+def test_hf_unknown_columns_listed(tmp_path, hf_cache):
+    root = tmp_path / "odd"
+    root.mkdir()
+    (root / "train.jsonl").write_text('{"prompt": "a", "edit": "b"}\n', encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        load_tasks(f"hf:{root}")
+    message = str(err.value)
+    assert "columns ['prompt', 'edit']" in message
+    assert all(c in message for c in ("original_prompt", "edit_prompt", "input", "output", "source", "instruction"))
+
+
+def test_hf_unavailable_offline_fails_fast_with_instructions():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    name = "promptgym-tests/no-such-dataset-xyz"
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as err:
+        load_tasks(f"hf:{name}")
+    assert time.monotonic() - start < 30
+    message = str(err.value)
+    assert "not available offline" in message and name in message
+    assert f"huggingface-cli download --repo-type dataset {name}" in message
+    assert "save_to_disk" in message
+
+
+def test_hf_empty_name():
+    with pytest.raises(ValueError, match="names no data set"):
+        load_tasks("hf:")

@@ -1,0 +1,128 @@
+"""PromptEditVectorEnv: equal to N single envs, one reward call per step, Gymnasium vector conventions."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from promptgym.envs import ENV_ID, PromptEditEnv, PromptEditVectorEnv
+from promptgym.rewards import CompositeReward, ContentIntegrityScorer
+
+
+class CountingIntegrity(ContentIntegrityScorer):
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def __call__(self, results):
+        self.batch_sizes.append(len(results))
+        return super().__call__(results)
+
+
+def scripted_actions(env, rng, steps, num_envs):
+    """Actions that often end episodes early (EOS) and otherwise type common words."""
+    words = env.tokenizer(" a red dog cat blue in park", add_special_tokens=False)["input_ids"]
+    choices = np.array([*words, env.tokenizer.eos_token_id])
+    return rng.choice(choices, size=(steps, num_envs))
+
+
+def test_vector_env_equals_single_envs_with_the_same_seeds():
+    num_envs, steps, seed = 4, 40, 123
+    vec = PromptEditVectorEnv(num_envs, max_new_tokens=6)
+    singles = [PromptEditEnv(max_new_tokens=6) for _ in range(num_envs)]
+    actions = scripted_actions(vec, np.random.default_rng(0), steps, num_envs)
+    obs, _ = vec.reset(seed=seed)
+    single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
+    needs_reset = [False] * num_envs
+    episodes_ended = 0
+    for t in range(steps):
+        for key in ("input_ids", "attention_mask"):
+            np.testing.assert_array_equal(obs[key], np.stack([o[key] for o in single_obs]))
+        obs, rewards, terminated, truncated, infos = vec.step(actions[t])
+        for i, env in enumerate(singles):
+            if needs_reset[i]:
+                single_obs[i], _ = env.reset()
+                needs_reset[i] = False
+                assert rewards[i] == 0.0 and not terminated[i] and not truncated[i]
+                continue
+            single_obs[i], r, term, trunc, info = env.step(actions[t, i])
+            assert (rewards[i], terminated[i], truncated[i]) == (r, term, trunc)
+            if term or trunc:
+                episodes_ended += 1
+                needs_reset[i] = True
+                assert infos["_prompt"][i] and infos["prompt"][i] == info["prompt"]
+                assert infos["reward_components"]["integrity"][i] == info["reward_components"]["integrity"]
+    assert episodes_ended >= num_envs  # the comparison covered autoresets
+
+
+def test_matches_gymnasium_sync_vector_env():
+    num_envs, steps = 3, 30
+    ours = gym.make_vec(ENV_ID, num_envs=num_envs, vectorization_mode="vector_entry_point", max_new_tokens=5)
+    sync = gym.make_vec(ENV_ID, num_envs=num_envs, vectorization_mode="sync", max_new_tokens=5)
+    assert isinstance(ours.unwrapped, PromptEditVectorEnv)
+    actions = scripted_actions(ours.unwrapped, np.random.default_rng(1), steps, num_envs)
+    a, _ = ours.reset(seed=5)
+    b, _ = sync.reset(seed=5)
+    for t in range(steps):
+        np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+        a, ra, ta, ua, _ = ours.step(actions[t])
+        b, rb, tb, ub, _ = sync.step(actions[t])
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_array_equal(ta, tb)
+        np.testing.assert_array_equal(ua, ub)
+
+
+def test_episodes_finishing_together_are_scored_in_one_call():
+    scorer = CountingIntegrity()
+    vec = PromptEditVectorEnv(8, reward=CompositeReward({"integrity": (scorer, 1.0)}), max_new_tokens=3)
+    vec.reset(seed=0)
+    a = vec.tokenizer.convert_tokens_to_ids("a")
+    for _ in range(3):
+        vec.step(np.full(8, a))
+    assert scorer.batch_sizes == [8]
+    eos = vec.tokenizer.eos_token_id
+    vec.step(np.full(8, a))  # autoreset step
+    vec.step(np.array([eos] * 3 + [a] * 5))
+    assert scorer.batch_sizes == [8, 3]
+
+
+def test_spaces_and_observation_batch():
+    vec = PromptEditVectorEnv(2)
+    obs, infos = vec.reset(seed=0)
+    assert vec.observation_space.contains(obs)
+    assert obs["input_ids"].shape == (2, vec.episodes.length)
+    assert infos["_task_id"].all()
+    assert vec.action_space.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "actions, message",
+    [
+        (np.array([1, 2, 3]), r"shape \(3,\)"),
+        (np.array([1.0, 2.0]), "dtype float64"),
+        (np.array([1, -1]), r"actions\[1\]=-1"),
+    ],
+)
+def test_bad_actions(actions, message):
+    vec = PromptEditVectorEnv(2)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        vec.step(actions)
+
+
+def test_step_before_reset_and_bad_num_envs():
+    with pytest.raises(RuntimeError, match="before reset"):
+        PromptEditVectorEnv(2).step(np.array([1, 2]))
+    with pytest.raises(ValueError, match="num_envs=0"):
+        PromptEditVectorEnv(0)
+    with pytest.raises(ValueError, match="seed has 1 entries"):
+        PromptEditVectorEnv(2).reset(seed=[1])
+
+
+def test_rewards_are_float64_and_finite():
+    vec = PromptEditVectorEnv(3, max_new_tokens=2)
+    vec.reset(seed=0)
+    for _ in range(4):
+        _, rewards, *_ = vec.step(vec.action_space.sample())
+        assert rewards.dtype == np.float64 and np.isfinite(rewards).all()
+    assert torch.is_tensor(torch.as_tensor(rewards))
