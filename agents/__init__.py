@@ -1,1 +1,22 @@
-"""Agents for prompt editing: policy with value head, sampling, rollouts, PPO, SFT and baselines."""
+"""Agents for prompt editing: policy with value head, sampling, rollouts, PPO, SFT and baselines.
+
+The math is in pure tensor functions (`compute_gae`, `typical_mask`, `kl_estimate`, `corrupt_keywords`)
+so each DiffChat refinement can be read, tested and swapped on its own.
+"""
+
+from promptgym.agents.gae import compute_gae
+from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, kl_estimate
+from promptgym.agents.negatives import corrupt_keywords
+from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "KLController",
+    "action_logprobs",
+    "compute_gae",
+    "corrupt_keywords",
+    "kl_estimate",
+    "sample_restricted",
+    "typical_mask",
+]
