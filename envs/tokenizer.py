@@ -16,7 +16,9 @@ from transformers import PreTrainedTokenizerFast
 from promptgym.envs.templates import EditTemplate
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
-SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2
+# ids 0, 1, 2. EOS is deliberately not id 2: transformers' CLIP text model treats eos_token_id == 2 as a
+# legacy config and pools at the highest token id instead of at EOS, which would break tiny CLIP scorers.
+SPECIAL_TOKENS = (PAD, EOS, BOS)
 
 
 def train_tokenizer(

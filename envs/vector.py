@@ -1,9 +1,15 @@
 """`PromptEditVectorEnv`: N prompt-editing episodes stepped together, scored in one reward call per step.
 
 Rendering-based rewards are only affordable in batches, so every episode that finishes on the same step is
-scored by **one** call to the reward. Autoreset follows Gymnasium's default (`NEXT_STEP`): the step after an
-episode ends resets that sub-environment, ignores its action and returns reward 0. Results equal those of N
-`PromptEditEnv`s seeded `seed, seed+1, ...` (or a `SyncVectorEnv` of them).
+scored by **one** call to the reward. Results equal those of N `PromptEditEnv`s seeded `seed, seed+1, ...`
+(or a `SyncVectorEnv` of them).
+
+Autoreset modes (Gymnasium's names):
+- `"next_step"` (default): the step after an episode ends resets that sub-environment, ignores its action and
+  returns reward 0, as `SyncVectorEnv` does;
+- `"disabled"`: a finished sub-environment stays finished — its actions are ignored, its observation is
+  frozen, reward 0, terminated and truncated False — until `reset(options={"reset_mask": mask})` or a full
+  `reset()`. A rollout collector uses this to gather exactly one episode per sub-environment.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class PromptEditVectorEnv(VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED)
 
     def __init__(
         self,
@@ -44,7 +51,14 @@ class PromptEditVectorEnv(VectorEnv):
         max_new_tokens: int = 48,
         max_context_tokens: int = 64,
         shaping: PotentialShaping | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     ) -> None:
+        modes = {m.name.lower(): m for m in self.AUTORESET_MODES} | {m.value: m for m in self.AUTORESET_MODES}
+        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else modes.get(str(autoreset_mode))
+        if mode not in self.AUTORESET_MODES:
+            raise ValueError(f"autoreset_mode={autoreset_mode!r}; expected one of {sorted(modes)}")
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self.autoreset_mode = mode
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r}; expected a positive integer")
         self.episodes, self.reward = build_episodes(
@@ -76,13 +90,19 @@ class PromptEditVectorEnv(VectorEnv):
         return list(self._tasks)
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
-        """Reset every sub-environment; `seed=s` seeds sub-environment i with `s + i`, as Gymnasium does."""
+        """Reset sub-environments; `seed=s` seeds sub-environment i with `s + i`, as Gymnasium does.
+
+        `options={"reset_mask": bool[num_envs]}` resets only the masked sub-environments; the other options
+        (`task`, `task_index`) apply to every sub-environment that is reset.
+        """
+        options = dict(options or {})
+        reset_mask = self._reset_mask(options.pop("reset_mask", None))
         seeds = self._seeds(seed)
         self._was_reset = True
         infos: dict[str, Any] = {}
-        for i, env_seed in enumerate(seeds):
-            if env_seed is not None:
-                self._rngs[i] = seeding.np_random(env_seed)[0]
+        for i in np.flatnonzero(reset_mask):
+            if seeds[i] is not None:
+                self._rngs[i] = seeding.np_random(seeds[i])[0]
             infos = self._add_info(infos, self._reset_one(i, options), i)
         return self._observation(), infos
 
@@ -91,9 +111,10 @@ class PromptEditVectorEnv(VectorEnv):
             raise RuntimeError("step() called before reset(); call reset() first")
         actions = self._check_actions(actions)
         infos: dict[str, Any] = {}
-        resetting = self._needs_reset.copy()
-        for i in np.flatnonzero(resetting):
-            infos = self._add_info(infos, self._reset_one(i, None), i)
+        resetting = self._needs_reset.copy()  # "disabled": finished episodes stay frozen instead
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            for i in np.flatnonzero(resetting):
+                infos = self._add_info(infos, self._reset_one(i, None), i)
         stepping = np.flatnonzero(~resetting)
         positions = self.episodes.max_context_tokens + self._num_tokens[stepping]
         self._input_ids[stepping, positions] = actions[stepping]
@@ -108,7 +129,7 @@ class PromptEditVectorEnv(VectorEnv):
             infos = self._score(finished, rewards, infos)
         if self.shaping is not None:
             infos = self._add_shaping(stepping, done, rewards, infos)
-        self._needs_reset = done
+        self._needs_reset = done | (resetting & (self.autoreset_mode == AutoresetMode.DISABLED))
         return self._observation(), rewards, terminated, truncated, infos
 
     def _score(self, finished: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +170,14 @@ class PromptEditVectorEnv(VectorEnv):
     def _generated(self, i: int) -> np.ndarray:
         start = self.episodes.max_context_tokens
         return self._input_ids[i, start : start + self._num_tokens[i]]
+
+    def _reset_mask(self, mask: Any) -> np.ndarray:
+        if mask is None:
+            return np.ones(self.num_envs, dtype=bool)
+        if not isinstance(mask, np.ndarray) or mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
+            got = f"{type(mask).__name__} {getattr(mask, 'shape', '')} {getattr(mask, 'dtype', '')}".strip()
+            raise ValueError(f"options['reset_mask'] is {got}; expected a bool numpy array of shape ({self.num_envs},)")
+        return mask
 
     def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
         if seed is None:

@@ -10,7 +10,7 @@ def test_default_tokenizer_special_tokens_and_bos():
     tok = default_tokenizer()
     assert isinstance(tok, PreTrainedTokenizerFast)
     assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<pad>", "<s>", "</s>")
-    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (0, 1, 2)  # EOS != 2: see tokenizer.py
     ids = tok("a red dog")["input_ids"]
     assert ids[0] == tok.bos_token_id and tok.eos_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True) == "a red dog"

@@ -126,3 +126,33 @@ def test_rewards_are_float64_and_finite():
         _, rewards, *_ = vec.step(vec.action_space.sample())
         assert rewards.dtype == np.float64 and np.isfinite(rewards).all()
     assert torch.is_tensor(torch.as_tensor(rewards))
+
+
+def test_disabled_autoreset_freezes_finished_episodes_until_reset_mask():
+    vec = PromptEditVectorEnv(3, max_new_tokens=4, autoreset_mode="disabled")
+    assert vec.metadata["autoreset_mode"] == gym.vector.AutoresetMode.DISABLED
+    obs, _ = vec.reset(seed=0)
+    a, eos = vec.tokenizer.convert_tokens_to_ids("a"), vec.tokenizer.eos_token_id
+    obs, rewards, terminated, truncated, infos = vec.step(np.array([eos, a, a]))
+    assert terminated.tolist() == [True, False, False] and infos["_prompt"].tolist() == [True, False, False]
+    frozen = obs["input_ids"][0].copy()
+    for _ in range(3):
+        obs, rewards, terminated, truncated, infos = vec.step(np.array([a, a, a]))
+        np.testing.assert_array_equal(obs["input_ids"][0], frozen)
+        assert rewards[0] == 0.0 and not terminated[0] and not truncated[0]
+    assert truncated.tolist() == [False, True, True]
+    obs, rewards, terminated, truncated, _ = vec.step(np.array([a, a, a]))
+    assert not (terminated | truncated).any() and (rewards == 0).all()
+    obs, infos = vec.reset(options={"reset_mask": np.array([True, False, False])})
+    assert infos["_task_id"].tolist() == [True, False, False]
+    _, _, _, truncated, _ = vec.step(np.array([a, a, a]))
+    assert obs["attention_mask"][0, vec.episodes.max_context_tokens :].sum() == 0
+    assert not truncated.any()
+
+
+def test_reset_mask_and_autoreset_mode_validation():
+    with pytest.raises(ValueError, match="autoreset_mode='same_step'"):
+        PromptEditVectorEnv(2, autoreset_mode="same_step")
+    vec = PromptEditVectorEnv(2)
+    with pytest.raises(ValueError, match=r"reset_mask.*shape \(2,\)"):
+        vec.reset(options={"reset_mask": [True, False]})

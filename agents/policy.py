@@ -1,0 +1,197 @@
+"""`PolicyWithValue`: any transformers causal LM plus a value head, and its frozen reference for the KL.
+
+The value head reads the policy's last hidden state (one shared trunk, as in TRL's value-head models), or,
+when a separate `critic` trunk is given, that trunk's last hidden state. `forward` returns next-token
+logits and values at every position and passes the KV cache through, so a rollout feeds one token per step.
+
+The reference model for the KL penalty is a frozen copy of the policy's LM, or, when the LM is a PEFT/LoRA
+model, the same weights with the adapters disabled (one copy of the weights in memory).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, BloomConfig, BloomForCausalLM, PreTrainedModel
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+CRITIC_DIR = "critic"
+CONFIG_FILE = "promptgym_policy.json"
+
+
+@dataclass
+class PolicyOutput:
+    """logits[B, S, V] (next-token logits at each position), values[B, S], past_key_values (or None)."""
+
+    logits: torch.Tensor
+    values: torch.Tensor
+    past_key_values: Any = None
+
+
+class ValueHead(nn.Module):
+    """V(s) = w·h + b on a trunk's last hidden state h[..., H]."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)  # start from V = 0: no bias before the first update
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+    """Positions of left-padded sequences: count of real tokens before each one (padding gets 0)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)[:, past_length:]
+
+
+def _accepts_position_ids(model: nn.Module) -> bool:
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM policy with a value head; `model` is any `AutoModelForCausalLM`-style model."""
+
+    def __init__(self, model: PreTrainedModel, value_head: ValueHead | None = None, critic: nn.Module | None = None):
+        super().__init__()
+        self.model = model
+        self.critic = critic
+        trunk_config = (critic or model).config
+        hidden = getattr(trunk_config, "hidden_size", None) or trunk_config.n_embd
+        self.value_head = value_head or ValueHead(hidden)
+        self._position_ids = _accepts_position_ids(model)
+        self._critic_position_ids = critic is not None and _accepts_position_ids(critic)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> PolicyOutput:
+        """Logits and values for `input_ids[B, S]`; `attention_mask[B, past + S]` covers cached tokens too."""
+        lm_past, critic_past = past_key_values if self.critic is not None and past_key_values else (past_key_values, None)
+        out = _lm_forward(self.model, self._position_ids, input_ids, attention_mask, lm_past, use_cache, hidden=True)
+        if self.critic is None:
+            values = self.value_head(out.hidden_states[-1])
+            return PolicyOutput(out.logits, values, out.past_key_values if use_cache else None)
+        critic_out = _lm_forward(
+            self.critic, self._critic_position_ids, input_ids, attention_mask, critic_past, use_cache, hidden=False
+        )
+        values = self.value_head(critic_out.last_hidden_state)
+        past = (out.past_key_values, critic_out.past_key_values) if use_cache else None
+        return PolicyOutput(out.logits, values, past)
+
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the reference policy (PEFT: adapters disabled; else the frozen copy made by `freeze_reference`)."""
+        if self.is_peft:
+            with torch.no_grad(), self.model.disable_adapter():
+                return _lm_forward(self.model, self._position_ids, input_ids, attention_mask, None, False, False).logits
+        if getattr(self, "_reference", None) is None:
+            self.freeze_reference()
+        with torch.no_grad():
+            reference = self._reference[0]
+            return _lm_forward(reference, self._position_ids, input_ids, attention_mask, None, False, False).logits
+
+    def freeze_reference(self) -> None:
+        """Snapshot the current LM as the KL reference (a no-op for PEFT models, which disable adapters)."""
+        if self.is_peft:
+            return
+        reference = copy.deepcopy(self.model).eval()
+        reference.requires_grad_(False)
+        self._reference = [reference]  # a list, so the copy is not registered as a submodule or saved
+
+    # ------------------------------------------------------------------ construction and persistence
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, critic: str | os.PathLike | None = None, **kwargs):
+        """Load a causal LM (hub id or directory) and, if the directory has one, its saved value head/critic."""
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        path = Path(name_or_path)
+        critic_model = None
+        if critic is not None:
+            critic_model = AutoModel.from_pretrained(critic, **kwargs)
+        elif (path / CRITIC_DIR).is_dir():
+            critic_model = AutoModel.from_pretrained(path / CRITIC_DIR, **kwargs)
+        policy = cls(model, critic=critic_model)
+        if (path / VALUE_HEAD_FILE).is_file():
+            policy.value_head.load_state_dict(load_file(path / VALUE_HEAD_FILE))
+        return policy
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Save the LM (loadable with plain `AutoModelForCausalLM.from_pretrained`), value head and critic."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / VALUE_HEAD_FILE)
+        if self.critic is not None:
+            self.critic.save_pretrained(directory / CRITIC_DIR)
+        (directory / CONFIG_FILE).write_text(json.dumps({"critic": self.critic is not None}, indent=2))
+
+    @classmethod
+    def tiny(
+        cls,
+        tokenizer,
+        seed: int = 0,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        separate_critic: bool = False,
+    ) -> PolicyWithValue:
+        """A tiny randomly initialised BLOOM (the architecture of DiffChat's policy) matching `tokenizer`."""
+        config = tiny_bloom_config(tokenizer, hidden_size, num_layers, num_heads)
+        with _seeded(seed):
+            model = BloomForCausalLM(config)
+            critic = BloomForCausalLM(config).transformer if separate_critic else None
+        return cls(model, critic=critic)
+
+
+def tiny_bloom_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4) -> BloomConfig:
+    """A small `BloomConfig` whose vocabulary and special tokens match `tokenizer`."""
+    return BloomConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        n_layer=num_layers,
+        n_head=num_heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _lm_forward(model, takes_positions: bool, input_ids, attention_mask, past, use_cache: bool, hidden: bool):
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+    if past is not None:
+        kwargs["past_key_values"] = past
+    if takes_positions:
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask, attention_mask.shape[1] - input_ids.shape[1])
+    if hidden:
+        kwargs["output_hidden_states"] = True
+    return model(**kwargs)
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Seed torch's global generator for model construction without disturbing the caller's RNG stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

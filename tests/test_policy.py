@@ -1,0 +1,112 @@
+"""PolicyWithValue: cached forward equals full forward, save/load round trips, the KL reference."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from promptgym.agents.policy import PolicyWithValue, position_ids_from_mask
+from promptgym.envs import default_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+def batch(tok):
+    enc = tok(["a dog", "two red cats in a park, watercolor"], return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+def randomise_value_head(policy, seed=0):
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in policy.value_head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_cached_steps_equal_full_forward(tok, separate_critic):
+    policy = PolicyWithValue.tiny(tok, seed=1, separate_critic=separate_critic).eval()
+    randomise_value_head(policy)
+    ids, mask = batch(tok)
+    new = torch.tensor([[5, 9, 11], [7, 8, 1]])
+    with torch.no_grad():
+        out = policy(ids, mask, use_cache=True)
+        logits, values = [out.logits[:, -1]], [out.values[:, -1]]
+        for t in range(new.shape[1] - 1):
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+            out = policy(new[:, t : t + 1], mask, past_key_values=out.past_key_values, use_cache=True)
+            logits.append(out.logits[:, -1])
+            values.append(out.values[:, -1])
+        full = policy(torch.cat([ids, new[:, :-1]], 1), mask)
+    n = new.shape[1]
+    torch.testing.assert_close(torch.stack(logits, 1), full.logits[:, -n:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(values, 1), full.values[:, -n:], atol=1e-5, rtol=1e-5)
+    assert values[0].abs().sum() > 0  # the randomised head really contributes
+
+
+def test_left_padding_does_not_change_outputs(tok):
+    policy = PolicyWithValue.tiny(tok, seed=2).eval()
+    randomise_value_head(policy)
+    ids, mask = batch(tok)
+    alone = tok(["a dog"], return_tensors="pt")
+    with torch.no_grad():
+        padded = policy(ids, mask)
+        single = policy(alone.input_ids, alone.attention_mask)
+    n = alone.input_ids.shape[1]
+    torch.testing.assert_close(padded.logits[0, -n:], single.logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded.values[0, -n:], single.values[0], atol=1e-5, rtol=1e-5)
+
+
+def test_position_ids_from_left_padded_mask():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert position_ids_from_mask(mask, past_length=4).tolist() == [[2], [4]]
+
+
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_save_and_load_round_trip(tok, tmp_path, separate_critic):
+    policy = PolicyWithValue.tiny(tok, seed=3, separate_critic=separate_critic).eval()
+    randomise_value_head(policy)
+    policy.save_pretrained(tmp_path)
+    loaded = PolicyWithValue.from_pretrained(tmp_path).eval()
+    assert (loaded.critic is not None) == separate_critic
+    ids, mask = batch(tok)
+    with torch.no_grad():
+        a, b = policy(ids, mask), loaded(ids, mask)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.values, b.values)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # usable outside promptgym
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits, a.logits)
+
+
+def test_reference_is_a_frozen_snapshot(tok):
+    policy = PolicyWithValue.tiny(tok, seed=4)
+    ids, mask = batch(tok)
+    policy.freeze_reference()
+    before = policy.reference_logits(ids, mask)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.1)
+    after = policy.reference_logits(ids, mask)
+    torch.testing.assert_close(before, after)
+    assert not torch.allclose(policy(ids, mask).logits, after)
+    assert not any(p.requires_grad for p in policy._reference[0].parameters())
+    assert not any(k.startswith("_reference") for k in policy.state_dict())
+
+
+def test_peft_reference_disables_adapters_instead_of_copying(tok):
+    peft = pytest.importorskip("peft")
+    base = PolicyWithValue.tiny(tok, seed=5)
+    ids, mask = batch(tok)
+    with torch.no_grad():
+        base_logits = base.model(input_ids=ids, attention_mask=mask).logits
+    config = peft.LoraConfig(r=4, target_modules=["query_key_value"], init_lora_weights=False)
+    policy = PolicyWithValue(peft.get_peft_model(base.model, config), value_head=base.value_head)
+    assert policy.is_peft
+    policy.freeze_reference()
+    assert getattr(policy, "_reference", None) is None  # no second copy of the weights
+    torch.testing.assert_close(policy.reference_logits(ids, mask), base_logits)
+    assert not torch.allclose(policy(ids, mask).logits, base_logits)  # adapters active outside the context
