@@ -4,13 +4,31 @@ The math is in pure tensor functions (`compute_gae`, `typical_mask`, `kl_estimat
 so each DiffChat refinement can be read, tested and swapped on its own.
 """
 
+from promptgym.agents.checkpoint import (
+    CheckpointState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
+from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
 from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
 
 __all__ = [
     "AdaptiveKLController",
+    "CheckpointState",
+    "PolicyOutput",
+    "PolicyWithValue",
+    "ValueHead",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "save_checkpoint",
     "FixedKLController",
     "KLController",
     "action_logprobs",
