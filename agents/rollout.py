@@ -1,0 +1,344 @@
+"""Rollouts: a batch of episodes from a `PromptEditVectorEnv`, sampled one token per step with the KV cache.
+
+Layout of a `RolloutBatch` (B episodes, C context columns, T generated columns):
+
+    input_ids[B, C + T]:  [pad .. pad | context | a_0 a_1 .. a_{n-1} | pad .. pad]
+    mask[B, T]:           True on generated tokens a_0 .. a_{n-1} (each row right-padded)
+
+Per generated token t the batch records the action, log pi_old(a_t | s_t) under the full policy, the log-prob
+under the distribution it was actually sampled from (the typical set when `typical_mass` is set), V(s_t), the
+reference model's log-prob, and the env's reward (the episode reward lands on the last token). Both episode
+endings (EOS and `max_new_tokens`) deliver the final reward, so no episode needs a bootstrap value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium.vector import AutoresetMode
+
+from promptgym.agents.negatives import corrupt_keywords
+from promptgym.agents.policy import PolicyWithValue
+from promptgym.agents.sampling import sample_restricted, typical_mask
+from promptgym.envs import EditTask, PromptEditVectorEnv
+from promptgym.rewards import EditResult, extract_keywords
+
+
+@dataclass
+class RolloutBatch:
+    """A batch of finished episodes; see the module docstring for the layout."""
+
+    input_ids: torch.Tensor  # [B, C+T] long
+    attention_mask: torch.Tensor  # [B, C+T] long
+    context_length: int  # C
+    actions: torch.Tensor  # [B, T] long
+    mask: torch.Tensor  # [B, T] bool
+    logprobs: torch.Tensor  # [B, T] log pi_old(a_t | s_t), full policy
+    sample_logprobs: torch.Tensor  # [B, T] log-prob under the sampling distribution
+    values: torch.Tensor  # [B, T] V(s_t)
+    ref_logprobs: torch.Tensor  # [B, T]
+    env_rewards: torch.Tensor  # [B, T] the env's per-step rewards
+    scores: torch.Tensor  # [B] episode reward
+    negative: torch.Tensor  # [B] bool: a keyword-corrupted negative sample, not a policy sample
+    entropy: torch.Tensor  # [B, T] entropy of the full policy at s_t (0 for negatives: not sampled)
+    tasks: list[EditTask] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
+    integrity: torch.Tensor | None = None  # [B, T] CI(s_t) of each prefix, when computed
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(1)
+
+    def rows(self, index: torch.Tensor) -> RolloutBatch:
+        """The sub-batch of episodes `index` (a minibatch)."""
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                picked[f.name] = value[index]
+            elif f.name in ("tasks", "prompts"):
+                picked[f.name] = [value[i] for i in index.tolist()]
+            elif f.name == "components":
+                picked[f.name] = {k: v[index] for k, v in value.items()}
+            else:
+                picked[f.name] = value
+        return RolloutBatch(**picked)
+
+    @staticmethod
+    def concat(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+        """Stack batches: contexts left-padded to the longest C, generated columns right-padded to the longest T."""
+        c = max(b.context_length for b in batches)
+        t = max(b.actions.shape[1] for b in batches)
+
+        def per_token(name: str, fill) -> torch.Tensor:
+            return torch.cat([F.pad(getattr(b, name), (0, t - getattr(b, name).shape[1]), value=fill) for b in batches])
+
+        def sequence(name: str, fill: int) -> torch.Tensor:
+            parts = []
+            for b in batches:
+                x = getattr(b, name)
+                parts.append(F.pad(x, (c - b.context_length, t - b.actions.shape[1]), value=fill))
+            return torch.cat(parts)
+
+        names = set.intersection(*(set(b.components) for b in batches))
+        integrity = None
+        if all(b.integrity is not None for b in batches):
+            integrity = per_token("integrity", 0.0)
+        return RolloutBatch(
+            input_ids=sequence("input_ids", pad_id),
+            attention_mask=sequence("attention_mask", 0),
+            context_length=c,
+            actions=per_token("actions", pad_id),
+            mask=per_token("mask", False),
+            logprobs=per_token("logprobs", 0.0),
+            sample_logprobs=per_token("sample_logprobs", 0.0),
+            values=per_token("values", 0.0),
+            ref_logprobs=per_token("ref_logprobs", 0.0),
+            env_rewards=per_token("env_rewards", 0.0),
+            scores=torch.cat([b.scores for b in batches]),
+            negative=torch.cat([b.negative for b in batches]),
+            entropy=per_token("entropy", 0.0),
+            tasks=[task for b in batches for task in b.tasks],
+            prompts=[p for b in batches for p in b.prompts],
+            components={k: torch.cat([b.components[k] for b in batches]) for k in sorted(names)},
+            integrity=integrity,
+        )
+
+
+def generated_slice(context_length: int, steps: int) -> slice:
+    """Columns of a full-sequence forward whose outputs belong to generated tokens: position C-1+t predicts a_t."""
+    return slice(context_length - 1, context_length - 1 + steps)
+
+
+def evaluate_actions(
+    policy: PolicyWithValue, batch: RolloutBatch, typical_mass: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Teacher-forced log pi(a_t|s_t), V(s_t) and entropy `[B, T]` of the batch's actions under `policy`.
+
+    With `typical_mass`, also the log-prob under the policy's *current* locally typical set (-inf for actions
+    outside it); otherwise that entry is None.
+    """
+    out = policy(batch.input_ids, batch.attention_mask)
+    cols = generated_slice(batch.context_length, batch.actions.shape[1])
+    logits = out.logits[:, cols].float()
+    log_probs = logits.log_softmax(-1)
+    logprobs = log_probs.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    restricted = None
+    if typical_mass is not None:
+        keep = typical_mask(logits.detach(), typical_mass)
+        restricted = logits.masked_fill(~keep, float("-inf")).log_softmax(-1)
+        restricted = restricted.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    return logprobs, out.values[:, cols].float(), entropy, restricted
+
+
+@torch.no_grad()
+def reference_logprobs(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
+    """log pi_ref(a_t | s_t) `[B, T]`, one teacher-forced pass of the reference model."""
+    logits = policy.reference_logits(batch.input_ids, batch.attention_mask)
+    cols = generated_slice(batch.context_length, batch.actions.shape[1])
+    log_probs = logits[:, cols].float().log_softmax(-1)
+    return log_probs.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1).masked_fill(~batch.mask, 0.0)
+
+
+class RolloutCollector:
+    """Samples one episode per sub-environment of `env` with the policy, one cached forward per token.
+
+    `env` must use `autoreset_mode="disabled"` so that finished episodes stay finished while the others run.
+    With `typical_mass` (DiffChat's action-space correction), tokens are drawn from the renormalised locally
+    typical set; `sample_logprobs` then holds the restricted log-probs and `logprobs` the full-policy ones.
+    """
+
+    def __init__(
+        self,
+        policy: PolicyWithValue,
+        env: PromptEditVectorEnv,
+        typical_mass: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if env.autoreset_mode != AutoresetMode.DISABLED:
+            raise ValueError(
+                f"env has autoreset_mode={env.autoreset_mode.value!r}; the collector needs "
+                "PromptEditVectorEnv(..., autoreset_mode='disabled') to collect exactly one episode per sub-env"
+            )
+        if typical_mass is not None and not 0.0 < typical_mass <= 1.0:
+            raise ValueError(f"typical_mass={typical_mass!r}; expected None or a number in (0, 1]")
+        self.policy = policy
+        self.env = env
+        self.typical_mass = typical_mass
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def collect(self, seed: int | None = None) -> RolloutBatch:
+        """Run one episode in every sub-environment and return them as a batch (reference log-probs included)."""
+        env, pad = self.env, self.env.episodes.pad_id
+        obs, _ = env.reset(seed=seed)
+        ids, mask = _trimmed_context(obs, env.episodes.max_context_tokens)
+        n, horizon = env.num_envs, env.episodes.max_new_tokens
+        rec = {name: torch.zeros(n, horizon) for name in ("logprobs", "sample_logprobs", "values", "entropy", "rewards")}
+        actions = torch.full((n, horizon), pad, dtype=torch.long)
+        alive = torch.zeros(n, horizon, dtype=torch.bool)
+        done = torch.zeros(n, dtype=torch.bool)
+        prompts: list[str] = [""] * n
+        components: dict[str, torch.Tensor] = {}
+        was_training = self.policy.training
+        self.policy.eval()
+        out = self.policy(ids, mask, use_cache=True)
+        steps = 0
+        for t in range(horizon):
+            logits = out.logits[:, -1].float()
+            keep = typical_mask(logits, self.typical_mass) if self.typical_mass is not None else None
+            action, lp_full, lp_sample = sample_restricted(logits, keep, self.generator)
+            active = ~done
+            action = torch.where(active, action, torch.full_like(action, pad))
+            log_probs = logits.log_softmax(-1)
+            rec["logprobs"][:, t], rec["sample_logprobs"][:, t] = lp_full, lp_sample
+            rec["values"][:, t] = out.values[:, -1].float()
+            rec["entropy"][:, t] = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)
+            actions[:, t], alive[:, t] = action, active
+            _, rewards, terminated, truncated, infos = env.step(action.numpy())
+            rec["rewards"][:, t] = torch.from_numpy(rewards).float()
+            _record_finished(infos, prompts, components, n)
+            done |= torch.from_numpy(terminated | truncated)
+            steps = t + 1
+            if done.all():
+                break
+            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
+            out = self.policy(action.unsqueeze(1), mask, past_key_values=out.past_key_values, use_cache=True)
+        self.policy.train(was_training)
+        alive = alive[:, :steps]
+        batch = RolloutBatch(
+            input_ids=torch.cat([ids, actions[:, :steps]], 1),
+            attention_mask=torch.cat([mask[:, : ids.shape[1]], alive.long()], 1),
+            context_length=ids.shape[1],
+            actions=actions[:, :steps],
+            mask=alive,
+            logprobs=rec["logprobs"][:, :steps] * alive,
+            sample_logprobs=rec["sample_logprobs"][:, :steps] * alive,
+            values=rec["values"][:, :steps] * alive,
+            ref_logprobs=torch.zeros(n, steps),
+            env_rewards=rec["rewards"][:, :steps] * alive,
+            scores=(rec["rewards"][:, :steps] * alive).sum(1),
+            negative=torch.zeros(n, dtype=torch.bool),
+            entropy=rec["entropy"][:, :steps] * alive,
+            tasks=list(env.tasks),
+            prompts=prompts,
+            components=components,
+        )
+        batch.ref_logprobs = reference_logprobs(self.policy, batch)
+        return batch
+
+
+def _trimmed_context(obs: dict[str, np.ndarray], context_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contexts of a reset observation without the columns that are padding in every row."""
+    ids = torch.from_numpy(obs["input_ids"][:, :context_columns])
+    mask = torch.from_numpy(obs["attention_mask"][:, :context_columns]).long()
+    first = int(torch.nonzero(mask.any(0))[0])
+    return ids[:, first:], mask[:, first:]
+
+
+def _record_finished(infos: dict, prompts: list[str], components: dict[str, torch.Tensor], n: int) -> None:
+    if "_prompt" not in infos:
+        return
+    for i in np.flatnonzero(infos["_prompt"]):
+        prompts[i] = infos["prompt"][i]
+    for name, values in infos.get("reward_components", {}).items():
+        if name.startswith("_"):
+            continue
+        if name not in components:
+            components[name] = torch.zeros(n)
+        finished = torch.from_numpy(infos["reward_components"][f"_{name}"])
+        components[name][finished] = torch.from_numpy(np.asarray(values, dtype=np.float32))[finished]
+
+
+# ---------------------------------------------------------------------------------------------- negatives
+def keyword_vocabulary(tasks: Sequence[EditTask]) -> list[str]:
+    """Replacement words for keyword corruption: every required keyword of the tasks, sorted."""
+    words: set[str] = set()
+    for task in tasks:
+        words |= extract_keywords(task.source, task.instruction).required
+    return sorted(words)
+
+
+@torch.no_grad()
+def negative_samples(
+    policy: PolicyWithValue,
+    env: PromptEditVectorEnv,
+    tasks: Sequence[EditTask],
+    rate: float,
+    rng: np.random.Generator,
+    vocabulary: Sequence[str],
+) -> RolloutBatch:
+    """DiffChat's negatives: each task's target with some keywords deleted or replaced, teacher-forced.
+
+    The corrupted prompt is scored through the env's reward (one batched call) and its tokens are evaluated
+    by the policy (log-probs, values) and the reference, so it joins the PPO batch like a sampled episode.
+    A corrupted prompt longer than `max_new_tokens` is cut there (no EOS) and the cut text is what is scored.
+    """
+    episodes, tokenizer = env.episodes, env.tokenizer
+    corrupted = []
+    for task in tasks:
+        keywords = extract_keywords(task.source, task.instruction).required
+        corrupted.append(corrupt_keywords(task.target, keywords, rate, rng, vocabulary))
+    completions = tokenizer([episodes.template.completion(p) for p in corrupted], add_special_tokens=False)["input_ids"]
+    tokens = [(ids + [episodes.eos_id])[: episodes.max_new_tokens] for ids in completions]
+    prompts = [episodes.decode(np.asarray(ids)) for ids in tokens]
+    contexts = episodes.encode(list(tasks))
+    c, t, n = max(map(len, contexts)), max(map(len, tokens)), len(tasks)
+    input_ids = torch.full((n, c + t), episodes.pad_id, dtype=torch.long)
+    attention = torch.zeros(n, c + t, dtype=torch.long)
+    mask = torch.zeros(n, t, dtype=torch.bool)
+    for i, (context, ids) in enumerate(zip(contexts, tokens)):
+        input_ids[i, c - len(context) : c] = torch.from_numpy(context)
+        input_ids[i, c : c + len(ids)] = torch.tensor(ids)
+        attention[i, c - len(context) : c + len(ids)] = 1
+        mask[i, : len(ids)] = True
+    output = env.reward([EditResult(task, prompt) for task, prompt in zip(tasks, prompts)])
+    env_rewards = torch.zeros(n, t)
+    env_rewards[torch.arange(n), mask.sum(1) - 1] = output.total
+    batch = RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        context_length=c,
+        actions=torch.where(mask, input_ids[:, c:], episodes.pad_id),
+        mask=mask,
+        logprobs=torch.zeros(n, t),
+        sample_logprobs=torch.zeros(n, t),
+        values=torch.zeros(n, t),
+        ref_logprobs=torch.zeros(n, t),
+        env_rewards=env_rewards,
+        scores=output.total.clone(),
+        negative=torch.ones(n, dtype=torch.bool),
+        entropy=torch.zeros(n, t),
+        tasks=list(tasks),
+        prompts=prompts,
+        components=dict(output.components),
+    )
+    was_training = policy.training
+    policy.eval()
+    logprobs, values, _, _ = evaluate_actions(policy, batch)
+    policy.train(was_training)
+    batch.logprobs = logprobs.masked_fill(~mask, 0.0)
+    batch.sample_logprobs = batch.logprobs.clone()
+    batch.values = values.masked_fill(~mask, 0.0)
+    batch.ref_logprobs = reference_logprobs(policy, batch)
+    return batch
+
+
+def prefix_integrity(batch: RolloutBatch, tokenizer, template, partial) -> torch.Tensor:
+    """CI(s_t) `[B, T]`: `partial(task, text)` of the prompt written before token t (0 on padding)."""
+    out = torch.zeros(batch.mask.shape)
+    for i, task in enumerate(batch.tasks):
+        ids = batch.actions[i, : int(batch.mask[i].sum())].tolist()
+        for t in range(len(ids)):
+            text = template.clean(tokenizer.decode(ids[:t], skip_special_tokens=True))
+            out[i, t] = partial(task, text)
+    return out
