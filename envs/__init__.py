@@ -6,6 +6,7 @@ Importing this package registers `promptgym/PromptEdit-v0` (`gymnasium.make`) wi
 
 import gymnasium
 
+from promptgym.envs.hf import tasks_to_dataset
 from promptgym.envs.prompt_edit import EditEpisodes, PromptEditEnv, default_reward
 from promptgym.envs.tasks import EditTask, load_tasks
 from promptgym.envs.templates import EditTemplate
@@ -31,5 +32,6 @@ __all__ = [
     "default_reward",
     "default_tokenizer",
     "load_tasks",
+    "tasks_to_dataset",
     "train_tokenizer",
 ]

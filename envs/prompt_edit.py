@@ -29,11 +29,13 @@ from promptgym.rewards import CompositeReward, EditResult, PotentialShaping, Sco
 OPTION_KEYS = ("task", "task_index")
 
 
-def default_reward() -> CompositeReward:
-    """The offline default reward: content integrity (DiffChat's thresholded keyword reward)."""
-    from promptgym.rewards import ContentIntegrityScorer
+def default_reward(tokenizer: PreTrainedTokenizerBase | None = None) -> CompositeReward:
+    """The offline default reward: `build_reward("tiny")` — tiny SD renders scored for aesthetics and
+    PickScore (delta against the source prompt) plus content integrity — with `tokenizer` in the tiny
+    text encoders."""
+    from promptgym.rewards import build_reward
 
-    return CompositeReward({"integrity": (ContentIntegrityScorer(), 1.0)})
+    return build_reward("tiny", tokenizer=tokenizer)
 
 
 class EditEpisodes:
@@ -157,7 +159,7 @@ def build_episodes(
 
         tokenizer = default_tokenizer()
     episodes = EditEpisodes(tasks, tokenizer, template or EditTemplate(), max_new_tokens, max_context_tokens)
-    return episodes, as_composite(reward if reward is not None else default_reward())
+    return episodes, as_composite(reward if reward is not None else default_reward(tokenizer))
 
 
 class PromptEditEnv(gym.Env):
@@ -166,7 +168,8 @@ class PromptEditEnv(gym.Env):
     Args:
         tasks: `EditTask`s or a `load_tasks` spec (default: the bundled demo train split).
         tokenizer: any Hugging Face tokenizer with EOS and pad tokens (default: the embedded BPE tokenizer).
-        reward: a `CompositeReward` or a single `Scorer` (default: content integrity).
+        reward: a `CompositeReward` or a single `Scorer` (default: `build_reward("tiny")`, image terms and
+            content integrity; pass `ContentIntegrityScorer()` for a render-free reward).
         template: how a task becomes the policy's context.
         max_new_tokens: episode length limit (truncation).
         max_context_tokens: room for the templated context; longer contexts are an error.

@@ -1,25 +1,44 @@
-"""Rewards for prompt editing: the scorer interface, content integrity, composite reward and shaping.
+"""Rewards for prompt editing: scorer interface, renderer, image scorers, content integrity, presets, shaping.
 
 This package imports nothing from the other promptgym packages (tasks are typed structurally by `TaskLike`).
 """
 
 from promptgym.rewards.base import EditResult, RewardOutput, Scorer, TaskLike
 from promptgym.rewards.composite import CompositeReward, RunningMeanStd, ScorerError, as_composite
-from promptgym.rewards.integrity import ContentIntegrityScorer
-from promptgym.rewards.keywords import KeywordSpec, extract_keywords
+from promptgym.rewards.image_scorers import AestheticMLP, AestheticScorer, PickScoreScorer
+from promptgym.rewards.integrity import ContentIntegrityScorer, IntegrityDetails, integrity_ratio
+from promptgym.rewards.keywords import KeywordSpec, extract_keywords, lemma, prompt_lemmas
+from promptgym.rewards.presets import PRESETS, build_reward, byte_tokenizer, reward_stats
+from promptgym.rewards.render import DiffusersRenderer
+from promptgym.rewards.semantic import SemanticConsistencyScorer
 from promptgym.rewards.shaping import PotentialShaping
+from promptgym.rewards.trl import as_trl_reward_func
 
 __all__ = [
+    "PRESETS",
+    "AestheticMLP",
+    "AestheticScorer",
     "CompositeReward",
     "ContentIntegrityScorer",
+    "DiffusersRenderer",
     "EditResult",
+    "IntegrityDetails",
     "KeywordSpec",
+    "PickScoreScorer",
     "PotentialShaping",
     "RewardOutput",
     "RunningMeanStd",
     "Scorer",
     "ScorerError",
+    "SemanticConsistencyScorer",
     "TaskLike",
     "as_composite",
+    "as_trl_reward_func",
+    "build_reward",
+    "byte_tokenizer",
     "extract_keywords",
+    "integrity_ratio",
+    "lemma",
+    "prompt_lemmas",
+    "reward_stats",
 ]

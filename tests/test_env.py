@@ -18,7 +18,21 @@ REPLACE = EditTask("a brown dog in a park, watercolor", "replace the dog with a 
 
 @pytest.fixture(scope="module")
 def env():
-    return PromptEditEnv()
+    """A render-free env (content integrity only): fast, and what most env mechanics tests need."""
+    return PromptEditEnv(reward=ContentIntegrityScorer())
+
+
+def test_default_env_scores_renders_and_integrity():
+    env = PromptEditEnv()
+    _, info = run_episode(env, TypistPolicy(env, "target"), seed=0)
+    components = info["reward_components"]
+    assert {"aesthetic", "aesthetic/delta", "pickscore", "pickscore/delta", "integrity"} <= set(components)
+    assert components["integrity"] == 1.0
+    expected = components["aesthetic/delta"] + components["pickscore/delta"] + components["integrity"]
+    _, again = run_episode(env, TypistPolicy(env, "target"), seed=0)
+    assert again["reward_components"] == components  # the default reward is a fixed function of the prompt
+    total, _ = run_episode(env, TypistPolicy(env, "target"), seed=0)
+    assert total == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
 def test_gymnasium_check_env_passes_on_registered_env():
@@ -94,7 +108,7 @@ def test_typing_garbage_gets_zero(env):
 
 
 def test_terminates_at_eos_and_truncates_at_max_new_tokens():
-    env = PromptEditEnv(max_new_tokens=3)
+    env = PromptEditEnv(max_new_tokens=3, reward=ContentIntegrityScorer())
     env.reset(seed=0)
     *_, terminated, truncated, info = env.step(env.tokenizer.eos_token_id)
     assert terminated and not truncated and info["num_tokens"] == 1 and info["prompt"] == ""
@@ -128,7 +142,7 @@ def test_integer_like_actions_are_accepted(env, action):
 
 
 def test_step_after_end_or_before_reset_raises():
-    env = PromptEditEnv()
+    env = PromptEditEnv(reward=ContentIntegrityScorer())
     with pytest.raises(RuntimeError, match="call reset"):
         env.step(0)
     env.reset(seed=0)
@@ -164,7 +178,7 @@ def test_constructor_validation():
 
 
 def test_too_long_task_in_options_is_an_error():
-    env = PromptEditEnv(tasks=[REPLACE])
+    env = PromptEditEnv(tasks=[REPLACE], reward=ContentIntegrityScorer())
     long = EditTask("word " * 200, "make it blue")
     with pytest.raises(ValueError, match="exceed max_context_tokens"):
         env.reset(options={"task": long})
@@ -179,7 +193,7 @@ def test_a_single_scorer_is_accepted_as_reward():
 def test_shaping_rewards_sum_to_telescoped_potential():
     gamma = 0.9
     shaping = PotentialShaping(gamma=gamma, zero_at_terminal=False)
-    env = PromptEditEnv(tasks=[REPLACE], shaping=shaping)
+    env = PromptEditEnv(tasks=[REPLACE], shaping=shaping, reward=ContentIntegrityScorer())
     env.reset(seed=0)
     policy = TypistPolicy(env, "target")
     obs, _ = env.reset(seed=0)
@@ -196,7 +210,7 @@ def test_shaping_rewards_sum_to_telescoped_potential():
 
 
 def test_ansi_render_shows_context_and_text():
-    env = PromptEditEnv(tasks=[REPLACE], render_mode="ansi")
+    env = PromptEditEnv(tasks=[REPLACE], render_mode="ansi", reward=ContentIntegrityScorer())
     env.reset(seed=0)
     for token in env.tokenizer(" a brown cat", add_special_tokens=False)["input_ids"]:
         env.step(token)
@@ -248,5 +262,7 @@ _FUZZ_ENV = []
 
 def _fuzz_env():
     if not _FUZZ_ENV:
-        _FUZZ_ENV.append(PromptEditEnv(tasks=[REPLACE], max_new_tokens=160, max_context_tokens=200))
+        _FUZZ_ENV.append(
+            PromptEditEnv(tasks=[REPLACE], max_new_tokens=160, max_context_tokens=200, reward=ContentIntegrityScorer())
+        )
     return _FUZZ_ENV[0]

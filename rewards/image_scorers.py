@@ -1,0 +1,501 @@
+"""Image scorers on Stable Diffusion renders: LAION aesthetic score and PickScore.
+
+Each scorer separates scoring from rendering:
+
+- `score_images(images[N, K, 3, H, W], texts) -> Tensor[N]` is a pure function of its inputs (fixed images in,
+  scores out), which is what reward-shaping unit tests need;
+- `__call__(results)` renders the edited prompts with the scorer's `renderer` and calls `score_images`.
+
+Renders are shared by handing the *same* `DiffusersRenderer` to every image scorer: the first scorer of a batch
+renders it, the others find the images in the renderer's cache / last-batch memo, so one batch costs one render.
+
+Images are preprocessed with the models' own image processors (`CLIPImageProcessor`: resize, centre crop,
+normalise); the renders are already floats in [0, 1], so the processors get `do_rescale=False` and are not
+rescaled by 1/255 a second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from promptgym.rewards.base import EditResult, check_scores
+from promptgym.rewards.render import DiffusersRenderer, clip_style_tokenizer, explain_missing_checkpoint
+
+__all__ = [
+    "LAION_AESTHETIC_KEYS",
+    "TINY_VISION_INITIALIZER_FACTOR",
+    "AestheticMLP",
+    "AestheticScorer",
+    "PickScoreScorer",
+    "check_images",
+    "image_embeddings",
+    "load_aesthetic_mlp",
+    "preprocess_images",
+    "text_embeddings",
+]
+
+LAION_AESTHETIC_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
+
+
+# ---------------------------------------------------------------------- shared image plumbing
+
+
+def check_images(images: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Validate renders: a float tensor `[N, K, 3, H, W]` with finite values in [0, 1] (`N == n` when given)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor [N, K, 3, H, W], got {type(images).__name__}")
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"images must have shape [N, K, 3, H, W], got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a float tensor with values in [0, 1], got dtype {images.dtype}")
+    if n is not None and images.shape[0] != n:
+        raise ValueError(f"images has N={images.shape[0]} rows but {n} texts were given")
+    if images.numel():
+        low, high = float(images.min()), float(images.max())
+        if not (0.0 <= low and high <= 1.0):  # also False for NaN
+            raise ValueError(f"images must have finite values in [0, 1], got min {low} and max {high}")
+    return images
+
+
+def preprocess_images(processor: Any, images: torch.Tensor) -> torch.Tensor:
+    """`pixel_values[M, 3, h, w]` from `images[M, 3, H, W]` in [0, 1] via the model's image processor.
+
+    `processor` is an image processor or a processor with an `.image_processor` (e.g. `CLIPProcessor`).
+    `do_rescale=False`: the images are already in [0, 1] and must not be divided by 255 again.
+    """
+    image_processor = getattr(processor, "image_processor", processor)
+    batch = image_processor(images=list(images.float().cpu()), do_rescale=False, return_tensors="pt")
+    return batch["pixel_values"]
+
+
+def _pooled(output: Any, embeds_field: str) -> torch.Tensor:
+    """The projected embedding from a transformers output: a tensor (transformers 4), a model output's
+    `pooler_output` (transformers 5 `get_*_features`) or `<embeds_field>` (`*ModelWithProjection`)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    value = getattr(output, embeds_field, None)
+    if value is None:
+        value = getattr(output, "pooler_output", None)
+    if value is None:
+        raise TypeError(f"cannot find {embeds_field} or pooler_output in {type(output).__name__}")
+    return value
+
+
+def _module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(module.parameters())
+    return parameter.device, parameter.dtype
+
+
+def image_embeddings(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected (not normalised) CLIP image embeddings `[M, D]` of a `CLIPModel` or `CLIPVisionModelWithProjection`."""
+    device, dtype = _module_device_dtype(model)
+    pixel_values = pixel_values.to(device=device, dtype=dtype)
+    if hasattr(model, "get_image_features"):
+        return _pooled(model.get_image_features(pixel_values=pixel_values), "image_embeds")
+    return _pooled(model(pixel_values=pixel_values), "image_embeds")
+
+
+def text_embeddings(model: nn.Module, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    """Projected (not normalised) CLIP text embeddings `[N, D]`; texts are truncated to the model's context length."""
+    device, _ = _module_device_dtype(model)
+    max_length = int(model.config.text_config.max_position_embeddings)
+    tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    tokens = {name: tokens[name].to(device) for name in ("input_ids", "attention_mask") if name in tokens}
+    return _pooled(model.get_text_features(**tokens), "text_embeds")
+
+
+def _check_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"{name} must be a sequence of str, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(text).__name__}: {text!r:.80}")
+    return list(texts)
+
+
+def _tiny_clip_image_processor(image_size: int) -> Any:
+    """A CLIP image processor for tiny models: resize the short side to `image_size`, centre crop, CLIP mean/std.
+
+    transformers >= 5 names the PIL backend `CLIPImageProcessorPil` (the classic processor; `CLIPImageProcessor`
+    needs torchvision there and falls back to it with a warning); older versions only have `CLIPImageProcessor`.
+    Both save as `"CLIPImageProcessor"`, so saved tiny processors load with `AutoImageProcessor` anywhere.
+    """
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers < 5
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    return ImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+# CLIP's default init (initializer_factor=1) scales residual branches by 1/sqrt(2 * layers) so that a deep *trained*
+# tower starts near the identity; a random 2-layer tower then returns almost its constant class token for every
+# image (cosine ~0.99 between embeddings of different renders, and the aesthetic score is a constant). With factor 4
+# the attention logits have std (4/2)^2 = 4 (sharp, image-dependent attention) and the residual branches outweigh the
+# class token, so different renders embed with cosine ~0.6 and independent noise images with ~0.3.
+TINY_VISION_INITIALIZER_FACTOR = 4.0
+
+
+def _tiny_vision_config(image_size: int) -> dict[str, Any]:
+    return dict(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        initializer_factor=TINY_VISION_INITIALIZER_FACTOR,
+    )
+
+
+def _renders_for(renderer: DiffusersRenderer | None, owner: str, results: Sequence[EditResult]) -> torch.Tensor:
+    if renderer is None:
+        raise ValueError(
+            f"{owner} has no renderer: construct it with renderer=DiffusersRenderer(...) to score EditResults, "
+            f"or call score_images(images, texts) on images you already have"
+        )
+    return renderer.render([result.prompt for result in results])
+
+
+# ---------------------------------------------------------------------- aesthetic
+
+
+def _load_clip_vision_tower(clip: str | Path, torch_dtype: torch.dtype | None = None) -> nn.Module:
+    """`CLIPVisionModelWithProjection` from a vision-only or a full CLIP checkpoint (the text tower is not loaded).
+
+    The text-tower weights of a full checkpoint are expected leftovers, so transformers' load report is muted;
+    any missing or mismatched vision weight raises instead of being silently re-initialised.
+    """
+    import logging
+
+    from transformers import AutoConfig, CLIPConfig, CLIPVisionModelWithProjection
+
+    kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
+    config = AutoConfig.from_pretrained(str(clip))
+    if isinstance(config, CLIPConfig):
+        kwargs["config"] = config.vision_config
+        kwargs["config"].projection_dim = config.projection_dim
+    report_logger = logging.getLogger("transformers.modeling_utils")
+
+    def errors_only(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    report_logger.addFilter(errors_only)  # a filter, not setLevel: the logger's level changes transformers' checks
+    try:
+        model, info = CLIPVisionModelWithProjection.from_pretrained(str(clip), output_loading_info=True, **kwargs)
+    finally:
+        report_logger.removeFilter(errors_only)
+    bad = sorted(info["missing_keys"]) + sorted(str(key) for key in info["mismatched_keys"])
+    if bad:
+        raise ValueError(f"CLIP checkpoint {str(clip)!r} lacks or mismatches vision weights: {bad[:10]}")
+    return model
+
+
+class AestheticMLP(nn.Module):
+    """The LAION improved-aesthetic predictor head: Linear d->1024->128->64->16->1, dropout between, no activations.
+
+    State-dict keys `layers.0/2/4/6/7.{weight,bias}`, exactly those of `sac+logos+ava1-l14-linearMSE.pth`.
+    """
+
+    def __init__(self, input_size: int = 768) -> None:
+        super().__init__()
+        self.input_size = int(input_size)
+        self.layers = nn.Sequential(
+            nn.Linear(self.input_size, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Scores `[M, 1]` from (L2-normalised) image embeddings `[M, input_size]`."""
+        return self.layers(embeddings)
+
+
+def _variance_preserving_init_(mlp: AestheticMLP) -> AestheticMLP:
+    """Re-initialise a (linear, activation-free) aesthetic MLP so a random unit-norm embedding scores ~N(0, 1).
+
+    Layer 0 gets weights N(0, 1) (its input is a unit-norm vector, so each output then has unit variance), every later
+    layer LeCun N(0, 1/fan_in) (keeps unit variance), all biases 0. PyTorch's default init instead shrinks the variance
+    3x per layer (243x over five) and leaves a bias-dominated, nearly constant score.
+    """
+    with torch.no_grad():
+        for i, layer in enumerate(module for module in mlp.layers if isinstance(module, nn.Linear)):
+            nn.init.normal_(layer.weight, std=1.0 if i == 0 else layer.in_features**-0.5)
+            nn.init.zeros_(layer.bias)
+    return mlp
+
+
+def _resolve_file(path_or_hub_file: str | Path) -> Path:
+    """A local file, or `<owner>/<repo>/<filename>` on the Hugging Face hub (downloaded or taken from the cache)."""
+    path = Path(path_or_hub_file).expanduser()
+    if path.is_file():
+        return path
+    parts = str(path_or_hub_file).split("/")
+    if len(parts) < 3 or path.is_absolute() or str(path_or_hub_file).startswith("."):
+        raise FileNotFoundError(
+            f"aesthetic MLP {str(path_or_hub_file)!r} is not a file; pass a local .pth path or a hub file as "
+            f"'<owner>/<repo>/<filename>'"
+        )
+    from huggingface_hub import hf_hub_download
+
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    with explain_missing_checkpoint(repo_id, "aesthetic MLP", filename=filename):
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+
+
+def load_aesthetic_mlp(path_or_hub_file: str | Path) -> AestheticMLP:
+    """Load a LAION-format aesthetic MLP state dict (`torch.load(weights_only=True)`); input size from `layers.0`."""
+    path = _resolve_file(path_or_hub_file)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or set(state) != set(LAION_AESTHETIC_KEYS):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{path} is not a LAION aesthetic MLP state dict: expected keys {list(LAION_AESTHETIC_KEYS)}, got {got}"
+        )
+    mlp = AestheticMLP(input_size=state["layers.0.weight"].shape[1])
+    mlp.load_state_dict(state)
+    return mlp.eval()
+
+
+class AestheticScorer:
+    """Mean over the K renders of `mlp(normalize(clip_image_embedding(image)))`: the LAION aesthetic score.
+
+    Attributes: `clip` (a `CLIPVisionModelWithProjection` or `CLIPModel`), `processor` (its image processor),
+    `mlp` (an `AestheticMLP` whose input size is the CLIP projection size), `renderer` (shared, may be None).
+    Real scores are on the LAION 1-10 scale; tiny-model scores only exercise the pipeline.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        processor: Any,
+        mlp: nn.Module,
+        renderer: DiffusersRenderer | None = None,
+        name: str = "aesthetic",
+    ) -> None:
+        self.clip = clip.eval()
+        self.processor = processor
+        self.mlp = mlp.eval()
+        self.renderer = renderer
+        self.name = name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        clip: str | Path = "openai/clip-vit-large-patch14",
+        mlp: str | Path = "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth",
+        *,
+        renderer: DiffusersRenderer | None = None,
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
+        name: str = "aesthetic",
+    ) -> AestheticScorer:
+        """CLIP vision tower + projection and its image processor from `clip` (hub id or directory), and the LAION
+        MLP from `mlp` (a local `.pth` in the original `sac+logos+ava1-l14-linearMSE.pth` format, or a hub file
+        `<owner>/<repo>/<filename>`; the default is TRL's hub copy of that file)."""
+        from transformers import AutoImageProcessor
+
+        with explain_missing_checkpoint(clip, "CLIP (aesthetic)"):
+            model = _load_clip_vision_tower(clip, torch_dtype)
+            processor = AutoImageProcessor.from_pretrained(str(clip))
+        head = load_aesthetic_mlp(mlp)
+        embed_dim = int(model.config.projection_dim)
+        if head.input_size != embed_dim:
+            raise ValueError(
+                f"aesthetic MLP {mlp!r} takes {head.input_size}-d inputs but CLIP {clip!r} embeds to {embed_dim}-d"
+            )
+        head = head.to(dtype=next(model.parameters()).dtype)
+        if device is not None:
+            model, head = model.to(device), head.to(device)
+        return cls(model, processor, head, renderer=renderer, name=name)
+
+    @classmethod
+    def tiny(
+        cls, seed: int = 0, *, image_size: int = 32, renderer: DiffusersRenderer | None = None, name: str = "aesthetic"
+    ) -> AestheticScorer:
+        """A tiny randomly initialised CLIP vision tower (32-d projection), its image processor and MLP, seeded.
+
+        The tower uses `TINY_VISION_INITIALIZER_FACTOR` and the MLP `_variance_preserving_init_`, so different renders
+        get different embeddings and scores spread by ~0.1-0.5 around a mean of order 1 (with default inits every
+        render scored the same to 1e-5). The scores exercise the pipeline and say nothing about image quality.
+        """
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CLIPVisionModelWithProjection(
+                CLIPVisionConfig(**_tiny_vision_config(image_size), projection_dim=32)
+            )
+            head = _variance_preserving_init_(AestheticMLP(input_size=32))
+        return cls(model, _tiny_clip_image_processor(image_size), head, renderer=renderer, name=name)
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised CLIP image embeddings `[N, K, D]` of `images[N, K, 3, H, W]`."""
+        check_images(images)
+        n, k = images.shape[:2]
+        self.clip.eval()
+        embeds = image_embeddings(self.clip, preprocess_images(self.processor, images.flatten(0, 1)))
+        return nn.functional.normalize(embeds.float(), dim=-1).reshape(n, k, -1)
+
+    @torch.inference_mode()
+    def score_images(self, images: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:
+        """Aesthetic scores `[N]` (float32, CPU): the MLP on normalised embeddings, mean over K. `texts` is unused."""
+        if texts is not None:
+            check_images(images, len(_check_texts(texts)))
+        embeds = self.embed(images)
+        if embeds.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.float32)
+        self.mlp.eval()
+        head_dtype = next(self.mlp.parameters()).dtype
+        scores = self.mlp(embeds.flatten(0, 1).to(head_dtype)).reshape(embeds.shape[:2])
+        return scores.float().mean(dim=1).cpu()
+
+    @torch.inference_mode()
+    def __call__(self, results: Sequence[EditResult]) -> torch.Tensor:
+        """Scores `[N]` of the edited prompts' renders (rendered, or taken from the shared renderer's cache)."""
+        images = _renders_for(self.renderer, type(self).__name__, results)
+        return check_scores(self.name, self.score_images(images), len(results))
+
+
+# ---------------------------------------------------------------------- PickScore
+
+TextField = Literal["prompt", "source", "intent"]
+
+
+class PickScoreScorer:
+    """PickScore: `logit_scale.exp() * cos(text embedding, image embedding)`, mean over the K renders.
+
+    `text` chooses what the images are compared with: `"prompt"` (the edited prompt, default), `"source"` (the
+    original prompt), or `"intent"` (`source + " " + instruction`). Attributes: `model` (a `CLIPModel`),
+    `processor` (a `CLIPProcessor`: tokenizer + image processor), `renderer` (shared, may be None).
+    """
+
+    TEXT_FIELDS = ("prompt", "source", "intent")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        renderer: DiffusersRenderer | None = None,
+        text: TextField = "prompt",
+        name: str = "pickscore",
+    ) -> None:
+        if text not in self.TEXT_FIELDS:
+            raise ValueError(f"text must be one of {self.TEXT_FIELDS}, got {text!r}")
+        if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+            raise TypeError(
+                f"processor must have .tokenizer and .image_processor (a CLIPProcessor), got {type(processor).__name__}"
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.renderer = renderer
+        self.text = text
+        self.name = name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = "yuvalkirstain/PickScore_v1",
+        processor: str | Path = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        *,
+        renderer: DiffusersRenderer | None = None,
+        text: TextField = "prompt",
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
+        name: str = "pickscore",
+    ) -> PickScoreScorer:
+        """The PickScore CLIP model and the processor it was trained with (hub ids or local directories)."""
+        from transformers import AutoProcessor, CLIPModel
+
+        kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+        with explain_missing_checkpoint(model, "PickScore model"):
+            clip = CLIPModel.from_pretrained(str(model), **kwargs)
+        with explain_missing_checkpoint(processor, "PickScore processor"):
+            clip_processor = AutoProcessor.from_pretrained(str(processor))
+        if device is not None:
+            clip = clip.to(device)
+        return cls(clip, clip_processor, renderer=renderer, text=text, name=name)
+
+    @classmethod
+    def tiny(
+        cls,
+        tokenizer: Any,
+        seed: int = 0,
+        *,
+        image_size: int = 32,
+        renderer: DiffusersRenderer | None = None,
+        text: TextField = "prompt",
+        name: str = "pickscore",
+    ) -> PickScoreScorer:
+        """A tiny randomly initialised `CLIPModel` (32-d) whose text vocabulary is `tokenizer`'s, seeded.
+
+        The processor gets `clip_style_tokenizer(tokenizer)`, a copy that wraps texts as `<bos> ... <eos>` and pads on
+        the right like CLIP's tokenizer, so the text tower pools at the eos token; the caller's tokenizer is not
+        modified. (If the eos id is 2, transformers' CLIP uses its legacy argmax-id pooling instead.) The vision
+        tower is initialised like `AestheticScorer.tiny`'s (`TINY_VISION_INITIALIZER_FACTOR`), so scores respond to
+        the image as well as to the text.
+        """
+        from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+        clip_tokenizer = clip_style_tokenizer(tokenizer, model_max_length=77)
+        text_config = dict(
+            vocab_size=len(clip_tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=clip_tokenizer.model_max_length,
+            pad_token_id=clip_tokenizer.pad_token_id,
+            bos_token_id=clip_tokenizer.bos_token_id,
+            eos_token_id=clip_tokenizer.eos_token_id,
+        )
+        config = CLIPConfig(text_config=text_config, vision_config=_tiny_vision_config(image_size), projection_dim=32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CLIPModel(config)
+        processor = CLIPProcessor(image_processor=_tiny_clip_image_processor(image_size), tokenizer=clip_tokenizer)
+        return cls(model, processor, renderer=renderer, text=text, name=name)
+
+    def texts_for(self, results: Sequence[EditResult]) -> list[str]:
+        """The text each result's renders are compared with, per `self.text`."""
+        if self.text == "prompt":
+            return [result.prompt for result in results]
+        if self.text == "source":
+            return [result.task.source for result in results]
+        return [f"{result.task.source} {result.task.instruction}" for result in results]
+
+    @torch.inference_mode()
+    def score_images(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """PickScores `[N]` (float32, CPU) of `images[N, K, 3, H, W]` against `texts[N]`, mean over K."""
+        texts = _check_texts(texts)
+        check_images(images, len(texts))
+        n, k = images.shape[:2]
+        if n == 0:
+            return torch.zeros(0, dtype=torch.float32)
+        self.model.eval()
+        pixel_values = preprocess_images(self.processor, images.flatten(0, 1))
+        image_embeds = nn.functional.normalize(image_embeddings(self.model, pixel_values).float(), dim=-1)
+        text_embeds = nn.functional.normalize(
+            text_embeddings(self.model, self.processor.tokenizer, texts).float(), dim=-1
+        )
+        cosine = torch.einsum("nd,nkd->nk", text_embeds, image_embeds.reshape(n, k, -1))
+        return (self.model.logit_scale.exp().float() * cosine).mean(dim=1).cpu()
+
+    @torch.inference_mode()
+    def __call__(self, results: Sequence[EditResult]) -> torch.Tensor:
+        """Scores `[N]` of the edited prompts' renders against `texts_for(results)`."""
+        images = _renders_for(self.renderer, type(self).__name__, results)
+        return check_scores(self.name, self.score_images(images, self.texts_for(results)), len(results))

@@ -1,0 +1,145 @@
+"""`build_reward(preset)`: the reward stacks promptgym ships, offline-tiny and real.
+
+| preset          | renderer                          | aesthetic                                   | PickScore                | integrity |
+|-----------------|-----------------------------------|---------------------------------------------|--------------------------|-----------|
+| `tiny`          | tiny random SD, 32x32, 4 DDIM steps, K=2 | tiny random CLIP + LAION-shaped MLP   | tiny random CLIP         | binary, 0.8 |
+| `diffchat-sd15` | `stable-diffusion-v1-5/stable-diffusion-v1-5`, 512x512, 20 steps, K=2 | `openai/clip-vit-large-patch14` + LAION improved-aesthetic MLP | `yuvalkirstain/PickScore_v1` | binary, 0.8 |
+
+Both presets weight the three terms 1 : 1 : 1 and score the image terms in *delta* mode (edited prompt minus
+the unedited source prompt, rendered from the same noise), so an image term measures what the edit changed
+and sits near 0 with a spread of about 0.1-1 (aesthetic scores are ~4-7, PickScore ~18-23 for SD 1.5). No
+preset normalises by running statistics, so an environment's reward stays a fixed function of the prompt.
+Every choice is an override: `build_reward("tiny", weights={"pickscore": 0.0})`.
+
+The tiny stack's scores exercise the pipeline and say nothing about image quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from promptgym.rewards.composite import CompositeReward
+from promptgym.rewards.image_scorers import AestheticScorer, PickScoreScorer
+from promptgym.rewards.integrity import ContentIntegrityScorer
+from promptgym.rewards.render import DiffusersRenderer
+
+PRESETS = ("tiny", "diffchat-sd15")
+IMAGE_TERMS = ("aesthetic", "pickscore")
+DEFAULT_WEIGHTS = {"aesthetic": 1.0, "pickscore": 1.0, "integrity": 1.0}
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+CLIP_L14 = "openai/clip-vit-large-patch14"
+LAION_MLP = "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
+PICKSCORE = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+def byte_tokenizer(model_max_length: int = 77) -> PreTrainedTokenizerFast:
+    """A corpus-free byte-level tokenizer (`<pad>`, `</s>`, `<s>` + 256 bytes) for tiny text encoders."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2} | {char: i + 3 for i, char in enumerate(alphabet)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", bos_token="<s>", model_max_length=model_max_length
+    )
+
+
+def build_reward(
+    preset: str = "tiny",
+    *,
+    tokenizer: Any = None,
+    weights: Mapping[str, float] | None = None,
+    renderer: Mapping[str, Any] | None = None,
+    integrity: Mapping[str, Any] | None = None,
+    delta: bool | list[str] | None = None,
+    normalize: bool | list[str] | None = None,
+    on_error: str = "raise",
+    seed: int = 0,
+    device: str | None = None,
+) -> CompositeReward:
+    """The `preset` reward stack, with overrides.
+
+    Args:
+        preset: "tiny" (offline, random tiny models) or "diffchat-sd15" (real checkpoints; needs them
+            downloaded, and a GPU to be practical).
+        tokenizer: the text tokenizer of the tiny text encoders (tiny preset only; default: `byte_tokenizer()`;
+            the env passes its own).
+        weights: per-term weights, merged over 1 : 1 : 1; a weight of 0 drops the term (and its render cost).
+        renderer: keyword overrides for the renderer constructor (steps, size, `images_per_prompt`, ...).
+        integrity: keyword overrides for `ContentIntegrityScorer` (`threshold`, `mode`, `forbidden_penalty`).
+        delta: override which terms are scored in delta mode (default: the image terms).
+        normalize: per-term running mean/std normalisation (default off: it makes the reward of a prompt
+            depend on history, so an env reward stops being stationary; prefer normalising in the agent).
+        on_error: "raise" or "zero" (see `CompositeReward`).
+        seed: seeds the tiny models' weights and the render noise.
+        device: where real models run (e.g. "cuda"); the tiny preset runs on the CPU.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}; expected one of {list(PRESETS)}")
+    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+    unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
+    if unknown:
+        raise ValueError(f"weights name unknown terms {unknown}; terms are {sorted(DEFAULT_WEIGHTS)}")
+    active = {name for name, weight in weights.items() if weight != 0}
+    if not active:
+        raise ValueError(f"weights={weights} leave no term with a non-zero weight")
+    image_terms = [name for name in IMAGE_TERMS if name in active]
+    scorers: dict[str, Any] = {}
+    if image_terms:
+        build = _tiny_image_scorers if preset == "tiny" else _sd15_image_scorers
+        scorers |= build(image_terms, tokenizer, dict(renderer or {}), seed, device)
+    if "integrity" in active:
+        scorers["integrity"] = ContentIntegrityScorer(**dict(integrity or {}))
+    return CompositeReward(
+        {name: (scorers[name], weights[name]) for name in scorers},
+        delta=image_terms if delta is None else delta,
+        normalize=False if normalize is None else normalize,
+        on_error=on_error,
+    )
+
+
+def _tiny_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict, seed: int, device: Any) -> dict:
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
+    renderer = DiffusersRenderer.tiny(tokenizer, seed=seed, **renderer_kwargs)
+    scorers: dict[str, Any] = {}
+    if "aesthetic" in terms:
+        scorers["aesthetic"] = AestheticScorer.tiny(seed=seed, image_size=renderer.height, renderer=renderer)
+    if "pickscore" in terms:
+        scorers["pickscore"] = PickScoreScorer.tiny(tokenizer, seed=seed, image_size=renderer.height, renderer=renderer)
+    return scorers
+
+
+def _sd15_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict, seed: int, device: Any) -> dict:
+    if tokenizer is not None:
+        raise ValueError("tokenizer is only used by the tiny preset; real checkpoints bring their own tokenizers")
+    renderer_kwargs = {"num_inference_steps": 20, "images_per_prompt": 2, "seed": seed, "device": device} | renderer_kwargs
+    renderer = DiffusersRenderer.from_pretrained(SD15, **renderer_kwargs)
+    scorers: dict[str, Any] = {}
+    if "aesthetic" in terms:
+        scorers["aesthetic"] = AestheticScorer.from_pretrained(clip=CLIP_L14, mlp=LAION_MLP, renderer=renderer, device=device)
+    if "pickscore" in terms:
+        scorers["pickscore"] = PickScoreScorer.from_pretrained(
+            model=PICKSCORE, processor=PICKSCORE_PROCESSOR, renderer=renderer, device=device
+        )
+    return scorers
+
+
+def reward_stats(reward: CompositeReward) -> dict[str, float]:
+    """Render-cache counters of the renderers behind a reward's scorers (for logging)."""
+    stats: dict[str, float] = {}
+    renderers = {id(r): r for scorer, _ in reward.terms.values() if (r := getattr(scorer, "renderer", None)) is not None}
+    for i, renderer in enumerate(renderers.values()):
+        prefix = "render/" if len(renderers) == 1 else f"render{i}/"
+        info = renderer.cache_info()
+        stats |= {
+            f"{prefix}cache_hits": float(info.hits),
+            f"{prefix}cache_misses": float(info.misses),
+            f"{prefix}pipeline_calls": float(renderer.pipeline_calls),
+            f"{prefix}images_rendered": float(renderer.images_rendered),
+        }
+    return stats
