@@ -16,13 +16,26 @@ from promptgym.agents.gae import compute_gae
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
 from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
+from promptgym.agents.ppo import PPOAgent, PPOConfig, ppo_losses
+from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions
 from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
+from promptgym.agents.sft import SFTConfig, SFTResult, completion_loss, sft_warm_start
 
 __all__ = [
     "AdaptiveKLController",
     "CheckpointState",
     "PolicyOutput",
     "PolicyWithValue",
+    "PPOAgent",
+    "PPOConfig",
+    "RolloutBatch",
+    "RolloutCollector",
+    "SFTConfig",
+    "SFTResult",
+    "completion_loss",
+    "sft_warm_start",
+    "evaluate_actions",
+    "ppo_losses",
     "ValueHead",
     "latest_checkpoint",
     "list_checkpoints",

@@ -159,10 +159,10 @@ class PolicyWithValue(nn.Module):
     ) -> PolicyWithValue:
         """A tiny randomly initialised BLOOM (the architecture of DiffChat's policy) matching `tokenizer`."""
         config = tiny_bloom_config(tokenizer, hidden_size, num_layers, num_heads)
-        with _seeded(seed):
+        with _seeded(seed):  # the caller's global RNG stream is left as it was
             model = BloomForCausalLM(config)
             critic = BloomForCausalLM(config).transformer if separate_critic else None
-        return cls(model, critic=critic)
+            return cls(model, critic=critic)
 
 
 def tiny_bloom_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4) -> BloomConfig:
