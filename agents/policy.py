@@ -102,16 +102,25 @@ class PolicyWithValue(nn.Module):
         past = (out.past_key_values, critic_out.past_key_values) if use_cache else None
         return PolicyOutput(out.logits, values, past)
 
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the reference policy (PEFT: adapters disabled; else the frozen copy made by `freeze_reference`)."""
+    def reference_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0
+    ) -> torch.Tensor:
+        """Logits of the reference policy (PEFT: adapters disabled; else the frozen copy made by `freeze_reference`).
+
+        `logits_to_keep > 0` computes only the last that many positions' logits (when the model supports it).
+        """
         if self.is_peft:
             with torch.no_grad(), self.model.disable_adapter():
-                return _lm_forward(self.model, self._position_ids, input_ids, attention_mask, None, False, False).logits
+                return _lm_forward(
+                    self.model, self._position_ids, input_ids, attention_mask, None, False, False, logits_to_keep
+                ).logits
         if getattr(self, "_reference", None) is None:
             self.freeze_reference()
         with torch.no_grad():
             reference = self._reference[0]
-            return _lm_forward(reference, self._position_ids, input_ids, attention_mask, None, False, False).logits
+            return _lm_forward(
+                reference, self._position_ids, input_ids, attention_mask, None, False, False, logits_to_keep
+            ).logits
 
     def freeze_reference(self) -> None:
         """Snapshot the current LM as the KL reference (a no-op for PEFT models, which disable adapters)."""
@@ -178,8 +187,10 @@ def tiny_bloom_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, num
     )
 
 
-def _lm_forward(model, takes_positions: bool, input_ids, attention_mask, past, use_cache: bool, hidden: bool):
+def _lm_forward(model, takes_positions, input_ids, attention_mask, past, use_cache, hidden, logits_to_keep=0):
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+    if logits_to_keep and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = logits_to_keep
     if past is not None:
         kwargs["past_key_values"] = past
     if takes_positions:

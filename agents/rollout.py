@@ -142,10 +142,10 @@ def evaluate_actions(
 
 @torch.no_grad()
 def reference_logprobs(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
-    """log pi_ref(a_t | s_t) `[B, T]`, one teacher-forced pass of the reference model."""
-    logits = policy.reference_logits(batch.input_ids, batch.attention_mask)
-    cols = generated_slice(batch.context_length, batch.actions.shape[1])
-    log_probs = logits[:, cols].float().log_softmax(-1)
+    """log pi_ref(a_t | s_t) `[B, T]`, one teacher-forced pass of the reference model (generated columns only)."""
+    steps = batch.actions.shape[1]
+    logits = policy.reference_logits(batch.input_ids, batch.attention_mask, logits_to_keep=steps + 1)
+    log_probs = logits[:, -(steps + 1) : -1].float().log_softmax(-1)
     return log_probs.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1).masked_fill(~batch.mask, 0.0)
 
 
@@ -177,8 +177,12 @@ class RolloutCollector:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     @torch.no_grad()
-    def collect(self, seed: int | None = None) -> RolloutBatch:
-        """Run one episode in every sub-environment and return them as a batch (reference log-probs included)."""
+    def collect(self, seed: int | None = None, reference: bool = True) -> RolloutBatch:
+        """Run one episode in every sub-environment and return them as a batch.
+
+        With `reference`, one teacher-forced pass of the reference model fills `ref_logprobs` (needed for the
+        KL penalty; otherwise they are left at 0).
+        """
         env, pad = self.env, self.env.episodes.pad_id
         obs, _ = env.reset(seed=seed)
         ids, mask = _trimmed_context(obs, env.episodes.max_context_tokens)
@@ -233,7 +237,8 @@ class RolloutCollector:
             prompts=prompts,
             components=components,
         )
-        batch.ref_logprobs = reference_logprobs(self.policy, batch)
+        if reference:
+            batch.ref_logprobs = reference_logprobs(self.policy, batch)
         return batch
 
 

@@ -61,10 +61,25 @@ def sample_restricted(
     probs = logprobs_restricted.exp().reshape(-1, logits.shape[-1])
     if probs.dtype not in (torch.float32, torch.float64):
         probs = probs.float()
-    actions = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
-    logprob_full = F.log_softmax(logits, dim=-1).gather(-1, actions[..., None]).squeeze(-1)
+    actions = _inverse_cdf_draw(probs, generator).reshape(logits.shape[:-1])
     logprob_restricted = logprobs_restricted.gather(-1, actions[..., None]).squeeze(-1)
+    if mask is None:  # nothing restricted: the full distribution is the one just computed
+        return actions, logprob_restricted, logprob_restricted.clone()
+    logprob_full = F.log_softmax(logits, dim=-1).gather(-1, actions[..., None]).squeeze(-1)
     return actions, logprob_full, logprob_restricted
+
+
+def _inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One categorical draw per row of probs[N, V] from a single uniform (multinomial draws one per token).
+
+    The CDF is accumulated in float64 so large vocabularies keep their tail; `right=True` never lands on a
+    zero-probability token, and u stays strictly below the total.
+    """
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=probs.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
 def action_logprobs(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

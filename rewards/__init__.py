@@ -8,7 +8,7 @@ from promptgym.rewards.composite import CompositeReward, RunningMeanStd, ScorerE
 from promptgym.rewards.image_scorers import AestheticMLP, AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer, IntegrityDetails, integrity_ratio
 from promptgym.rewards.keywords import KeywordSpec, extract_keywords, lemma, prompt_lemmas
-from promptgym.rewards.presets import PRESETS, build_reward, byte_tokenizer, reward_stats
+from promptgym.rewards.presets import PRESETS, build_reward, byte_tokenizer, clear_reward_caches, reward_stats
 from promptgym.rewards.render import DiffusersRenderer
 from promptgym.rewards.semantic import SemanticConsistencyScorer
 from promptgym.rewards.shaping import PotentialShaping
@@ -36,6 +36,7 @@ __all__ = [
     "as_trl_reward_func",
     "build_reward",
     "byte_tokenizer",
+    "clear_reward_caches",
     "extract_keywords",
     "integrity_ratio",
     "lemma",

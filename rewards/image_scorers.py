@@ -16,7 +16,8 @@ rescaled by 1/255 a second time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,13 +154,66 @@ def _tiny_vision_config(image_size: int) -> dict[str, Any]:
     )
 
 
-def _renders_for(renderer: DiffusersRenderer | None, owner: str, results: Sequence[EditResult]) -> torch.Tensor:
+def _check_renderer(renderer: DiffusersRenderer | None, owner: str) -> DiffusersRenderer:
     if renderer is None:
         raise ValueError(
             f"{owner} has no renderer: construct it with renderer=DiffusersRenderer(...) to score EditResults, "
             f"or call score_images(images, texts) on images you already have"
         )
-    return renderer.render([result.prompt for result in results])
+    return renderer
+
+
+class ScoreCache:
+    """LRU of image-scorer scores keyed by (renderer fingerprint, prompt, text).
+
+    A render is a pure function of (prompt, k, renderer config), so its score is too while the scorer's weights
+    stay fixed: a prompt scored before (in delta mode, every task's source prompt) costs neither a render nor a
+    forward. Call `clear()` after changing a scorer's weights in place; `size=0` disables the cache.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"score_cache_size must be an int >= 0 (0 disables the cache), got {size!r}")
+        self.size = size
+        self._scores: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self._scores.clear()
+
+    def scores(
+        self,
+        renderer: DiffusersRenderer,
+        prompts: Sequence[str],
+        texts: Sequence[str],
+        score_images: Callable[[torch.Tensor, list[str]], torch.Tensor],
+    ) -> torch.Tensor:
+        """Scores `[N]`: cached ones looked up, the others rendered and scored in one batch."""
+        fingerprint = renderer.fingerprint()
+        keys = [(fingerprint, prompt, text) for prompt, text in zip(prompts, texts, strict=True)]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._scores))
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[tuple[str, str, str], float] = {}
+        if missing:
+            images = renderer.render([key[1] for key in missing])
+            fresh = dict(zip(missing, score_images(images, [key[2] for key in missing]).tolist(), strict=True))
+            for key, value in fresh.items():
+                self._store(key, value)
+        return torch.tensor([fresh[key] if key in fresh else self._lookup(key) for key in keys], dtype=torch.float32)
+
+    def _lookup(self, key: tuple[str, str, str]) -> float:
+        self._scores.move_to_end(key)
+        return self._scores[key]
+
+    def _store(self, key: tuple[str, str, str], value: float) -> None:
+        if self.size == 0:
+            return
+        self._scores[key] = value
+        self._scores.move_to_end(key)
+        while len(self._scores) > self.size:
+            self._scores.popitem(last=False)
 
 
 # ---------------------------------------------------------------------- aesthetic
@@ -284,12 +338,14 @@ class AestheticScorer:
         mlp: nn.Module,
         renderer: DiffusersRenderer | None = None,
         name: str = "aesthetic",
+        score_cache_size: int = 4096,
     ) -> None:
         self.clip = clip.eval()
         self.processor = processor
         self.mlp = mlp.eval()
         self.renderer = renderer
         self.name = name
+        self.score_cache = ScoreCache(score_cache_size)
 
     @classmethod
     def from_pretrained(
@@ -365,9 +421,11 @@ class AestheticScorer:
 
     @torch.inference_mode()
     def __call__(self, results: Sequence[EditResult]) -> torch.Tensor:
-        """Scores `[N]` of the edited prompts' renders (rendered, or taken from the shared renderer's cache)."""
-        images = _renders_for(self.renderer, type(self).__name__, results)
-        return check_scores(self.name, self.score_images(images), len(results))
+        """Scores `[N]` of the edited prompts' renders (rendered or taken from the caches, see `ScoreCache`)."""
+        renderer = _check_renderer(self.renderer, type(self).__name__)
+        prompts = [result.prompt for result in results]
+        scores = self.score_cache.scores(renderer, prompts, [""] * len(prompts), lambda images, _: self.score_images(images))
+        return check_scores(self.name, scores, len(results))
 
 
 # ---------------------------------------------------------------------- PickScore
@@ -392,6 +450,7 @@ class PickScoreScorer:
         renderer: DiffusersRenderer | None = None,
         text: TextField = "prompt",
         name: str = "pickscore",
+        score_cache_size: int = 4096,
     ) -> None:
         if text not in self.TEXT_FIELDS:
             raise ValueError(f"text must be one of {self.TEXT_FIELDS}, got {text!r}")
@@ -404,6 +463,7 @@ class PickScoreScorer:
         self.renderer = renderer
         self.text = text
         self.name = name
+        self.score_cache = ScoreCache(score_cache_size)
 
     @classmethod
     def from_pretrained(
@@ -496,6 +556,8 @@ class PickScoreScorer:
 
     @torch.inference_mode()
     def __call__(self, results: Sequence[EditResult]) -> torch.Tensor:
-        """Scores `[N]` of the edited prompts' renders against `texts_for(results)`."""
-        images = _renders_for(self.renderer, type(self).__name__, results)
-        return check_scores(self.name, self.score_images(images, self.texts_for(results)), len(results))
+        """Scores `[N]` of the edited prompts' renders against `texts_for(results)` (cached, see `ScoreCache`)."""
+        renderer = _check_renderer(self.renderer, type(self).__name__)
+        prompts = [result.prompt for result in results]
+        scores = self.score_cache.scores(renderer, prompts, self.texts_for(results), self.score_images)
+        return check_scores(self.name, scores, len(results))

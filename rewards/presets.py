@@ -81,6 +81,8 @@ def build_reward(
     """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}; expected one of {list(PRESETS)}")
+    if preset != "tiny" and tokenizer is not None:
+        raise ValueError("tokenizer is only used by the tiny preset; real checkpoints bring their own tokenizers")
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
     if unknown:
@@ -105,7 +107,7 @@ def build_reward(
 
 def _tiny_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict, seed: int, device: Any) -> dict:
     tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
-    renderer = DiffusersRenderer.tiny(tokenizer, seed=seed, **renderer_kwargs)
+    renderer = DiffusersRenderer.tiny(tokenizer, **({"seed": seed} | renderer_kwargs))
     scorers: dict[str, Any] = {}
     if "aesthetic" in terms:
         scorers["aesthetic"] = AestheticScorer.tiny(seed=seed, image_size=renderer.height, renderer=renderer)
@@ -115,8 +117,6 @@ def _tiny_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict,
 
 
 def _sd15_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict, seed: int, device: Any) -> dict:
-    if tokenizer is not None:
-        raise ValueError("tokenizer is only used by the tiny preset; real checkpoints bring their own tokenizers")
     renderer_kwargs = {"num_inference_steps": 20, "images_per_prompt": 2, "seed": seed, "device": device} | renderer_kwargs
     renderer = DiffusersRenderer.from_pretrained(SD15, **renderer_kwargs)
     scorers: dict[str, Any] = {}
@@ -129,9 +129,21 @@ def _sd15_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict,
     return scorers
 
 
+def clear_reward_caches(reward: CompositeReward) -> None:
+    """Empty every render cache and image-score cache behind a reward (e.g. after changing model weights)."""
+    for scorer, _ in reward.terms.values():
+        if (cache := getattr(scorer, "score_cache", None)) is not None:
+            cache.clear()
+        if (renderer := getattr(scorer, "renderer", None)) is not None:
+            renderer.clear_cache()
+
+
 def reward_stats(reward: CompositeReward) -> dict[str, float]:
-    """Render-cache counters of the renderers behind a reward's scorers (for logging)."""
+    """Render-cache and score-cache counters of the renderers and scorers behind a reward (for logging)."""
     stats: dict[str, float] = {}
+    for name, (scorer, _) in reward.terms.items():
+        if (cache := getattr(scorer, "score_cache", None)) is not None:
+            stats |= {f"score_cache/{name}_hits": float(cache.hits), f"score_cache/{name}_misses": float(cache.misses)}
     renderers = {id(r): r for scorer, _ in reward.terms.values() if (r := getattr(scorer, "renderer", None)) is not None}
     for i, renderer in enumerate(renderers.values()):
         prefix = "render/" if len(renderers) == 1 else f"render{i}/"

@@ -50,7 +50,9 @@ def as_trl_reward_func(reward: CompositeReward | Scorer) -> Callable[..., list[f
         ids = columns.get("task_id") or [""] * n
         results = [
             EditResult(_Task(src, ins, tgt or None, str(i)), _completion_text(c))
-            for src, ins, tgt, i, c in zip(columns["source"], columns["instruction"], targets, ids, completions)
+            for src, ins, tgt, i, c in zip(
+                columns["source"], columns["instruction"], targets, ids, completions, strict=True
+            )
         ]
         return composite(results).total.tolist()
 

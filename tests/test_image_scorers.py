@@ -332,3 +332,39 @@ def test_missing_real_checkpoints_offline_fail_fast_with_download_hint(aesthetic
     aesthetic.processor.save_pretrained(tmp_path / "clip")
     with pytest.raises(OSError, match="huggingface-cli download trl-lib/ddpo-aesthetic-predictor aesthetic-model.pth"):
         AestheticScorer.from_pretrained(clip=tmp_path / "clip")
+
+
+
+def test_score_cache_skips_render_and_forward_for_seen_prompts():
+    from promptgym.envs import EditTask
+    from promptgym.rewards import EditResult, build_reward, clear_reward_caches
+
+    reward = build_reward("tiny", weights={"integrity": 0.0})
+    aesthetic, pickscore = reward.terms["aesthetic"][0], reward.terms["pickscore"][0]
+    task = EditTask("a red dog", "make it blue")
+    results = [EditResult(task, "a blue dog"), EditResult(task, "a blue dog at night")]
+    first = reward(results)
+    calls = aesthetic.renderer.pipeline_calls
+    forwards = []
+    handle = pickscore.model.vision_model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        again = reward(results[::-1])
+        assert aesthetic.renderer.pipeline_calls == calls and not forwards  # no render, no CLIP forward
+        assert torch.equal(again.total, first.total.flip(0))
+        clear_reward_caches(reward)  # also resets the renderer's counters
+        fresh = reward(results)
+        assert aesthetic.renderer.pipeline_calls == 1 and forwards  # rendered and scored again
+        torch.testing.assert_close(fresh.total, first.total)
+    finally:
+        handle.remove()
+    assert aesthetic.score_cache.hits >= 4 and pickscore.score_cache.misses >= 4
+
+
+def test_score_cache_size_is_validated_and_zero_disables_it():
+    from promptgym.rewards.image_scorers import ScoreCache
+
+    with pytest.raises(ValueError, match="score_cache_size must be an int >= 0"):
+        ScoreCache(-1)
+    cache = ScoreCache(0)
+    cache._store(("f", "p", "t"), 1.0)
+    assert len(cache._scores) == 0
