@@ -5,8 +5,9 @@
 Both single envs are built with `gymnasium.make` (same wrapper stack) and timed in the same run, one step at
 a time, on steps that do not end the episode (so no reward is computed for ours). Printed: the median
 per-step time of each over `--rounds` rounds and their ratio (target: ours within 5x of CartPole). The vector
-env is then stepped with random non-EOS tokens, which includes the batched content-integrity reward of every
-episode truncated at `max_new_tokens`; printed as steps/s (env steps, i.e. tokens, per second).
+env is then stepped with random non-EOS tokens and the render-free content-integrity reward, which it computes
+for every episode truncated at `max_new_tokens` (one batched call per 48 steps); printed as steps/s (env steps,
+i.e. tokens, per second). Rendering rewards cost far more per episode: `bench_reward` measures those.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from promptgym.envs import ENV_ID, PromptEditVectorEnv
+from promptgym.rewards import ContentIntegrityScorer
 
 
 def time_single_steps(env: gym.Env, actions: np.ndarray, ends_episode) -> list[float]:
@@ -43,7 +45,7 @@ def median_step_seconds(env_id: str, actions: np.ndarray, rounds: int, ends_epis
 
 
 def vector_steps_per_second(num_envs: int, steps: int, rounds: int) -> float:
-    vec = PromptEditVectorEnv(num_envs)
+    vec = PromptEditVectorEnv(num_envs, reward=ContentIntegrityScorer())
     rng = np.random.default_rng(0)
     eos = vec.tokenizer.eos_token_id
     actions = rng.integers(3, vec.single_action_space.n, size=(steps, num_envs))
@@ -66,18 +68,18 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
-    probe = gym.make(ENV_ID).unwrapped
+    probe = gym.make(ENV_ID, reward=ContentIntegrityScorer()).unwrapped
     eos = probe.tokenizer.eos_token_id
     token_actions = rng.integers(3, probe.action_space.n, size=args.steps)
     cartpole_actions = rng.integers(0, 2, size=args.steps)
-    ours = median_step_seconds(ENV_ID, token_actions, args.rounds, lambda a: a == eos, max_new_tokens=48)
+    ours = median_step_seconds(ENV_ID, token_actions, args.rounds, lambda a: a == eos, max_new_tokens=48)  # default reward
     cartpole = median_step_seconds("CartPole-v1", cartpole_actions, args.rounds, lambda a: False)
     print(f"PromptEdit-v0 step : {ours * 1e6:8.2f} us (median of {args.rounds} rounds x {args.steps} steps)")
     print(f"CartPole-v1 step   : {cartpole * 1e6:8.2f} us")
     print(f"ratio PromptEdit / CartPole: {ours / cartpole:.2f}x (target <= 5x)")
     vector_steps = max(200, args.steps // args.num_envs)
     rate = vector_steps_per_second(args.num_envs, vector_steps, args.rounds)
-    print(f"vector env, {args.num_envs} envs: {rate:,.0f} steps/s (tokens/s, reward calls included)")
+    print(f"vector env, {args.num_envs} envs: {rate:,.0f} steps/s (tokens/s, content-integrity reward calls included)")
 
 
 if __name__ == "__main__":
