@@ -107,7 +107,7 @@ def build_reward(
 
 def _tiny_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict, seed: int, device: Any) -> dict:
     tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
-    renderer = DiffusersRenderer.tiny(tokenizer, **({"seed": seed} | renderer_kwargs))
+    renderer = DiffusersRenderer.tiny(tokenizer, **({"seed": seed} | renderer_kwargs))  # a "seed" override wins
     scorers: dict[str, Any] = {}
     if "aesthetic" in terms:
         scorers["aesthetic"] = AestheticScorer.tiny(seed=seed, image_size=renderer.height, renderer=renderer)

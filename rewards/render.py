@@ -269,6 +269,20 @@ def build_tiny_sd_pipeline(tokenizer: Any, seed: int = 0, image_size: int = 32) 
     return pipeline
 
 
+RENDER_SETTINGS = (
+    "num_inference_steps",
+    "guidance_scale",
+    "height",
+    "width",
+    "images_per_prompt",
+    "seed",
+    "cache_size",
+    "batch_size",
+    "call_kwargs",
+)
+TINY_SETTINGS = {"num_inference_steps": 4, "guidance_scale": 7.5, "height": 32, "width": 32, "images_per_prompt": 2}
+
+
 class DiffusersRenderer:
     """Renders prompts with a diffusers text-to-image pipeline: batched, common random numbers, LRU-cached.
 
@@ -331,27 +345,20 @@ class DiffusersRenderer:
         *,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 7.5,
-        height: int = 512,
-        width: int = 512,
-        images_per_prompt: int = 1,
-        seed: int = 0,
-        cache_size: int = 1024,
-        batch_size: int = 8,
-        call_kwargs: Mapping[str, Any] | None = None,
-        **load_kwargs: Any,
+        **kwargs: Any,
     ) -> DiffusersRenderer:
         """Load a pipeline with `DiffusionPipeline.from_pretrained` (hub id or local directory) and wrap it.
 
-        The safety checker is not loaded (it would blank images and cost memory) and the progress bar is off.
-        `load_kwargs` go to `from_pretrained` (`variant`, `revision`, `local_files_only`, ...). A checkpoint that is
-        neither local nor cached fails fast, naming the checkpoint and the `huggingface-cli download` command.
+        `kwargs` that name a renderer setting (`RENDER_SETTINGS`: steps, guidance, size, K, seed, cache and batch
+        sizes, call kwargs) configure the renderer; the rest go to `from_pretrained` (`variant`, `revision`,
+        `local_files_only`, ...). The safety checker is not loaded (it would blank images and cost memory) and
+        the progress bar is off. A checkpoint that is neither local nor cached fails fast, naming the checkpoint
+        and the `huggingface-cli download` command.
         """
         from diffusers import DiffusionPipeline
 
-        load_kwargs.setdefault("safety_checker", None)
-        load_kwargs.setdefault("requires_safety_checker", False)
+        settings = {name: kwargs.pop(name) for name in RENDER_SETTINGS if name in kwargs}
+        load_kwargs = {"safety_checker": None, "requires_safety_checker": False} | kwargs
         if torch_dtype is not None:
             load_kwargs["torch_dtype"] = torch_dtype
         with quiet_torchvision_fallback(), explain_missing_checkpoint(id_or_path, "diffusers pipeline"):
@@ -359,51 +366,25 @@ class DiffusersRenderer:
         if device is not None:
             pipeline = pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
-        return cls(
-            pipeline,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            images_per_prompt=images_per_prompt,
-            seed=seed,
-            cache_size=cache_size,
-            batch_size=batch_size,
-            call_kwargs=call_kwargs,
-        )
+        return cls(pipeline, **settings)
 
     @classmethod
-    def tiny(
-        cls,
-        tokenizer: Any,
-        seed: int = 0,
-        *,
-        num_inference_steps: int = 4,
-        guidance_scale: float = 7.5,
-        height: int = 32,
-        width: int = 32,
-        images_per_prompt: int = 2,
-        cache_size: int = 1024,
-        batch_size: int = 8,
-    ) -> DiffusersRenderer:
-        """The offline default: `build_tiny_sd_pipeline(tokenizer, seed)` rendered at 32x32 in 4 DDIM steps.
+    def tiny(cls, tokenizer: Any, seed: int = 0, **settings: Any) -> DiffusersRenderer:
+        """The offline default: `build_tiny_sd_pipeline(tokenizer, seed)` rendered with `TINY_SETTINGS`
+        (32x32, 4 DDIM steps, K=2) unless `settings` override them.
 
         `seed` seeds both the random weights and the render noise. `height`/`width` must be multiples of 8.
         """
-        if height % 8 or width % 8:
-            raise ValueError(f"tiny renderer height and width must be multiples of 8, got {height}x{width}")
-        pipeline = build_tiny_sd_pipeline(tokenizer, seed=seed, image_size=max(height, width))
-        return cls(
-            pipeline,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            images_per_prompt=images_per_prompt,
-            seed=seed,
-            cache_size=cache_size,
-            batch_size=batch_size,
-        )
+        unknown = sorted(set(settings) - set(RENDER_SETTINGS))
+        if unknown:
+            raise TypeError(f"unknown renderer settings {unknown}; expected some of {list(RENDER_SETTINGS)}")
+        settings = TINY_SETTINGS | settings
+        if settings["height"] % 8 or settings["width"] % 8:
+            raise ValueError(
+                f"tiny renderer height and width must be multiples of 8, got {settings['height']}x{settings['width']}"
+            )
+        pipeline = build_tiny_sd_pipeline(tokenizer, seed=seed, image_size=max(settings["height"], settings["width"]))
+        return cls(pipeline, seed=seed, **settings)
 
     # ------------------------------------------------------------------ config, noise, cache
 
