@@ -177,14 +177,15 @@ class RolloutCollector:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     @torch.no_grad()
-    def collect(self, seed: int | None = None, reference: bool = True) -> RolloutBatch:
+    def collect(self, seed: int | None = None, reference: bool = True, options: dict | None = None) -> RolloutBatch:
         """Run one episode in every sub-environment and return them as a batch.
 
         With `reference`, one teacher-forced pass of the reference model fills `ref_logprobs` (needed for the
-        KL penalty; otherwise they are left at 0).
+        KL penalty; otherwise they are left at 0). `options` go to `env.reset` (e.g. `{"tasks": [...]}` to
+        pin each sub-environment to a task).
         """
         env, pad = self.env, self.env.episodes.pad_id
-        obs, _ = env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed, options=options)
         ids, mask = _trimmed_context(obs, env.episodes.max_context_tokens)
         n, horizon = env.num_envs, env.episodes.max_new_tokens
         rec = {name: torch.zeros(n, horizon) for name in ("logprobs", "sample_logprobs", "values", "entropy", "rewards")}

@@ -92,19 +92,31 @@ class PromptEditVectorEnv(VectorEnv):
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
         """Reset sub-environments; `seed=s` seeds sub-environment i with `s + i`, as Gymnasium does.
 
-        `options={"reset_mask": bool[num_envs]}` resets only the masked sub-environments; the other options
-        (`task`, `task_index`) apply to every sub-environment that is reset.
+        `options={"reset_mask": bool[num_envs]}` resets only the masked sub-environments. `task` and
+        `task_index` apply to every sub-environment that is reset; `tasks` (a sequence of `EditTask`) and
+        `task_indices` (a sequence of ints) give one per sub-environment, e.g. to evaluate fixed tasks.
         """
         options = dict(options or {})
         reset_mask = self._reset_mask(options.pop("reset_mask", None))
+        per_env = self._per_env_options(options)
         seeds = self._seeds(seed)
         self._was_reset = True
         infos: dict[str, Any] = {}
         for i in np.flatnonzero(reset_mask):
             if seeds[i] is not None:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-            infos = self._add_info(infos, self._reset_one(i, options), i)
+            infos = self._add_info(infos, self._reset_one(i, per_env[i]), i)
         return self._observation(), infos
+
+    def _per_env_options(self, options: dict[str, Any]) -> list[dict[str, Any]]:
+        """Split the per-sub-environment options (`tasks`, `task_indices`) into one options dict per sub-env."""
+        for key, single in (("tasks", "task"), ("task_indices", "task_index")):
+            if key in options:
+                values = list(options.pop(key))
+                if len(values) != self.num_envs:
+                    raise ValueError(f"options[{key!r}] has {len(values)} entries; expected one per sub-env ({self.num_envs})")
+                return [{**options, single: value} for value in values]
+        return [options] * self.num_envs
 
     def step(self, actions):
         if not self._was_reset:

@@ -174,3 +174,14 @@ def test_reset_mask_and_autoreset_mode_validation():
     vec = PromptEditVectorEnv(2, reward=ContentIntegrityScorer())
     with pytest.raises(ValueError, match=r"reset_mask.*shape \(2,\)"):
         vec.reset(options={"reset_mask": [True, False]})
+
+
+def test_per_env_task_options_pin_each_sub_env():
+    vec = PromptEditVectorEnv(3, reward=ContentIntegrityScorer())
+    _, infos = vec.reset(seed=0, options={"task_indices": [5, 0, 5]})
+    assert [t.id for t in vec.tasks] == [vec.episodes.tasks[i].id for i in (5, 0, 5)]
+    picked = vec.episodes.tasks[7:10]
+    vec.reset(options={"tasks": picked})
+    assert vec.tasks == list(picked)
+    with pytest.raises(ValueError, match=r"options\['tasks'\] has 2 entries; expected one per sub-env \(3\)"):
+        vec.reset(options={"tasks": picked[:2]})
