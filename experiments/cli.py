@@ -52,9 +52,9 @@ def run_demo(args: argparse.Namespace) -> int:
         reward, info = run_episode(env, policy, seed=args.seed + episode)
         components = info["reward_components"]
         if not component_names:
-            component_names = list(components)
+            component_names = _display_components(components)
             for name in component_names:
-                table.add_column(name, justify="right")
+                table.add_column(name.replace("/delta", " Δ"), justify="right")
         task = env.task
         table.add_row(
             task.source,
@@ -66,6 +66,12 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     Console(width=max(160, Console().width)).print(table)
     return 0
+
+
+def _display_components(components: dict[str, float]) -> list[str]:
+    """One column per reward term: its delta when the term is scored in delta mode, else its raw score."""
+    terms = [name for name in components if "/" not in name]
+    return [f"{name}/delta" if f"{name}/delta" in components else name for name in terms]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
