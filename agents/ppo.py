@@ -371,7 +371,7 @@ class PPOAgent:
         return history
 
     # -- checkpoints
-    def save(self, directory, **kwargs) -> Any:
+    def save(self, directory, tokenizer: Any = None, **kwargs) -> Any:
         """Atomic checkpoint of policy, optimizer, KL controller, reward stats, RNGs and counters."""
         from promptgym.agents.checkpoint import save_checkpoint
 
@@ -384,7 +384,7 @@ class PPOAgent:
             counters=self._counters(),
             extra={"ppo_config": dataclasses.asdict(self.config)},
             generators={"sampling": self.generator, "negatives": self.rng},
-            tokenizer=self.env.tokenizer,
+            tokenizer=tokenizer if tokenizer is not None else self.env.tokenizer,
             **kwargs,
         )
 

@@ -1,9 +1,14 @@
 """The `promptgym` command line.
 
-    promptgym demo [--policy target|source|random] [--episodes N] [--split train|test] [--seed S]
+    promptgym train [--config tiny|NAME|PATH] [--out DIR] [--set key=value ...] | --resume DIR
+    promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N]
+    promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR] [-n 4] [--render OUT.png]
+    promptgym render --prompt TEXT [--preset tiny|diffchat-sd15] --out FILE.png
+    promptgym demo [--policy target|source|random] [--episodes N]
 
-`demo` plays a few episodes of the default environment with a scripted or random policy and prints each
-task, the edited prompt and the reward components as a table.
+`train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
+the user-facing feature (edited prompts for one prompt and instruction); `render` renders a prompt; `demo` plays
+a few episodes with a scripted policy.
 """
 
 from __future__ import annotations
@@ -18,13 +23,44 @@ POLICIES = ("target", "source", "random")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptgym", description="Prompt-editing RL environments and agents.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="SFT warm start then PPO; writes a run directory")
+    train.add_argument("--config", default="tiny", help="a preset name (tiny, diffchat-sd15, ppo, ...) or a YAML path")
+    train.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="dotted override, e.g. --set ppo.learning_rate=1e-4 (repeatable)")
+    train.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's latest policy on test tasks")
+    evaluate.add_argument("run_dir", help="a run directory written by promptgym train")
+    evaluate.add_argument("--split", default="test", help="task split to evaluate on (default: test)")
+    evaluate.add_argument("--samples", type=_positive_int, default=4, help="edited prompts per task (default: 4)")
+    evaluate.add_argument("--max-tasks", type=_positive_int, default=None, help="evaluate only the first N tasks")
+    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed")
+    evaluate.set_defaults(handler=run_eval)
+
+    edit = commands.add_parser("edit", help="print N edited prompts for a prompt and an instruction")
+    edit.add_argument("--prompt", required=True, help="the text-to-image prompt to edit")
+    edit.add_argument("--instruction", required=True, help='how to edit it, e.g. "make it night time"')
+    edit.add_argument("--run", default=None, help="run directory whose latest policy edits (default: none)")
+    edit.add_argument("-n", type=_positive_int, default=4, help="number of edited prompts (default: 4)")
+    edit.add_argument("--render", default=None, metavar="OUT.png", help="save the source and edited renders here")
+    edit.add_argument("--seed", type=int, default=0, help="sampling seed")
+    edit.set_defaults(handler=run_edit)
+
+    render = commands.add_parser("render", help="render a prompt with a preset's renderer")
+    render.add_argument("--prompt", required=True, help="the prompt to render")
+    render.add_argument("--preset", default="tiny", help="reward preset whose renderer to use (default: tiny)")
+    render.add_argument("--out", required=True, metavar="FILE.png", help="where to save the image(s)")
+    render.set_defaults(handler=run_render)
+
     demo = commands.add_parser("demo", help="play a few episodes with a scripted policy and print the rewards")
     demo.add_argument("--policy", choices=POLICIES, default="target", help="what the policy types (default: target)")
     demo.add_argument("--episodes", type=_positive_int, default=5, help="number of episodes (default: 5)")
     demo.add_argument("--split", choices=("train", "test"), default="test", help="demo split to draw tasks from")
     demo.add_argument("--tasks", default="demo", help="task spec for load_tasks: 'demo', a .jsonl/.csv path or 'hf:<id>'")
     demo.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode i uses seed+i)")
-    demo.set_defaults(run=run_demo)
+    demo.set_defaults(handler=run_demo)
     return parser
 
 
@@ -68,6 +104,59 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from promptgym.experiments.config import load_config
+    from promptgym.experiments.train import train
+
+    if args.resume:
+        from pathlib import Path
+
+        config = load_config(Path(args.resume) / "config.yaml", args.overrides)
+        out = args.resume
+    else:
+        config = load_config(args.config, args.overrides)
+        out = args.out or f"runs/{config.name}"
+    result = train(config, out, resume=bool(args.resume))
+    print(f"run directory: {result.run_dir} (summary.md, plots/, metrics.jsonl, checkpoints/)")
+    if result.interrupted:
+        print(f"interrupted; continue with: promptgym train --resume {result.run_dir}")
+        return 130
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from promptgym.envs import load_tasks
+    from promptgym.experiments.evaluate import evaluate_run, format_eval_table, load_run_config
+
+    tasks = None
+    if args.max_tasks is not None:
+        config = load_run_config(args.run_dir)
+        tasks = load_tasks(config.data.tasks, split=args.split)[: args.max_tasks]
+    result = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks)
+    print(format_eval_table(result))
+    print(f"written to {args.run_dir}/eval/eval_{args.split}.csv and .md")
+    return 0
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    from promptgym.experiments.edit import edit_prompt
+
+    edits = edit_prompt(args.prompt, args.instruction, run_dir=args.run, n=args.n, seed=args.seed, render=args.render)
+    for i, edited in enumerate(edits, 1):
+        print(f"{i}. {edited}")
+    if args.render:
+        print(f"renders saved to {args.render}")
+    return 0
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from promptgym.experiments.edit import render_prompt
+
+    path = render_prompt(args.prompt, args.out, preset=args.preset)
+    print(f"saved {path}")
+    return 0
+
+
 def _display_components(components: dict[str, float]) -> list[str]:
     """One column per reward term: its delta when the term is scored in delta mode, else its raw score."""
     terms = [name for name in components if "/" not in name]
@@ -76,7 +165,13 @@ def _display_components(components: dict[str, float]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    from promptgym.experiments.config import ConfigError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError) as error:  # a user's mistake: the message, not a traceback
+        print(f"promptgym {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""`promptgym edit` and `promptgym render`: the user-facing features, as functions.
+
+`edit_prompt` samples N edited prompts for one (prompt, instruction) from a trained run's policy and can save
+the renders of the source and each edit; `render_prompt` renders one prompt with a preset's renderer.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from promptgym.agents import PolicyWithValue, RolloutCollector
+from promptgym.envs import EditTask, PromptEditVectorEnv, default_tokenizer
+from promptgym.rewards import ContentIntegrityScorer, DiffusersRenderer
+from promptgym.rewards.presets import SD15
+
+MIN_SAVED_SIDE = 256  # tiny 32x32 renders are upscaled (nearest neighbour) so a person can see them
+
+
+def load_run_policy(run_dir: str | os.PathLike):
+    """(policy, tokenizer, config) of a run's latest checkpoint."""
+    from promptgym.experiments.evaluate import load_run_config, load_run_tokenizer, run_policy_dir
+
+    config = load_run_config(run_dir)
+    policy_dir = run_policy_dir(run_dir)
+    return PolicyWithValue.from_pretrained(policy_dir), load_run_tokenizer(run_dir, policy_dir, config), config
+
+
+def edit_prompt(
+    prompt: str,
+    instruction: str,
+    run_dir: str | os.PathLike | None = None,
+    n: int = 4,
+    seed: int = 0,
+    render: str | os.PathLike | None = None,
+) -> list[str]:
+    """`n` edited prompts for `prompt` under `instruction`, sampled from the run's latest policy.
+
+    Without `run_dir` an untrained tiny policy is used (its edits are noise: train first). With `render`, the
+    source and every edit are rendered with the run's renderer (tiny by default) into one PNG.
+    """
+    if not prompt.strip() or not instruction.strip():
+        raise ValueError(f"prompt={prompt!r} and instruction={instruction!r} must both be non-empty")
+    task = EditTask(prompt.strip(), instruction.strip(), id="cli")
+    if run_dir is None:
+        warnings.warn("no run given: editing with an untrained tiny policy; train one with `promptgym train`", stacklevel=2)
+        tokenizer, config = default_tokenizer(), None
+        policy = PolicyWithValue.tiny(tokenizer, seed=seed)
+    else:
+        policy, tokenizer, config = load_run_policy(run_dir)
+    env = PromptEditVectorEnv(
+        n,
+        tasks=[task],
+        tokenizer=tokenizer,
+        reward=ContentIntegrityScorer(),
+        max_new_tokens=config.env.max_new_tokens if config else 48,
+        max_context_tokens=max(config.env.max_context_tokens if config else 64, _context_length(tokenizer, task)),
+        autoreset_mode="disabled",
+    )
+    typical_mass = config.ppo.typical_mass if config else None
+    collector = RolloutCollector(policy, env, typical_mass, torch.Generator().manual_seed(seed))
+    edits = collector.collect(seed=seed, reference=False, options={"tasks": [task] * n}).prompts
+    if render is not None:
+        renderer = _run_renderer(config, tokenizer)
+        _save_edit_grid(renderer, task, edits, Path(render))
+    return edits
+
+
+def _context_length(tokenizer, task: EditTask) -> int:
+    from promptgym.envs import EditTemplate
+
+    return len(tokenizer(EditTemplate().context(task))["input_ids"])
+
+
+def _run_renderer(config, tokenizer) -> DiffusersRenderer:
+    if config is None or config.reward.preset == "tiny":
+        settings = dict(config.reward.renderer) if config else {}
+        return DiffusersRenderer.tiny(tokenizer, seed=config.reward.seed if config else 0, **settings)
+    return DiffusersRenderer.from_pretrained(SD15, device=config.reward.device, **config.reward.renderer)
+
+
+def _save_edit_grid(renderer: DiffusersRenderer, task: EditTask, edits: list[str], path: Path) -> Path:
+    from promptgym.experiments.plots import plot_image_grid
+
+    images = renderer.render([task.source, *edits])[:, 0]
+    rows = [(task.source, edit, f"edit {i + 1}: {task.instruction}") for i, edit in enumerate(edits)]
+    before = images[:1].expand(len(edits), -1, -1, -1)
+    return plot_image_grid(rows, before, images[1:], path)
+
+
+def render_prompt(prompt: str, out: str | os.PathLike, preset: str = "tiny") -> Path:
+    """Render `prompt` with the preset's renderer and save its K images side by side as a PNG."""
+    if not prompt.strip():
+        raise ValueError("prompt is empty; expected the text to render")
+    if preset == "tiny":
+        renderer = DiffusersRenderer.tiny(default_tokenizer())
+    elif preset == "diffchat-sd15":
+        renderer = DiffusersRenderer.from_pretrained(SD15, device="cuda" if torch.cuda.is_available() else None)
+    else:
+        raise ValueError(f"preset={preset!r}; expected 'tiny' or 'diffchat-sd15'")
+    images = renderer.render([prompt])[0]  # [K, 3, H, W] in [0, 1]
+    strip = torch.cat(list(images), dim=-1)  # [3, H, K*W]
+    array = (strip.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(array)
+    scale = max(1, MIN_SAVED_SIDE // image.height)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

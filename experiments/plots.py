@@ -1,0 +1,355 @@
+"""Plots of a run: reward components and KL/entropy over updates, a before/after image grid, learning curves.
+
+Pure functions: each reads its inputs (a run's `metrics.jsonl`, tensors, curve data), writes one PNG and returns
+its path. Matplotlib runs on the non-interactive Agg backend (no display needed, never `plt.show`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # explicit: plots are files, never windows (headless CI, servers)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = [
+    "KL_ENTROPY_KEYS",
+    "plot_image_grid",
+    "plot_learning_curves",
+    "plot_training",
+    "read_metrics",
+    "reward_component_keys",
+    "rolling_mean",
+]
+
+KL_ENTROPY_KEYS = ("objective/kl", "objective/kl_coef", "objective/entropy", "ppo/approx_kl", "ppo/clipfrac")
+REWARD_KEY = "env/reward_mean"
+DPI = 110
+_CAPTION_WIDTH = 38  # characters per caption line under a grid image
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_metrics(metrics_jsonl_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's `metrics.jsonl`; raises on a missing file, a bad line or no records."""
+    path = Path(metrics_jsonl_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics_jsonl_path={str(path)!r} does not exist; expected a run's metrics.jsonl")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}): {line[:80]!r}") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {number} is {type(record).__name__}; expected a JSON object per line")
+        records.append(record)
+    if not records:
+        raise ValueError(f"metrics_jsonl_path={str(path)!r} has no records; expected one JSON object per PPO update")
+    return records
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of `key` over updates: x is the record's `update` (else its 1-based line), missing/null/NaN skipped."""
+    xs, ys = [], []
+    for i, record in enumerate(records):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        update = record.get("update", i + 1)
+        xs.append(float(update) if isinstance(update, (int, float)) else float(i + 1))
+        ys.append(float(value))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def reward_component_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """`env/reward_mean` first, then every other `env/<component>` key in first-seen order (not `reward_std`)."""
+    seen: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            if key.startswith("env/") and key != "env/reward_std":
+                seen.setdefault(key, None)
+    keys = list(seen)
+    return sorted(keys, key=lambda k: k != REWARD_KEY)  # stable: reward first, the rest as logged
+
+
+def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last `window` values (fewer at the start), same length as `values`."""
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window={window!r}; expected a positive integer")
+    values = np.asarray(values, dtype=np.float64)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def _auto_window(n: int) -> int:
+    return max(1, min(25, n // 8))
+
+
+# ---------------------------------------------------------------------------------------------- training
+def plot_training(
+    metrics_jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, window: int | None = None
+) -> list[Path]:
+    """Write `reward_components.png` and `kl_entropy.png` for a run's metrics; returns their paths.
+
+    `window` is the rolling-mean window in updates (default: about an eighth of the run, at most 25).
+    """
+    records = read_metrics(metrics_jsonl_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    window = _auto_window(len(records)) if window is None else window
+    rolling_mean(np.zeros(1), window)  # validates window before any drawing
+    return [
+        _plot_reward_components(records, out_dir / "reward_components.png", window, metrics_jsonl_path),
+        _plot_kl_entropy(records, out_dir / "kl_entropy.png", window, metrics_jsonl_path),
+    ]
+
+
+def _plot_reward_components(records, path: Path, window: int, source) -> Path:
+    keys = reward_component_keys(records)
+    panels = [k for k in keys if not (k.endswith("/source") and k[: -len("/source")] in keys)]  # drawn with parent
+    panels = [k for k in panels if len(_series(records, k)[0])]
+    if not panels:
+        raise ValueError(
+            f"metrics_jsonl_path={str(source)!r} has no finite 'env/...' values; expected {REWARD_KEY!r} "
+            "and the reward components logged by PPOAgent.step()"
+        )
+    fig, axes = _grid(len(panels), title=f"Reward and its components over PPO updates (rolling mean, window={window})")
+    for ax, key in zip(axes, panels):
+        x, y = _series(records, key)
+        label = "reward" if key == REWARD_KEY else "edited − source" if key.endswith("/delta") else "edited prompt"
+        _raw_and_rolling(ax, x, y, window, color="C0", label=label)
+        if key == REWARD_KEY:
+            xs, std = _series(records, "env/reward_std")
+            if len(xs) == len(x) and np.array_equal(xs, x):
+                ax.fill_between(x, y - std, y + std, color="C0", alpha=0.12, linewidth=0, label="± std over episodes")
+        if f"{key}/source" in keys:
+            xs, ys = _series(records, f"{key}/source")
+            _raw_and_rolling(ax, xs, ys, window, color="C1", label="source prompt", dashed=True)
+        name = key[len("env/") :]
+        ax.set_title("total reward" if key == REWARD_KEY else name.replace("/delta", " (edited − source)"))
+        if key.endswith("/delta"):
+            ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":")
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return _save(fig, path)
+
+
+def _plot_kl_entropy(records, path: Path, window: int, source) -> Path:
+    panels = [k for k in KL_ENTROPY_KEYS if len(_series(records, k)[0])]
+    if not panels:
+        raise ValueError(
+            f"metrics_jsonl_path={str(source)!r} has none of {list(KL_ENTROPY_KEYS)}; expected the metrics of "
+            "PPOAgent.step()"
+        )
+    titles = {
+        "objective/kl": "KL(policy ‖ reference), per episode",
+        "objective/kl_coef": "KL coefficient β",
+        "objective/entropy": "policy entropy per token (nats)",
+        "ppo/approx_kl": "approx. KL between PPO epochs",
+        "ppo/clipfrac": "fraction of ratios clipped",
+    }
+    fig, axes = _grid(len(panels), title=f"KL, entropy and PPO diagnostics (rolling mean, window={window})")
+    for i, (ax, key) in enumerate(zip(axes, panels)):
+        x, y = _series(records, key)
+        _raw_and_rolling(ax, x, y, window, color=f"C{i + 2}", label=key)
+        ax.set_title(titles[key])
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return _save(fig, path)
+
+
+def _grid(n: int, title: str) -> tuple[Figure, list[Any]]:
+    """A figure with `n` panels in up to 3 columns (extra axes removed), labelled x = update."""
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows + 0.5), squeeze=False, layout="constrained")
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.remove()
+    for ax in flat[:n]:
+        ax.set_xlabel("PPO update")
+        ax.set_ylabel("value")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    return fig, flat[:n]
+
+
+def _raw_and_rolling(ax, x, y, window: int, color: str, label: str, dashed: bool = False) -> None:
+    style = "--" if dashed else "-"
+    ax.plot(x, y, style, color=color, alpha=0.3, linewidth=0.9, marker="." if len(x) < 40 else None, markersize=3)
+    ax.plot(x, rolling_mean(y, window), style, color=color, linewidth=2.0, label=label)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- image grid
+def plot_image_grid(
+    rows: Sequence[tuple[str, str, str]],
+    images_before: torch.Tensor,
+    images_after: torch.Tensor,
+    path: str | os.PathLike,
+) -> Path:
+    """Before/after grid: one row per task, source render | edited render, prompts wrapped under each image.
+
+    `rows[i] = (source prompt, edited prompt, label)` (label: e.g. the instruction); `images_*[N, 3, H, W]` in
+    [0, 1] (for a renderer's `[N, K, 3, H, W]` pass `images[:, 0]`). Tiny renders are upscaled with
+    nearest-neighbour so their pixels stay visible.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows is empty; expected one (source, edited prompt, label) per image")
+    before = _check_images("images_before", images_before)
+    after = _check_images("images_after", images_after)
+    for i, row in enumerate(rows):
+        if not (isinstance(row, (tuple, list)) and len(row) == 3 and all(isinstance(s, str) for s in row)):
+            raise ValueError(f"rows[{i}]={row!r}; expected a (source, edited prompt, label) tuple of three str")
+    if not (len(rows) == before.shape[0] == after.shape[0]):
+        raise ValueError(
+            f"rows has {len(rows)} entries, images_before {before.shape[0]} and images_after {after.shape[0]}; "
+            "expected one image pair per row"
+        )
+    captions = [(_wrap(source), _wrap(edited)) for source, edited, _ in rows]
+    lines = [max(a.count("\n"), b.count("\n")) + 1 for a, b in captions]
+    heights = [2.4 + 0.16 * n + 0.35 for n in lines]  # image + caption lines + row label
+    fig = plt.figure(figsize=(6.0, sum(heights) + 0.4), layout="constrained")
+    fig.suptitle("Before / after: source prompt render vs edited prompt render", fontsize=11)
+    subfigs = fig.subfigures(len(rows), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for i, (sub, (_, _, label)) in enumerate(zip(subfigs, rows)):
+        sub.suptitle(textwrap.shorten(label, 70, placeholder="…"), fontsize=9, fontweight="bold")
+        axes = sub.subplots(1, 2)
+        for ax, image, caption, side in zip(axes, (before[i], after[i]), captions[i], ("source", "edited")):
+            ax.imshow(_to_hwc(image), interpolation="nearest")  # nearest: 32x32 renders stay crisp blocks
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(side, fontsize=8, color="0.35")
+            ax.set_xlabel(caption, fontsize=7.5, wrap=False)
+    return _save(fig, Path(path))
+
+
+def _check_images(name: str, images: Any) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} is {type(images).__name__}; expected a torch.Tensor [N, 3, H, W] in [0, 1]")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"{name} has shape {tuple(images.shape)}; expected [N, 3, H, W] (for [N, K, 3, H, W] renders pass images[:, 0])"
+        )
+    images = images.detach().float().cpu()
+    if images.numel() == 0:
+        raise ValueError(f"{name} has shape {tuple(images.shape)}; expected at least one non-empty image")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or inf values; expected pixel values in [0, 1]")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{name} has values in [{low:.3g}, {high:.3g}]; expected [0, 1] (renderer output)")
+    return images
+
+
+def _to_hwc(image: torch.Tensor) -> np.ndarray:
+    return image.permute(1, 2, 0).numpy()
+
+
+def _wrap(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, _CAPTION_WIDTH)) if text.strip() else "(empty prompt)"
+
+
+# ---------------------------------------------------------------------------------------------- curves
+BANDS = ("minmax", "std", "none")
+
+
+def plot_learning_curves(
+    curves: Mapping[str, Sequence[Sequence[tuple[float, float]]] | Sequence[tuple[float, float]]],
+    path: str | os.PathLike,
+    band: str = "minmax",
+    xlabel: str = "reward calls",
+    ylabel: str = "mean episode reward",
+    title: str = "Learning curves (mean over seeds)",
+) -> Path:
+    """One line per variant: the mean over seeds of reward against reward calls, with a band across seeds.
+
+    `curves[variant]` is a list of per-seed curves, each a list of `(x, y)` points (or a single curve of points).
+    Seeds are linearly interpolated onto the union of their x values inside the range they all cover, so seeds
+    logged at slightly different reward-call counts still average point by point. `band`: "minmax" (range over
+    seeds), "std" (mean ± one std over seeds) or "none".
+    """
+    if band not in BANDS:
+        raise ValueError(f"band={band!r}; expected one of {list(BANDS)}")
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError(f"curves={curves!r:.80}; expected a non-empty mapping {{variant: per-seed curves}}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    for i, (variant, data) in enumerate(curves.items()):
+        seeds = _seed_curves(variant, data)
+        grid, ys = _common_grid(variant, seeds)
+        mean = ys.mean(0)
+        color = f"C{i % 10}"
+        ax.plot(
+            grid, mean, color=color, linewidth=2.0, label=f"{variant} (n={len(seeds)} seed{'s' * (len(seeds) > 1)})"
+        )
+        if band != "none" and len(seeds) > 1:
+            low, high = (ys.min(0), ys.max(0)) if band == "minmax" else (mean - ys.std(0), mean + ys.std(0))
+            ax.fill_between(grid, low, high, color=color, alpha=0.18, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    band_text = {"minmax": "band: min–max over seeds", "std": "band: ± 1 std over seeds", "none": "no band"}[band]
+    ax.set_title(f"{title}; {band_text}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    return _save(fig, Path(path))
+
+
+def _is_point(item: Any) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in item)
+    )
+
+
+def _seed_curves(variant: str, data: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-seed (x, y) arrays sorted by x; a bare list of points is one seed."""
+    if isinstance(data, (str, bytes)) or not isinstance(data, Sequence) or not data:
+        raise ValueError(
+            f"curves[{variant!r}]={data!r:.80}; expected a non-empty list of per-seed [(x, y), ...] curves"
+        )
+    seeds = [data] if _is_point(data[0]) else list(data)
+    out = []
+    for s, points in enumerate(seeds):
+        if isinstance(points, (str, bytes)) or not isinstance(points, Sequence) or not points:
+            raise ValueError(f"curves[{variant!r}][{s}]={points!r:.80}; expected a non-empty list of (x, y) points")
+        for point in points:
+            if not _is_point(point):
+                raise ValueError(f"curves[{variant!r}][{s}] has point {point!r}; expected (x, y) numbers")
+        array = np.asarray(points, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError(f"curves[{variant!r}][{s}] has NaN or inf values; expected finite (x, y) points")
+        order = np.argsort(array[:, 0], kind="stable")
+        out.append((array[order, 0], array[order, 1]))
+    return out
+
+
+def _common_grid(variant: str, seeds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """x grid shared by all seeds and the seeds' y values on it `[S, len(grid)]`."""
+    start = max(x[0] for x, _ in seeds)
+    stop = min(x[-1] for x, _ in seeds)
+    if start > stop:
+        spans = [(float(x[0]), float(x[-1])) for x, _ in seeds]
+        raise ValueError(f"curves[{variant!r}]: the seeds' x ranges {spans} do not overlap; cannot average them")
+    grid = np.unique(np.concatenate([x[(x >= start) & (x <= stop)] for x, _ in seeds]))
+    return grid, np.stack([np.interp(grid, x, y) for x, y in seeds])

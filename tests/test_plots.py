@@ -1,0 +1,187 @@
+"""Plots: valid, sensibly sized PNGs from synthetic run data; clear errors on bad input; the math behind them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptgym.experiments.plots import (
+    _common_grid,
+    _seed_curves,
+    plot_image_grid,
+    plot_learning_curves,
+    plot_training,
+    read_metrics,
+    reward_component_keys,
+    rolling_mean,
+)
+
+
+def write_metrics(path, n=30, drop_kl_every=0):
+    rng = np.random.default_rng(0)
+    with path.open("w") as f:
+        for u in range(1, n + 1):
+            record = {
+                "update": u,
+                "episodes": 8 * u,
+                "reward_calls": 8 * u,
+                "env/reward_mean": 0.1 * u + rng.normal(),
+                "env/reward_std": 0.3,
+                "env/aesthetic": 5 + rng.normal(),
+                "env/aesthetic/source": 5.0,
+                "env/aesthetic/delta": rng.normal(),
+                "env/integrity": float(u % 2),
+                "objective/kl": 0.01 * u,
+                "objective/kl_coef": 0.1,
+                "objective/entropy": 3 - 0.01 * u,
+                "ppo/approx_kl": 0.01,
+                "ppo/clipfrac": 0.1,
+            }
+            if drop_kl_every and u % drop_kl_every == 0:
+                record["objective/kl"] = None  # RunDir writes non-finite floats as null
+                del record["ppo/clipfrac"]
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def assert_png(path, min_width=400, min_height=250):
+    assert path.is_file()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        image.load()  # decodes: a truncated file would raise here
+    assert width >= min_width and height >= min_height, (width, height)
+    return width, height
+
+
+def test_plot_training_writes_two_readable_pngs(tmp_path):
+    metrics = write_metrics(tmp_path / "metrics.jsonl", drop_kl_every=4)
+    paths = plot_training(metrics, tmp_path / "plots")
+    assert [p.name for p in paths] == ["reward_components.png", "kl_entropy.png"]
+    for path in paths:
+        assert path.parent == tmp_path / "plots"
+        assert_png(path, min_width=800, min_height=350)
+
+
+def test_reward_component_keys_reward_first_and_no_std():
+    records = [{"env/aesthetic": 1.0, "env/reward_std": 0.1, "objective/kl": 0.0}, {"env/reward_mean": 2.0, "env/x": 1}]
+    assert reward_component_keys(records) == ["env/reward_mean", "env/aesthetic", "env/x"]
+
+
+def test_rolling_mean_matches_hand_computation():
+    values = np.array([1.0, 3.0, 5.0, 7.0, 9.0])
+    np.testing.assert_allclose(rolling_mean(values, 2), [1.0, 2.0, 4.0, 6.0, 8.0])
+    np.testing.assert_allclose(rolling_mean(values, 3), [1.0, 2.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(rolling_mean(values, 1), values)
+    np.testing.assert_allclose(rolling_mean(values, 99), np.cumsum(values) / np.arange(1, 6))
+    with pytest.raises(ValueError, match="window=0"):
+        rolling_mean(values, 0)
+
+
+def test_plot_training_bad_inputs_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        plot_training(tmp_path / "missing.jsonl", tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="no records"):
+        plot_training(empty, tmp_path)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"update": 1, "env/reward_mean": 1.0}\n{"update": 2, \n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        read_metrics(broken)
+    no_env = tmp_path / "no_env.jsonl"
+    no_env.write_text('{"update": 1, "objective/kl": 0.1}\n')
+    with pytest.raises(ValueError, match="no finite 'env/...' values"):
+        plot_training(no_env, tmp_path)
+    no_kl = tmp_path / "no_kl.jsonl"
+    no_kl.write_text('{"update": 1, "env/reward_mean": 0.1}\n')
+    with pytest.raises(ValueError, match="objective/kl"):
+        plot_training(no_kl, tmp_path)
+    with pytest.raises(ValueError, match="window=0"):
+        plot_training(write_metrics(tmp_path / "m.jsonl", n=3), tmp_path, window=0)
+
+
+def checkerboard(n, size=4):
+    """`n` images [3, size, size]: pure red / pure blue checkerboards."""
+    red = (torch.arange(size)[:, None] + torch.arange(size)[None, :]) % 2 == 0
+    image = torch.stack([red.float(), torch.zeros(size, size), (~red).float()])
+    return image.expand(n, 3, size, size).clone()
+
+
+def test_image_grid_upscales_tiny_renders_visibly(tmp_path):
+    rows = [
+        (
+            "a cat on a sofa",
+            "a cat on a sofa at night, moonlight, cinematic lighting, highly detailed",
+            "make it night",
+        ),
+        ("a forest", "", "add a river"),
+    ]
+    path = plot_image_grid(rows, checkerboard(2), torch.rand(2, 3, 4, 4), tmp_path / "grid.png")
+    assert path == tmp_path / "grid.png"
+    assert_png(path, min_width=500, min_height=600)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    pure_red = ((pixels[..., 0] == 255) & (pixels[..., 1] == 0) & (pixels[..., 2] == 0)).sum()
+    # 2 source images x 8 red pixels each: upscaled nearest they cover thousands of screen pixels, unblended
+    assert pure_red > 2 * 8 * 20 * 20
+
+
+def test_image_grid_rejects_bad_input(tmp_path):
+    rows = [("a", "b", "c")]
+    good = torch.rand(1, 3, 8, 8)
+    out = tmp_path / "g.png"
+    with pytest.raises(ValueError, match=r"images_before has shape \(1, 2, 3, 8, 8\); expected \[N, 3, H, W\]"):
+        plot_image_grid(rows, torch.rand(1, 2, 3, 8, 8), good, out)
+    with pytest.raises(ValueError, match="images_after has values in"):
+        plot_image_grid(rows, good, good * 2 + 0.5, out)
+    with pytest.raises(ValueError, match="NaN"):
+        plot_image_grid(rows, good, torch.full_like(good, float("nan")), out)
+    with pytest.raises(ValueError, match="rows has 2 entries"):
+        plot_image_grid(rows * 2, good, good, out)
+    with pytest.raises(ValueError, match=r"rows\[0\]"):
+        plot_image_grid([("a", "b")], good, good, out)
+    with pytest.raises(ValueError, match="rows is empty"):
+        plot_image_grid([], good[:0], good[:0], out)
+    with pytest.raises(TypeError, match="images_before is ndarray"):
+        plot_image_grid(rows, good.numpy(), good, out)
+    assert not out.exists()
+
+
+def test_learning_curves_png_for_per_seed_and_single_curves(tmp_path):
+    curves = {
+        "ppo": [[(0, 0.0), (10, 1.0), (20, 2.0)], [(0, 1.0), (12, 2.0), (20, 3.0)]],
+        "diffchat": [(0, 0.5), (10, 1.5), (20, 2.5)],  # one seed, given as a bare curve
+    }
+    path = plot_learning_curves(curves, tmp_path / "curves.png")
+    assert_png(path, min_width=600, min_height=400)
+    path = plot_learning_curves(curves, tmp_path / "curves_std.png", band="std")
+    assert_png(path, min_width=600, min_height=400)
+
+
+def test_seed_curves_are_averaged_on_a_common_grid():
+    seeds = _seed_curves("v", [[(0, 0.0), (10, 10.0), (20, 20.0)], [(20, 0.0), (5, 0.0), (15, 0.0)]])
+    grid, ys = _common_grid("v", seeds)
+    np.testing.assert_array_equal(grid, [5, 10, 15, 20])  # union of x within the range both seeds cover
+    np.testing.assert_allclose(ys[0], [5, 10, 15, 20])  # seed 0 linearly interpolated
+    np.testing.assert_allclose(ys[1], [0, 0, 0, 0])  # seed 1 sorted by x first
+
+
+def test_learning_curves_reject_bad_input(tmp_path):
+    out = tmp_path / "c.png"
+    with pytest.raises(ValueError, match="band='ci'"):
+        plot_learning_curves({"a": [(0, 1), (1, 2)]}, out, band="ci")
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        plot_learning_curves({}, out)
+    with pytest.raises(ValueError, match=r"curves\['a'\]"):
+        plot_learning_curves({"a": []}, out)
+    with pytest.raises(ValueError, match="do not overlap"):
+        plot_learning_curves({"a": [[(0, 1), (1, 2)], [(5, 1), (6, 2)]]}, out)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        plot_learning_curves({"a": [(0, 1), (1, float("nan"))]}, out)
+    with pytest.raises(ValueError, match=r"has point \('x', 1\)"):
+        plot_learning_curves({"a": [[(0, 1), ("x", 1)]]}, out)
+    assert not out.exists()

@@ -1,0 +1,102 @@
+"""`promptgym train` end to end on a seconds-sized config: artifacts, resume, eval, edit, render."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from promptgym.experiments.cli import main
+from promptgym.experiments.config import load_config
+from promptgym.experiments.train import Trainer, train
+
+SMALL = [
+    "sft.max_steps=30",
+    "ppo.n_episodes=4",
+    "ppo.batch_size=2",
+    "ppo.n_epochs=1",
+    "train.num_updates=3",
+    "train.eval_every=2",
+    "train.checkpoint_every=2",
+    "data.num_eval_tasks=2",
+    "env.max_new_tokens=12",
+    "reward.renderer={images_per_prompt: 1}",
+    "logging.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(load_config("tiny", SMALL), out)
+    assert not result.interrupted
+    return out
+
+
+def test_train_writes_every_artifact(run_dir):
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.md"):
+        assert (run_dir / name).is_file(), name
+    for name in ("reward_components.png", "kl_entropy.png", "image_grid.png"):
+        Image.open(run_dir / "plots" / name).verify()
+    assert any((run_dir / "tb").iterdir())
+    assert (run_dir / "checkpoints" / "latest").read_text().strip().endswith("step_000003")
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["update"] for m in metrics] == [1, 2, 3]
+    assert all("env/reward_mean" in m and "env/integrity" in m and "objective/kl" in m for m in metrics)
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert sorted({s["update"] for s in samples}) == [0, 2, 3] and len(samples) == 6
+    assert {"source", "instruction", "prompt", "reward", "components"} <= set(samples[0])
+    assert load_config(run_dir / "config.yaml").train.num_updates == 3
+    assert "finished after 3 of 3 updates" in (run_dir / "summary.md").read_text()
+
+
+def test_resume_continues_without_gap_or_repeat(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    # pretend the process died after logging update 3 but the only checkpoint is step 2
+    shutil.rmtree(copy / "checkpoints" / "step_000003")
+    (copy / "checkpoints" / "latest").write_text("step_000002\n")
+    config = load_config(copy / "config.yaml", ["train.num_updates=4"])
+    result = train(config, copy, resume=True)
+    updates = [json.loads(line)["update"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert updates == [1, 2, 3, 4] and len(result.history) == 2
+
+
+def test_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(load_config("tiny", SMALL), tmp_path)
+    calls = []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original()
+
+    original = trainer.agent.step
+    monkeypatch.setattr(trainer.agent, "step", step)
+    result = trainer.run_updates()
+    assert result.interrupted
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000001"
+    assert "interrupted" in (tmp_path / "summary.md").read_text()
+
+
+def test_eval_edit_render_on_the_run(run_dir, tmp_path, capsys):
+    assert main(["eval", str(run_dir), "--samples", "2", "--max-tasks", "3"]) == 0
+    assert (run_dir / "eval" / "eval_test.csv").is_file() and (run_dir / "eval" / "eval_test.md").is_file()
+    out = tmp_path / "edits.png"
+    args = ["edit", "--prompt", "a red dog in a park", "--instruction", "make the dog blue", "--run", str(run_dir)]
+    assert main([*args, "-n", "3", "--render", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1. " in printed and "3. " in printed
+    Image.open(out).verify()
+    render = tmp_path / "render.png"
+    assert main(["render", "--prompt", "a red dog", "--out", str(render)]) == 0
+    assert Image.open(render).size[1] >= 256
+
+
+def test_cli_config_errors_name_the_key(capsys):
+    assert main(["train", "--set", "ppo.lerning_rate=1"]) == 2
+    assert "lerning_rate" in capsys.readouterr().err
+    assert main(["eval", "/nonexistent/run"]) == 2
+    assert "/nonexistent/run" in capsys.readouterr().err
