@@ -4,6 +4,7 @@
     promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N]
     promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR] [-n 4] [--render OUT.png]
     promptgym render --prompt TEXT [--preset tiny|diffchat-sd15] --out FILE.png
+    promptgym bench [--variants ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
 
 `train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
@@ -53,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--preset", default="tiny", help="reward preset whose renderer to use (default: tiny)")
     render.add_argument("--out", required=True, metavar="FILE.png", help="where to save the image(s)")
     render.set_defaults(handler=run_render)
+
+    bench = commands.add_parser("bench", help="train PPO variants and baselines for the same reward-call budget")
+    bench.add_argument("--variants", default="ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo",
+                       help="comma-separated variants (default: all eight)")
+    bench.add_argument("--seeds", type=_positive_int, default=3, help="seeds per variant (default: 3)")
+    bench.add_argument("--budget", type=_positive_int, default=4096, help="reward calls per run (default: 4096)")
+    bench.add_argument("--reward", choices=("config", "integrity"), default="config",
+                       help="config: the config's reward (default); integrity: content-integrity ratio only (faster)")
+    bench.add_argument("--eval-episodes", type=_positive_int, default=64,
+                       help="fresh eval-split episodes of the final score (default: 64)")
+    bench.add_argument("--out", default="runs/bench", help="output directory (default: runs/bench)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="dotted override applied to every variant, e.g. --set sft.max_steps=50 (repeatable)")
+    bench.add_argument("--threads", type=int, default=1,
+                       help="torch.set_num_threads (default 1: tiny models on a shared CPU; 0 keeps torch's default)")
+    bench.set_defaults(handler=run_bench)
 
     demo = commands.add_parser("demo", help="play a few episodes with a scripted policy and print the rewards")
     demo.add_argument("--policy", choices=POLICIES, default="target", help="what the policy types (default: target)")
@@ -154,6 +171,26 @@ def run_render(args: argparse.Namespace) -> int:
 
     path = render_prompt(args.prompt, args.out, preset=args.preset)
     print(f"saved {path}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from promptgym.experiments import bench
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        variants = bench.parse_variants(args.variants)
+    except ValueError as error:
+        print(f"promptgym bench: error: {error}", file=sys.stderr)
+        return 2
+    result = bench.run_bench(
+        variants, args.seeds, args.budget, args.out, args.overrides, args.reward, args.eval_episodes
+    )
+    bench.print_table(result, bench.summary_rows(result))
+    print(f"written to {args.out}: bench.md, bench.csv, bench.json, learning_curves.png")
     return 0
 
 

@@ -1,0 +1,127 @@
+"""`promptgym bench`: a two-variant, one-seed, tiny-budget run through the CLI writes its table, plot and raw
+numbers, respects the budget and starts every LM variant from the same SFT'd policy; the summary statistics are
+checked against an independent bootstrap."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stable_baselines3")
+pytest.importorskip("trl")
+
+from promptgym.agents import sft_warm_start  # noqa: E402
+from promptgym.envs import load_tasks  # noqa: E402
+from promptgym.experiments import bench  # noqa: E402
+from promptgym.experiments.cli import main  # noqa: E402
+from promptgym.experiments.evaluate import bootstrap_ci  # noqa: E402
+from promptgym.experiments.train import build_policy, build_tokenizer, seed_everything  # noqa: E402
+
+OVERRIDES = ["sft.max_steps=10", "sft.batch_size=8", "ppo.n_episodes=8", "ppo.batch_size=4", "ppo.n_epochs=1"]
+BUDGET = 16
+BATCH = 8  # ppo.n_episodes: every variant's batch of reward calls
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["bench", "--variants", "ppo,grpo", "--seeds", "1", "--budget", str(BUDGET), "--reward", "integrity",
+            "--eval-episodes", "8", "--out", str(out)]
+    for override in OVERRIDES:
+        argv += ["--set", override]
+    assert main(argv) == 0
+    return out
+
+
+def test_bench_writes_table_csv_json_and_plot(bench_dir):
+    for name in ("bench.md", "bench.csv", "bench.json", "learning_curves.png"):
+        assert (bench_dir / name).stat().st_size > 0, name
+    md = (bench_dir / "bench.md").read_text()
+    assert "| ppo | SFT | 1 |" in md and "| grpo | SFT | 1 |" in md
+    rows = list(csv.DictReader((bench_dir / "bench.csv").open()))
+    assert [row["variant"] for row in rows] == ["ppo", "grpo"]
+    raw = json.loads((bench_dir / "bench.json").read_text())
+    assert raw["budget"] == BUDGET and raw["reward"] == "integrity" and raw["seeds"] == [0]
+    for row, run in zip(rows, raw["runs"]):
+        # one seed: the table's mean is that run's eval reward; the integrity-only reward has one component = total
+        assert float(row["reward"]) == pytest.approx(run["eval_reward"])
+        assert set(run["eval_components"]) == {"integrity"}
+        assert run["eval_components"]["integrity"] == pytest.approx(run["eval_reward"])
+        assert 0.0 <= run["eval_reward"] <= 1.0
+
+
+def test_bench_respects_the_budget_and_logs_curves_in_reward_calls(bench_dir):
+    raw = json.loads((bench_dir / "bench.json").read_text())
+    for run in raw["runs"]:
+        assert BUDGET <= run["reward_calls"] < BUDGET + BATCH, run["variant"]
+        xs = [x for x, _ in run["curve"]]
+        assert xs == sorted(xs) and xs[-1] == run["reward_calls"]
+        assert all(math.isfinite(y) for _, y in run["curve"])
+
+
+def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
+    raw = json.loads((bench_dir / "bench.json").read_text())
+    starts = {run["variant"]: run["start_sha256"] for run in raw["runs"]}
+    assert starts["ppo"] == starts["grpo"] is not None
+    # recompute the seed-0 SFT start independently: same hash; an untrained policy has a different one
+    config = bench.variant_config("ppo", 0, OVERRIDES, "integrity")
+    seed_everything(0)
+    tokenizer = build_tokenizer(config)
+    policy = build_policy(config, tokenizer)
+    untrained = bench.weights_sha256(policy)
+    train = [t for t in load_tasks(config.data.tasks, config.data.train_split) if t.target is not None]
+    held_out = [t for t in load_tasks(config.data.tasks, config.data.eval_split) if t.target is not None][:256]
+    sft_warm_start(policy, tokenizer, train, held_out, config=config.sft, progress=False)
+    assert bench.weights_sha256(policy) == starts["ppo"]
+    assert untrained != starts["ppo"]
+
+
+def _run(variant, seed, reward, calls=16):
+    return bench.BenchRun(variant, seed, [(8, reward / 2), (calls, reward)], reward, {"integrity": reward, "x/y": 1.0},
+                          calls, 16, 2.0 + seed, "scratch" if variant == "sb3-ppo" else "sft")
+
+
+def test_summary_rows_match_an_independent_bootstrap_and_write_bench(tmp_path):
+    rewards = {"ppo": [0.1, 0.4, 0.3], "sb3-ppo": [0.0, 0.05, 0.02]}
+    runs = [_run(v, s, r, calls=16 + s) for v, values in rewards.items() for s, r in enumerate(values)]
+    result = bench.BenchResult(runs, ["ppo", "sb3-ppo"], [0, 1, 2], 16, "integrity", [], 8)
+    rows = bench.summary_rows(result)
+    for row, (variant, values) in zip(rows, rewards.items()):
+        low, high = bootstrap_ci(values, np.mean, 0.95, 2000, 0)
+        assert row["variant"] == variant
+        assert row["reward"] == pytest.approx(np.mean(values))
+        assert (row["reward_ci_low"], row["reward_ci_high"]) == pytest.approx((low, high))
+        assert row["integrity"] == pytest.approx(np.mean(values))
+        assert "x/y" not in row  # sub-components ("term/source") stay in bench.json, out of the table
+        assert row["wall_time_s"] == pytest.approx(3.0)
+        assert (row["reward_calls_min"], row["reward_calls_max"]) == (16, 18)
+    files = bench.write_bench(result, tmp_path)
+    assert [f.name for f in files] == ["bench.md", "bench.csv", "bench.json", "learning_curves.png"]
+    assert "scratch (no LM)" in (tmp_path / "bench.md").read_text()
+    assert "16–18" in (tmp_path / "bench.md").read_text()
+
+
+def test_bad_variants_and_mismatched_configs_are_clear_errors():
+    assert bench.parse_variants("ppo, grpo") == ["ppo", "grpo"]
+    with pytest.raises(ValueError, match="unknown \\['ppo\\+foo'\\]"):
+        bench.parse_variants("ppo,ppo+foo")
+    with pytest.raises(ValueError, match="twice"):
+        bench.parse_variants("ppo,ppo")
+    with pytest.raises(ValueError, match="reward='images'"):
+        bench.variant_config("ppo", 0, [], "images")
+    a = bench.variant_config("ppo", 0)
+    b = bench.variant_config("diffchat", 0, ["sft.max_steps=3"])
+    with pytest.raises(ValueError, match="different 'sft' section"):
+        bench._check_shared({"ppo": a, "diffchat": b})
+    bench._check_shared({"ppo": a, "diffchat": bench.variant_config("diffchat", 0)})  # differ only in ppo: fine
+    with pytest.raises(ValueError, match="budget=0"):
+        bench.run_bench(["ppo"], seeds=1, budget=0)
+
+
+def test_cli_rejects_unknown_variant(capsys):
+    assert main(["bench", "--variants", "ppo,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
