@@ -4,7 +4,6 @@ render counters, the offline failure of real presets, `byte_tokenizer`, and a sm
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -66,11 +65,15 @@ def test_all_zero_weights_are_rejected():
         build_reward("tiny", weights={"aesthetic": 0.0, "pickscore": 0.0, "integrity": 0.0})
 
 
-def test_tokenizer_given_to_the_real_preset_is_rejected_before_loading(tokenizer):
-    start = time.perf_counter()
+def test_tokenizer_given_to_the_real_preset_is_rejected_before_loading(tokenizer, monkeypatch):
+    from promptgym.rewards import presets
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a checkpoint was loaded before the tokenizer was rejected")
+
+    monkeypatch.setattr(presets.DiffusersRenderer, "from_pretrained", no_loading)
     with pytest.raises(ValueError, match="tokenizer is only used by the tiny preset"):
         build_reward("diffchat-sd15", tokenizer=tokenizer)
-    assert time.perf_counter() - start < 2.0  # nothing was loaded
 
 
 def test_non_finite_weight_is_rejected():
@@ -299,14 +302,11 @@ def test_real_preset_offline_fails_fast_naming_the_checkpoint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     if _in_hub_cache(SD15):
         pytest.skip(f"{SD15} is in this machine's Hugging Face cache")
-    start = time.perf_counter()
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError) as info:  # offline mode: no network attempt, so no hang
         build_reward("diffchat-sd15")
-    elapsed = time.perf_counter() - start
     message = str(info.value)
     assert SD15 in message
     assert f"huggingface-cli download {SD15}" in message
-    assert elapsed < 5.0, f"took {elapsed:.1f} s to fail"
 
 
 # ----------------------------------------------------------------------------- byte_tokenizer
