@@ -12,6 +12,7 @@ from promptgym.agents.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from promptgym.agents.distributed import DataParallel
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
@@ -24,6 +25,7 @@ from promptgym.agents.sft import SFTConfig, SFTResult, completion_loss, sft_warm
 __all__ = [
     "AdaptiveKLController",
     "CheckpointState",
+    "DataParallel",
     "PolicyOutput",
     "PolicyWithValue",
     "PPOAgent",

@@ -79,6 +79,11 @@ class PolicyWithValue(nn.Module):
         return self.model.config
 
     @property
+    def device(self) -> torch.device:
+        """Where the policy's weights are (rollouts and PPO move their inputs here)."""
+        return next(self.model.parameters()).device
+
+    @property
     def is_peft(self) -> bool:
         return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
 
@@ -118,6 +123,8 @@ class PolicyWithValue(nn.Module):
             self.freeze_reference()
         with torch.no_grad():
             reference = self._reference[0]
+            if next(reference.parameters()).device != input_ids.device:  # the policy was moved after the snapshot
+                reference.to(input_ids.device)
             return _lm_forward(
                 reference, self._position_ids, input_ids, attention_mask, None, False, False, logits_to_keep
             ).logits

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from promptgym.agents.policy import PolicyWithValue
@@ -40,6 +41,7 @@ from promptgym.agents.rollout import (
 from promptgym.envs import PromptEditVectorEnv
 from promptgym.rewards import ContentIntegrityScorer
 
+TERM_NAMES = ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clipfrac")
 LOGRATIO_FLOOR = -20.0  # an action outside the current typical set has log-ratio -inf; floor it for the stats
 
 
@@ -160,22 +162,32 @@ def ppo_losses(
     mask: torch.Tensor,
     clip_range: float,
     clip_range_vf: float | None,
+    num_tokens: torch.Tensor | float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """CleanRL's PPO terms, as token means over `mask`: policy, value and entropy losses, approx-KL, clipfrac."""
+    """CleanRL's PPO terms, as token means over `mask`: policy, value and entropy losses, approx-KL, clipfrac.
+
+    `num_tokens` divides the token sums instead of `mask.sum()`: data-parallel processes pass the global count,
+    so the terms summed over processes are the global token means.
+    """
+    denominator = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return (x * mask).sum() / denominator
+
     logratio = (new_logprobs - old_logprobs).clamp(min=LOGRATIO_FLOOR)
     ratio = logratio.exp()
-    pg_loss = masked_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)), mask)
+    pg_loss = mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)))
     v_loss = (new_values - value_targets) ** 2
     if clip_range_vf is not None:
         clipped = old_values + (new_values - old_values).clamp(-clip_range_vf, clip_range_vf)
         v_loss = torch.max(v_loss, (clipped - value_targets) ** 2)
     with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1) - logratio, mask)
-        clipfrac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
+        approx_kl = mean((ratio - 1) - logratio)
+        clipfrac = mean(((ratio - 1).abs() > clip_range).float())
     return {
         "policy_loss": pg_loss,
-        "value_loss": 0.5 * masked_mean(v_loss, mask),
-        "entropy_loss": -masked_mean(entropy, mask),
+        "value_loss": 0.5 * mean(v_loss),
+        "entropy_loss": -mean(entropy),
         "approx_kl": approx_kl,
         "clipfrac": clipfrac,
     }
@@ -193,7 +205,12 @@ class PPOAgent:
     """Trains a `PolicyWithValue` on a `PromptEditVectorEnv` (with `autoreset_mode="disabled"`).
 
     The KL reference is the policy as it is when the agent is built (call after SFT). `integrity` is the
-    content-integrity scorer whose `partial` gives CI(s_t) for the integrity-aware value.
+    content-integrity scorer whose `partial` gives CI(s_t) for the integrity-aware value. Rollouts and losses
+    run where the policy is (`policy.to("cuda")` first to train on a GPU).
+
+    With `parallel` (a `DataParallel` of W processes), `n_episodes` is the global batch: each process's env has
+    `n_episodes / W` sub-environments, collects its shard, and the gradients and every mean are global (see
+    `promptgym.agents.distributed`), so the update is the one a single process would make on the whole batch.
     """
 
     def __init__(
@@ -203,12 +220,16 @@ class PPOAgent:
         config: PPOConfig | None = None,
         integrity: ContentIntegrityScorer | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.config = config or PPOConfig()
-        if env.num_envs != self.config.n_episodes:
+        self.parallel = parallel or SINGLE_PROCESS
+        world = self.parallel.world_size
+        if self.config.n_episodes % world or env.num_envs * world != self.config.n_episodes:
             raise ValueError(
-                f"env.num_envs={env.num_envs} but PPOConfig.n_episodes={self.config.n_episodes}; "
-                "build the env with one sub-environment per episode"
+                f"env.num_envs={env.num_envs} with {world} process(es) but PPOConfig.n_episodes="
+                f"{self.config.n_episodes}; build the env with n_episodes / processes sub-environments "
+                "(one per episode) and make n_episodes a multiple of the number of processes"
             )
         self.policy = policy
         self.env = env
@@ -218,41 +239,59 @@ class PPOAgent:
         self.kl_controller = (
             AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.kl_target else FixedKLController(c.kl_coef)
         )
+        # token sampling and minibatch order; every process draws the same numbers from both
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.rng = np.random.default_rng(c.seed)
         self.collector = RolloutCollector(policy, env, c.typical_mass, self.generator)
         self.num_updates = 0
         self.num_episodes = 0
         self.num_reward_calls = 0
         self._vocabulary: list[str] | None = None
+        self.parallel.broadcast_parameters(policy)
         policy.freeze_reference()
 
     # -- collection
     def collect(self) -> RolloutBatch:
-        """Positives from the policy plus keyword-corrupted negatives, with CI(s_t) when the value needs it."""
-        c = self.config
-        seed = c.seed * 1_000_003 + self.num_updates * self.env.num_envs  # fresh, reproducible tasks per update
-        batch = self.collector.collect(seed=seed)
-        self.num_reward_calls += len(batch)
-        n_negatives = round(c.negative_fraction * len(batch))
-        with_target = [task for task in batch.tasks if task.target]
-        if n_negatives and with_target:
-            picked = self.rng.choice(len(with_target), size=min(n_negatives, len(with_target)), replace=False)
+        """Positives from the policy plus keyword-corrupted negatives, with CI(s_t) when the value needs it.
+
+        Every random choice of an update derives from (seed, update, global episode index), so a process's
+        shard holds exactly the rows a single process would collect for them. The batch's `global_rows` say
+        which rows of the global batch (positives first, then negatives) this process holds.
+        """
+        c, dp = self.config, self.parallel
+        shard = dp.shard(c.n_episodes)
+        seed = c.seed * 1_000_003 + self.num_updates * c.n_episodes  # fresh, reproducible tasks per update
+        batch = self.collector.collect(seed=seed + shard.start, shard=(shard.start, c.n_episodes))
+        rows = list(range(shard.start, shard.stop))
+        picked = self._pick_negatives(batch)
+        mine = [(j, g) for j, g in enumerate(picked) if shard.start <= g < shard.stop]
+        if mine:
             if self._vocabulary is None:
                 self._vocabulary = keyword_vocabulary(self.env.episodes.tasks)
-            negatives = negative_samples(
-                self.policy,
-                self.env,
-                [with_target[i] for i in sorted(picked)],
-                c.corruption_rate,
-                self.rng,
-                self._vocabulary,
-            )
-            self.num_reward_calls += len(negatives)
+            rngs = [np.random.default_rng([c.seed, self.num_updates, 1, g]) for _, g in mine]
+            tasks = [batch.tasks[g - shard.start] for _, g in mine]
+            negatives = negative_samples(self.policy, self.env, tasks, c.corruption_rate, rngs, self._vocabulary)
             batch = RolloutBatch.concat([batch, negatives], pad_id=self.env.episodes.pad_id)
+            rows += [c.n_episodes + j for j, _ in mine]
+        self._global_rows = torch.tensor(rows, dtype=torch.long)
+        self._global_size = c.n_episodes + len(picked)
         if c.integrity_value_coef > 0:
-            batch.integrity = prefix_integrity(batch, self.env.tokenizer, self.env.episodes.template, self.integrity.partial)
+            batch.integrity = prefix_integrity(
+                batch, self.env.tokenizer, self.env.episodes.template, self.integrity.partial
+            )
         return batch
+
+    def _pick_negatives(self, batch: RolloutBatch) -> list[int]:
+        """Global indices of the episodes whose task gets a negative this update (tasks with a target only)."""
+        c = self.config
+        wanted = round(c.negative_fraction * c.n_episodes)
+        if not wanted:
+            return []
+        has_target = torch.tensor([task.target is not None for task in batch.tasks], device=self.parallel.device)
+        candidates = torch.nonzero(self.parallel.gather(has_target)).flatten().cpu().numpy()
+        if not len(candidates):
+            return []
+        rng = np.random.default_rng([c.seed, self.num_updates, 0])
+        return sorted(int(i) for i in rng.choice(candidates, size=min(wanted, len(candidates)), replace=False))
 
     # -- advantages
     def advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -266,21 +305,33 @@ class PPOAgent:
         return rewards, advantages, (returns - ci_bonus) * batch.mask, kl
 
     # -- update
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """PPO epochs over minibatches of whole episodes; returns the update's metrics."""
+    def update(
+        self, batch: RolloutBatch, global_rows: torch.Tensor | None = None, global_size: int | None = None
+    ) -> dict[str, float]:
+        """PPO epochs over minibatches of whole episodes; returns the update's (global) metrics.
+
+        Minibatches are drawn from a permutation of the global batch (`global_size` episodes, of which this
+        process holds rows `global_rows`); by default the batch is the whole global batch.
+        """
         c = self.config
+        if global_rows is None:
+            global_rows, global_size = torch.arange(len(batch)), len(batch)
+        batch = batch.to(self.policy.device)
         rewards, advantages, targets, kl = self.advantages(batch)
         old = batch.sample_logprobs if c.old_logprob == "restricted" else batch.logprobs
         old = torch.where(batch.negative[:, None], batch.logprobs, old)
+        local_of = torch.full((global_size,), -1, dtype=torch.long)
+        local_of[global_rows] = torch.arange(len(batch))
         stats: dict[str, list[float]] = {}
         self.policy.train()
         epochs_run = 0
         for _ in range(c.n_epochs):
             epochs_run += 1
-            order = torch.randperm(len(batch), generator=self.generator)
+            order = torch.randperm(global_size, generator=self.generator)
             approx_kls = []
-            for start in range(0, len(batch), c.batch_size):
-                rows = order[start : start + c.batch_size]
+            for start in range(0, global_size, c.batch_size):
+                rows = local_of[order[start : start + c.batch_size]]
+                rows = rows[rows >= 0]
                 terms = self._minibatch_step(batch.rows(rows), advantages[rows], targets[rows], old[rows])
                 for name, value in terms.items():
                     stats.setdefault(name, []).append(value)
@@ -290,47 +341,76 @@ class PPOAgent:
         return self._metrics(batch, rewards, advantages, targets, kl, stats, epochs_run)
 
     def _minibatch_step(self, mb: RolloutBatch, advantages, targets, old_logprobs) -> dict[str, float]:
-        c = self.config
+        """One gradient step on this process's rows of a minibatch (possibly none); returns global terms."""
+        c, dp = self.config, self.parallel
+        num_tokens = dp.sum(mb.mask.sum().float()).clamp(min=1)
         if c.normalize_advantage:
-            advantages = masked_whiten(advantages, mb.mask)
-        logprobs, values, entropy, restricted = evaluate_actions(self.policy, mb, c.typical_mass)
-        if c.old_logprob == "restricted":
-            logprobs = torch.where(mb.negative[:, None], logprobs, restricted)
-        terms = ppo_losses(
-            logprobs, old_logprobs, advantages, values, mb.values, targets, entropy, mb.mask, c.clip_range, c.clip_range_vf
-        )
-        loss = terms["policy_loss"] + c.ent_coef * terms["entropy_loss"] + c.vf_coef * terms["value_loss"]
+            advantages = self._whiten(advantages, mb.mask)
         self.optimizer.zero_grad()
-        loss.backward()
+        if len(mb):
+            logprobs, values, entropy, restricted = evaluate_actions(self.policy, mb, c.typical_mass)
+            if c.old_logprob == "restricted":
+                logprobs = torch.where(mb.negative[:, None], logprobs, restricted)
+            terms = ppo_losses(
+                logprobs, old_logprobs, advantages, values, mb.values, targets, entropy, mb.mask,
+                c.clip_range, c.clip_range_vf, num_tokens,
+            )  # fmt: skip
+            loss = terms["policy_loss"] + c.ent_coef * terms["entropy_loss"] + c.vf_coef * terms["value_loss"]
+            loss.backward()
+            values_now = [float(terms[name].detach()) for name in TERM_NAMES]
+        else:
+            values_now = [0.0] * len(TERM_NAMES)
+        dp.all_reduce_gradients(self.policy.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
         self.optimizer.step()
-        return {name: float(value.detach()) for name, value in terms.items()} | {"grad_norm": float(grad_norm)}
+        return dict(zip(TERM_NAMES, dp.sum_float(*values_now))) | {"grad_norm": float(grad_norm)}
+
+    def _whiten(self, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        """`masked_whiten` with the mean and variance of the global minibatch."""
+        dp = self.parallel
+        mean = dp.masked_mean(x, mask)
+        var = dp.masked_mean((x - mean) ** 2, mask)
+        return ((x - mean) * torch.rsqrt(var + eps)) * mask
 
     def _metrics(self, batch, rewards, advantages, targets, kl, stats, epochs_run) -> dict[str, float]:
+        dp = self.parallel
         positive = ~batch.negative
-        sequence_kl = kl.sum(1)
         ci = self.config.integrity_value_coef * batch.integrity if batch.integrity is not None else 0.0
+
+        def mean(x: torch.Tensor, where: torch.Tensor) -> float:
+            return float(dp.masked_mean(x, where))
+
+        reward_mean = mean(batch.scores, positive)
+        num_negatives = dp.sum_float(float(batch.negative.sum()))[0]
         metrics = {
-            "env/reward_mean": float(batch.scores[positive].mean()),
-            "env/reward_std": float(batch.scores[positive].std(unbiased=False)),
-            "objective/kl": float(sequence_kl[positive].mean()),
+            "env/reward_mean": reward_mean,
+            "env/reward_std": mean((batch.scores - reward_mean) ** 2, positive) ** 0.5,
+            "objective/kl": mean(kl.sum(1), positive),
             "objective/kl_coef": float(self.kl_controller.value),
-            "objective/entropy": float(masked_mean(batch.entropy, batch.mask & positive[:, None])),
-            "objective/non_score_reward": float((rewards.sum(1) - batch.scores)[positive].mean()),
+            "objective/entropy": mean(batch.entropy, batch.mask & positive[:, None]),
+            "objective/non_score_reward": mean(rewards.sum(1) - batch.scores, positive),
             "ppo/epochs": float(epochs_run),
-            "ppo/explained_variance": explained_variance(batch.values + ci, targets + ci, batch.mask),
-            "ppo/advantage_mean": float(masked_mean(advantages, batch.mask)),
-            "episode/length_mean": float(batch.lengths[positive].float().mean()),
-            "positives/reward_mean": float(batch.scores[positive].mean()),
-            "negatives/count": float(batch.negative.sum()),
+            "ppo/explained_variance": self._explained_variance(batch.values + ci, targets + ci, batch.mask),
+            "ppo/advantage_mean": mean(advantages, batch.mask),
+            "episode/length_mean": mean(batch.lengths.float(), positive),
+            "positives/reward_mean": reward_mean,
+            "negatives/count": num_negatives,
         }
-        if batch.negative.any():
-            metrics["negatives/reward_mean"] = float(batch.scores[batch.negative].mean())
-        for name, values in batch.components.items():
-            metrics[f"env/{name}"] = float(values[positive].mean())
+        if num_negatives:
+            metrics["negatives/reward_mean"] = mean(batch.scores, batch.negative)
+        for name in sorted(batch.components):  # one order in every process: each mean is a collective
+            metrics[f"env/{name}"] = mean(batch.components[name], positive)
         for name, values in stats.items():
             metrics[f"ppo/{name}"] = float(np.mean(values))
         return metrics
+
+    def _explained_variance(self, predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+        """`explained_variance` over the global batch."""
+        dp = self.parallel
+        residual = targets - predictions
+        var_t = dp.masked_mean((targets - dp.masked_mean(targets, mask)) ** 2, mask)
+        var_r = dp.masked_mean((residual - dp.masked_mean(residual, mask)) ** 2, mask)
+        return float("nan") if var_t == 0 else float(1 - var_r / var_t)
 
     # -- the loop
     def step(self) -> dict[str, float]:
@@ -338,12 +418,15 @@ class PPOAgent:
         start = time.perf_counter()
         batch = self.collect()
         collected = time.perf_counter()
-        metrics = self.update(batch)
-        self.kl_controller.update(metrics["objective/kl"], int((~batch.negative).sum()))
+        metrics = self.update(batch, self._global_rows, self._global_size)
+        positives, tokens, calls = self.parallel.sum_float(
+            float((~batch.negative).sum()), float(batch.mask[~batch.negative].sum()), float(len(batch))
+        )
+        self.kl_controller.update(metrics["objective/kl"], int(positives))
         self.num_updates += 1
-        self.num_episodes += int((~batch.negative).sum())
+        self.num_episodes += int(positives)
+        self.num_reward_calls += int(calls)
         end = time.perf_counter()
-        tokens = int(batch.mask[~batch.negative].sum())
         metrics |= {
             "time/collect_s": collected - start,
             "time/update_s": end - collected,
@@ -383,7 +466,7 @@ class PPOAgent:
             reward=self.env.reward,
             counters=self._counters(),
             extra={"ppo_config": dataclasses.asdict(self.config)},
-            generators={"sampling": self.generator, "negatives": self.rng},
+            generators={"sampling": self.generator},
             tokenizer=tokenizer if tokenizer is not None else self.env.tokenizer,
             **kwargs,
         )
@@ -398,7 +481,7 @@ class PPOAgent:
             optimizer=self.optimizer,
             kl_controller=self.kl_controller,
             reward=self.env.reward,
-            generators={"sampling": self.generator, "negatives": self.rng},
+            generators={"sampling": self.generator},
         )
         self.num_updates = int(state.counters["updates"])
         self.num_episodes = int(state.counters["episodes"])

@@ -57,6 +57,21 @@ class RolloutBatch:
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(1)
 
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        """The batch with every tensor on `device` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.actions.device == device:
+            return self
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device)
+            elif f.name == "components":
+                value = {k: v.to(device) for k, v in value.items()}
+            moved[f.name] = value
+        return RolloutBatch(**moved)
+
     def rows(self, index: torch.Tensor) -> RolloutBatch:
         """The sub-batch of episodes `index` (a minibatch)."""
         picked = {}
@@ -124,29 +139,33 @@ def evaluate_actions(
     """Teacher-forced log pi(a_t|s_t), V(s_t) and entropy `[B, T]` of the batch's actions under `policy`.
 
     With `typical_mass`, also the log-prob under the policy's *current* locally typical set (-inf for actions
-    outside it); otherwise that entry is None.
+    outside it); otherwise that entry is None. The results are on the policy's device.
     """
-    out = policy(batch.input_ids, batch.attention_mask)
+    device = policy.device
+    out = policy(batch.input_ids.to(device), batch.attention_mask.to(device))
     cols = generated_slice(batch.context_length, batch.actions.shape[1])
     logits = out.logits[:, cols].float()
     log_probs = logits.log_softmax(-1)
-    logprobs = log_probs.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    actions = batch.actions.to(device)
+    logprobs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     restricted = None
     if typical_mass is not None:
         keep = typical_mask(logits.detach(), typical_mass)
         restricted = logits.masked_fill(~keep, float("-inf")).log_softmax(-1)
-        restricted = restricted.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+        restricted = restricted.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     return logprobs, out.values[:, cols].float(), entropy, restricted
 
 
 @torch.no_grad()
 def reference_logprobs(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
-    """log pi_ref(a_t | s_t) `[B, T]`, one teacher-forced pass of the reference model (generated columns only)."""
-    steps = batch.actions.shape[1]
-    logits = policy.reference_logits(batch.input_ids, batch.attention_mask, logits_to_keep=steps + 1)
+    """log pi_ref(a_t | s_t) `[B, T]` on the batch's device, one teacher-forced pass of the reference model."""
+    steps, device = batch.actions.shape[1], policy.device
+    ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
+    logits = policy.reference_logits(ids, attention, logits_to_keep=steps + 1)
     log_probs = logits[:, -(steps + 1) : -1].float().log_softmax(-1)
-    return log_probs.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1).masked_fill(~batch.mask, 0.0)
+    logprobs = log_probs.gather(-1, batch.actions.to(device).unsqueeze(-1)).squeeze(-1).to(batch.mask.device)
+    return logprobs.masked_fill(~batch.mask, 0.0)
 
 
 class RolloutCollector:
@@ -177,18 +196,33 @@ class RolloutCollector:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     @torch.no_grad()
-    def collect(self, seed: int | None = None, reference: bool = True, options: dict | None = None) -> RolloutBatch:
-        """Run one episode in every sub-environment and return them as a batch.
+    def collect(
+        self,
+        seed: int | None = None,
+        reference: bool = True,
+        options: dict | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> RolloutBatch:
+        """Run one episode in every sub-environment and return them as a batch (tensors on the CPU).
 
         With `reference`, one teacher-forced pass of the reference model fills `ref_logprobs` (needed for the
         KL penalty; otherwise they are left at 0). `options` go to `env.reset` (e.g. `{"tasks": [...]}` to
-        pin each sub-environment to a task).
+        pin each sub-environment to a task). `shard=(offset, total)` makes these episodes rows
+        `offset .. offset + num_envs` of a global batch of `total`. The uniforms of every step are drawn up front
+        (`max_new_tokens x total`, whatever the episodes' lengths) and each process uses its slice, so
+        data-parallel processes together sample what one process would, and their generators stay in step.
         """
         env, pad = self.env, self.env.episodes.pad_id
+        n, horizon = env.num_envs, env.episodes.max_new_tokens
+        offset, total = shard if shard is not None else (0, n)
+        if offset < 0 or offset + n > total:
+            raise ValueError(f"shard={shard!r} does not hold this collector's {n} episodes")
+        device = self.policy.device
         obs, _ = env.reset(seed=seed, options=options)
         ids, mask = _trimmed_context(obs, env.episodes.max_context_tokens)
-        n, horizon = env.num_envs, env.episodes.max_new_tokens
-        rec = {name: torch.zeros(n, horizon) for name in ("logprobs", "sample_logprobs", "values", "entropy", "rewards")}
+        rec = {
+            name: torch.zeros(n, horizon) for name in ("logprobs", "sample_logprobs", "values", "entropy", "rewards")
+        }
         actions = torch.full((n, horizon), pad, dtype=torch.long)
         alive = torch.zeros(n, horizon, dtype=torch.bool)
         done = torch.zeros(n, dtype=torch.bool)
@@ -196,18 +230,21 @@ class RolloutCollector:
         components: dict[str, torch.Tensor] = {}
         was_training = self.policy.training
         self.policy.eval()
-        out = self.policy(ids, mask, use_cache=True)
+        device_mask = mask.to(device)
+        out = self.policy(ids.to(device), device_mask, use_cache=True)
+        uniforms = torch.rand(horizon, total, generator=self.generator, dtype=torch.float64)[:, offset : offset + n]
         steps = 0
         for t in range(horizon):
             logits = out.logits[:, -1].float()
             keep = typical_mask(logits, self.typical_mass) if self.typical_mass is not None else None
-            action, lp_full, lp_sample = sample_restricted(logits, keep, self.generator)
-            active = ~done
-            action = torch.where(active, action, torch.full_like(action, pad))
+            action, lp_full, lp_sample = sample_restricted(logits, keep, None, uniforms[t])
             log_probs = logits.log_softmax(-1)
-            rec["logprobs"][:, t], rec["sample_logprobs"][:, t] = lp_full, lp_sample
-            rec["values"][:, t] = out.values[:, -1].float()
-            rec["entropy"][:, t] = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)
+            entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)
+            action, active = action.cpu(), ~done
+            action = torch.where(active, action, torch.full_like(action, pad))
+            rec["logprobs"][:, t], rec["sample_logprobs"][:, t] = lp_full.cpu(), lp_sample.cpu()
+            rec["values"][:, t] = out.values[:, -1].float().cpu()
+            rec["entropy"][:, t] = entropy.cpu()
             actions[:, t], alive[:, t] = action, active
             _, rewards, terminated, truncated, infos = env.step(action.numpy())
             rec["rewards"][:, t] = torch.from_numpy(rewards).float()
@@ -216,13 +253,14 @@ class RolloutCollector:
             steps = t + 1
             if done.all():
                 break
-            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
-            out = self.policy(action.unsqueeze(1), mask, past_key_values=out.past_key_values, use_cache=True)
+            device_mask = torch.cat([device_mask, torch.ones(n, 1, dtype=mask.dtype, device=device)], dim=1)
+            past = out.past_key_values
+            out = self.policy(action.to(device).unsqueeze(1), device_mask, past_key_values=past, use_cache=True)
         self.policy.train(was_training)
         alive = alive[:, :steps]
         batch = RolloutBatch(
             input_ids=torch.cat([ids, actions[:, :steps]], 1),
-            attention_mask=torch.cat([mask[:, : ids.shape[1]], alive.long()], 1),
+            attention_mask=torch.cat([mask, alive.long()], 1),
             context_length=ids.shape[1],
             actions=actions[:, :steps],
             mask=alive,
@@ -280,7 +318,7 @@ def negative_samples(
     env: PromptEditVectorEnv,
     tasks: Sequence[EditTask],
     rate: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | Sequence[np.random.Generator],
     vocabulary: Sequence[str],
 ) -> RolloutBatch:
     """DiffChat's negatives: each task's target with some keywords deleted or replaced, teacher-forced.
@@ -288,12 +326,16 @@ def negative_samples(
     The corrupted prompt is scored through the env's reward (one batched call) and its tokens are evaluated
     by the policy (log-probs, values) and the reference, so it joins the PPO batch like a sampled episode.
     A corrupted prompt longer than `max_new_tokens` is cut there (no EOS) and the cut text is what is scored.
+    `rng` is one generator for all tasks or one per task (so a task's corruption does not depend on the others).
     """
     episodes, tokenizer = env.episodes, env.tokenizer
+    rngs = [rng] * len(tasks) if isinstance(rng, np.random.Generator) else list(rng)
+    if len(rngs) != len(tasks):
+        raise ValueError(f"got {len(rngs)} generators for {len(tasks)} tasks; pass one, or one per task")
     corrupted = []
-    for task in tasks:
+    for task, task_rng in zip(tasks, rngs):
         keywords = extract_keywords(task.source, task.instruction).required
-        corrupted.append(corrupt_keywords(task.target, keywords, rate, rng, vocabulary))
+        corrupted.append(corrupt_keywords(task.target, keywords, rate, task_rng, vocabulary))
     completions = tokenizer([episodes.template.completion(p) for p in corrupted], add_special_tokens=False)["input_ids"]
     tokens = [(ids + [episodes.eos_id])[: episodes.max_new_tokens] for ids in completions]
     prompts = [episodes.decode(np.asarray(ids)) for ids in tokens]
@@ -332,9 +374,9 @@ def negative_samples(
     policy.eval()
     logprobs, values, _, _ = evaluate_actions(policy, batch)
     policy.train(was_training)
-    batch.logprobs = logprobs.masked_fill(~mask, 0.0)
+    batch.logprobs = logprobs.cpu().masked_fill(~mask, 0.0)
     batch.sample_logprobs = batch.logprobs.clone()
-    batch.values = values.masked_fill(~mask, 0.0)
+    batch.values = values.cpu().masked_fill(~mask, 0.0)
     batch.ref_logprobs = reference_logprobs(policy, batch)
     return batch
 

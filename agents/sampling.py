@@ -48,12 +48,17 @@ def typical_mask(logits: torch.Tensor, mass: float, min_tokens_to_keep: int = 1)
 
 
 def sample_restricted(
-    logits: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator | None
+    logits: torch.Tensor,
+    mask: torch.Tensor | None,
+    generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample actions[...] from softmax(logits[..., V]) renormalised over mask[..., V] (None: all tokens).
 
     Returns (actions, logprob_full, logprob_restricted): the log-probability of each action under the
-    full policy and under the restricted one. generator=None uses torch's global RNG.
+    full policy and under the restricted one. generator=None uses torch's global RNG. `uniforms[...]` (one
+    number in [0, 1) per row, any device) replaces the draw from `generator`: a CPU generator can then drive
+    sampling on a GPU, and data-parallel processes can each take their slice of one global draw.
     """
     _check_logits(logits)
     restricted = _restrict(logits, mask)
@@ -61,7 +66,9 @@ def sample_restricted(
     probs = logprobs_restricted.exp().reshape(-1, logits.shape[-1])
     if probs.dtype not in (torch.float32, torch.float64):
         probs = probs.float()
-    actions = _inverse_cdf_draw(probs, generator).reshape(logits.shape[:-1])
+    if uniforms is not None and uniforms.numel() != probs.shape[0]:
+        raise ValueError(f"uniforms has {uniforms.numel()} numbers; expected one per row ({probs.shape[0]})")
+    actions = _inverse_cdf_draw(probs, generator, uniforms).reshape(logits.shape[:-1])
     logprob_restricted = logprobs_restricted.gather(-1, actions[..., None]).squeeze(-1)
     if mask is None:  # nothing restricted: the full distribution is the one just computed
         return actions, logprob_restricted, logprob_restricted.clone()
@@ -69,7 +76,9 @@ def sample_restricted(
     return actions, logprob_full, logprob_restricted
 
 
-def _inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _inverse_cdf_draw(
+    probs: torch.Tensor, generator: torch.Generator | None, uniforms: torch.Tensor | None = None
+) -> torch.Tensor:
     """One categorical draw per row of probs[N, V] from a single uniform (multinomial draws one per token).
 
     The CDF is accumulated in float64 so large vocabularies keep their tail; `right=True` never lands on a
@@ -77,7 +86,9 @@ def _inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator | None) ->
     """
     cdf = probs.double().cumsum(-1)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=probs.device) * total
+    if uniforms is None:
+        uniforms = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=probs.device)
+    u = uniforms.to(device=probs.device, dtype=torch.float64).reshape(total.shape) * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 

@@ -134,6 +134,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         out = args.out or f"runs/{config.name}"
     result = train(config, out, resume=bool(args.resume))
+    if not result.is_main:  # another process of a data-parallel run: the main one reports
+        return 130 if result.interrupted else 0
     print(f"run directory: {result.run_dir} (summary.md, plots/, metrics.jsonl, checkpoints/)")
     if result.interrupted:
         print(f"interrupted; continue with: promptgym train --resume {result.run_dir}")

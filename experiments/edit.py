@@ -28,7 +28,10 @@ def load_run_policy(run_dir: str | os.PathLike):
 
     config = load_run_config(run_dir)
     policy_dir = run_policy_dir(run_dir)
-    return PolicyWithValue.from_pretrained(policy_dir), load_run_tokenizer(run_dir, policy_dir, config), config
+    policy = PolicyWithValue.from_pretrained(policy_dir)
+    if config.policy.device:
+        policy = policy.to(config.policy.device)
+    return policy, load_run_tokenizer(run_dir, policy_dir, config), config
 
 
 def edit_prompt(

@@ -591,6 +591,8 @@ def evaluate_run(
     policy_dir = run_policy_dir(run_dir, checkpoint)
     tokenizer = load_run_tokenizer(run_dir, policy_dir, config)
     policy = PolicyWithValue.from_pretrained(policy_dir)
+    if config.policy.device:
+        policy = policy.to(config.policy.device)
     vocab = policy.model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise ValueError(

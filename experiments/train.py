@@ -2,14 +2,22 @@
 
     promptgym train [--config tiny] [--out runs/NAME] [--set ppo.learning_rate=1e-4 ...]
     promptgym train --resume runs/NAME [--set train.num_updates=80]
+    accelerate launch --num_processes 2 -m promptgym.experiments.train [same arguments]
 
 Ctrl-C saves a checkpoint and exits cleanly; `--resume` continues the same run from its latest checkpoint (the
 metrics and samples logs continue without a gap or a repeat).
+
+Under `accelerate launch` (or `torchrun`) the run is data-parallel: `ppo.n_episodes` stays the global batch,
+each process collects `n_episodes / processes` of its episodes, gradients are all-reduced every minibatch (see
+`promptgym.agents.distributed`), and only the main process writes the run directory. Every process runs the
+same seeded SFT and the main process's weights are then broadcast, so all start from the same policy.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +27,7 @@ import numpy as np
 import torch
 
 from promptgym.agents import (
+    DataParallel,
     PolicyWithValue,
     PPOAgent,
     RolloutCollector,
@@ -40,6 +49,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     interrupted: bool = False
     wall_time_s: float = 0.0
+    is_main: bool = True  # False in the other processes of a data-parallel run
 
 
 # ------------------------------------------------------------------------------------------- building blocks
@@ -62,15 +72,32 @@ def build_tokenizer(config) -> Any:
     return tokenizer
 
 
-def build_policy(config, tokenizer) -> PolicyWithValue:
+def build_parallel(config) -> DataParallel:
+    """The launcher's process group when run under `accelerate launch`/`torchrun`; else one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DataParallel()
+    return DataParallel.from_environment(cpu=not str(config.policy.device or "cpu").startswith("cuda"))
+
+
+def policy_device(config, parallel: DataParallel) -> torch.device:
+    """`policy.device`, with each data-parallel process on its own GPU (`cuda:<local rank>`) when it is CUDA."""
+    device = torch.device(config.policy.device or "cpu")
+    if device.type == "cuda" and parallel.enabled:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def build_policy(config, tokenizer, device: torch.device | str | None = None) -> PolicyWithValue:
     p = config.policy
     if p.name_or_path == "tiny":
-        return PolicyWithValue.tiny(
+        policy = PolicyWithValue.tiny(
             tokenizer, seed=p.seed, hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads
         )
-    dtype = getattr(torch, p.dtype) if p.dtype else None
-    policy = PolicyWithValue.from_pretrained(p.name_or_path, **({"dtype": dtype} if dtype else {}))
-    return policy.to(p.device) if p.device else policy
+    else:
+        dtype = getattr(torch, p.dtype) if p.dtype else None
+        policy = PolicyWithValue.from_pretrained(p.name_or_path, **({"dtype": dtype} if dtype else {}))
+    device = device or p.device
+    return policy.to(device) if device else policy
 
 
 def build_run_reward(config, tokenizer) -> CompositeReward:
@@ -119,14 +146,24 @@ def sample_rows(agent: PPOAgent, tasks: list[EditTask], update: int, config) -> 
 class Trainer:
     """Builds everything a run needs from its config and runs the PPO loop with logging and checkpoints."""
 
-    def __init__(self, config, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, config, run_dir: str | Path, resume: bool = False, parallel: DataParallel | None = None) -> None:
         from transformers.utils import logging as hf_logging
 
         from promptgym.experiments.config import save_config
 
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
+        from promptgym.experiments.config import ConfigError
+
         self.config = config
-        self.run = RunDir(run_dir).create()
+        self.parallel = parallel or build_parallel(config)
+        if config.ppo.n_episodes % self.parallel.world_size:
+            raise ConfigError(
+                f"ppo.n_episodes={config.ppo.n_episodes} cannot be split over {self.parallel.world_size} processes;"
+                " make it a multiple of the number of processes"
+            )
+        self.is_main = self.parallel.is_main
+        self.device = policy_device(config, self.parallel)
+        self.run = RunDir(run_dir).create() if self.is_main else RunDir(run_dir)
         self.resume = resume
         seed_everything(config.seed)
         self.tokenizer = build_tokenizer(config)
@@ -137,7 +174,7 @@ class Trainer:
         self.sft_result = None
         self.policy = self._starting_policy()
         self.env = PromptEditVectorEnv(
-            config.ppo.n_episodes,
+            config.ppo.n_episodes // self.parallel.world_size,
             tasks=self.train_tasks,
             tokenizer=self.tokenizer,
             reward=self.reward,
@@ -145,20 +182,21 @@ class Trainer:
             max_context_tokens=config.env.max_context_tokens,
             autoreset_mode="disabled",
         )
-        self.agent = PPOAgent(self.policy, self.env, config.ppo)  # the reference: the policy as it is now
+        # the KL reference: the policy as it is now (the main process's, broadcast to all)
+        self.agent = PPOAgent(self.policy, self.env, config.ppo, parallel=self.parallel)
         if resume:
             self._restore()
-        else:
+        elif self.is_main:
             save_config(config, self.run.config)
-        self.writer = self._tensorboard()
+        self.writer = self._tensorboard() if self.is_main else None
 
     def _starting_policy(self) -> PolicyWithValue:
         """The policy PPO starts from (and the KL reference): after SFT, or reloaded from the run on resume."""
         if self.resume:
             if not self.run.sft_policy.is_dir():
                 raise FileNotFoundError(f"{self.run.sft_policy} is missing; {self.run.root} is not a resumable run")
-            return PolicyWithValue.from_pretrained(self.run.sft_policy)
-        policy = build_policy(self.config, self.tokenizer)
+            return PolicyWithValue.from_pretrained(self.run.sft_policy).to(self.device)
+        policy = build_policy(self.config, self.tokenizer, self.device)
         if self.config.sft.enabled:
             self.sft_result = sft_warm_start(
                 policy,
@@ -166,10 +204,11 @@ class Trainer:
                 [t for t in self.train_tasks if t.target is not None],
                 [t for t in self.eval_tasks if t.target is not None][:256],
                 config=self.config.sft,
-                progress=self.config.logging.progress,
+                progress=self.config.logging.progress and self.is_main,
             )
-        policy.save_pretrained(self.run.sft_policy)
-        self.tokenizer.save_pretrained(self.run.sft_policy)
+        if self.is_main:
+            policy.save_pretrained(self.run.sft_policy)
+            self.tokenizer.save_pretrained(self.run.sft_policy)
         return policy
 
     def _restore(self) -> None:
@@ -178,8 +217,10 @@ class Trainer:
             raise FileNotFoundError(f"no checkpoint in {self.run.checkpoints}; nothing to resume")
         self.agent.load(checkpoint)
         done = self.agent.num_updates
-        self.run.truncate_after(self.run.metrics, done)
-        self.run.truncate_after(self.run.samples, done)
+        self.parallel.barrier()  # every process has read the logs' checkpoint before the main one edits them
+        if self.is_main:
+            self.run.truncate_after(self.run.metrics, done)
+            self.run.truncate_after(self.run.samples, done)
 
     def _tensorboard(self):
         if not self.config.logging.tensorboard:
@@ -193,7 +234,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         c = self.config
-        result = RunResult(self.run.root)
+        result = RunResult(self.run.root, is_main=self.is_main)
         start = time.perf_counter()
         if self.agent.num_updates == 0:
             self._log_samples(0)
@@ -202,7 +243,7 @@ class Trainer:
             initial=self.agent.num_updates,
             desc="PPO",
             unit="update",
-            disable=not c.logging.progress,
+            disable=not (c.logging.progress and self.is_main),
         )
         try:
             while self.agent.num_updates < c.train.num_updates:
@@ -216,7 +257,8 @@ class Trainer:
                     **metrics,
                     **reward_stats(self.reward),
                 }
-                self.run.append_jsonl(self.run.metrics, [row])
+                if self.is_main:
+                    self.run.append_jsonl(self.run.metrics, [row])
                 self._log_tensorboard(row, update)
                 result.history.append(row)
                 bar.update(1)
@@ -237,19 +279,23 @@ class Trainer:
         evaluated_last = c.train.eval_every and self.agent.num_updates % c.train.eval_every == 0
         if not result.interrupted and not evaluated_last:
             self._log_samples(self.agent.num_updates)
-        self._checkpoint()
+        self._checkpoint(check_sync=not result.interrupted)  # after Ctrl-C the processes may be mid-update
         result.wall_time_s = time.perf_counter() - start
-        self.finish(result)
+        if self.is_main:
+            self.finish(result)
         return result
 
-    def _checkpoint(self) -> Path:
+    def _checkpoint(self, check_sync: bool = True) -> Path:
+        """Save the agent (main process only), after checking that every process holds the same weights."""
         path = self.run.checkpoints / f"step_{self.agent.num_updates:06d}"
-        if path.exists() and (path / "meta.json").exists():
+        if check_sync:
+            self.parallel.check_in_sync(self.policy)
+        if not self.is_main or (path.exists() and (path / "meta.json").exists()):
             return path
         return self.agent.save(path, keep_last=self.config.train.keep_last)
 
     def _log_samples(self, update: int) -> None:
-        if self.fixed_tasks:
+        if self.fixed_tasks and self.is_main:
             self.run.append_jsonl(self.run.samples, sample_rows(self.agent, self.fixed_tasks, update, self.config))
 
     def _log_tensorboard(self, row: dict[str, Any], update: int) -> None:
@@ -313,13 +359,21 @@ class Trainer:
                 f"- fixed test tasks ({len(self.fixed_tasks)}): mean reward {mean(first_u):.3f} at update {first_u}"
                 f" -> {mean(last_u):.3f} at update {last_u}"
             )
-            lines += ["", "## Samples at the last evaluation", "", "| source | instruction | edited prompt | reward |",
-                      "|---|---|---|---|"]
+            lines += [
+                "",
+                "## Samples at the last evaluation",
+                "",
+                "| source | instruction | edited prompt | reward |",
+                "|---|---|---|---|",
+            ]
             for row in (r for r in samples if r["update"] == last_u):
                 lines.append(f"| {row['source']} | {row['instruction']} | {row['prompt']} | {row['reward']:.3f} |")
         lines += ["", "Files: `config.yaml`, `metrics.jsonl`, `samples.jsonl`, `tb/`, `checkpoints/`, `plots/`."]
         if self.config.reward.preset == "tiny":
-            lines += ["", "The tiny reward stack's image scores exercise the pipeline and say nothing about image quality."]
+            lines += [
+                "",
+                "The tiny reward stack's image scores exercise the pipeline and say nothing about image quality.",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -333,3 +387,14 @@ def _renderer_of(reward: CompositeReward):
 def train(config, out: str | Path, resume: bool = False) -> RunResult:
     """Run (or resume) a training run in `out`; returns what happened."""
     return Trainer(config, out, resume=resume).run_updates()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m promptgym.experiments.train` = `promptgym train` (the entry point for `accelerate launch -m`)."""
+    from promptgym.experiments.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,10 @@
 """`promptgym train` end to end on a seconds-sized config: artifacts, resume, eval, edit, render."""
 
 import json
+import math
 
 import pytest
+import torch
 from PIL import Image
 
 from promptgym.experiments.cli import main
@@ -100,3 +102,13 @@ def test_cli_config_errors_name_the_key(capsys):
     assert "lerning_rate" in capsys.readouterr().err
     assert main(["eval", "/nonexistent/run"]) == 2
     assert "/nonexistent/run" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_runs_on_the_gpu(tmp_path):
+    """The policy, its rollouts and the PPO update run on `policy.device`; artifacts as on the CPU."""
+    result = train(load_config("tiny", [*SMALL, "policy.device=cuda", "reward.device=cuda"]), tmp_path)
+    assert not result.interrupted and len(result.history) == 3
+    assert all(math.isfinite(row["env/reward_mean"]) for row in result.history)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip().endswith("step_000003")
+    assert main(["eval", str(tmp_path), "--samples", "2", "--max-tasks", "3"]) == 0

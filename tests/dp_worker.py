@@ -1,0 +1,39 @@
+"""A PPO run in one process of a (possibly) data-parallel group, for tests/test_distributed.py.
+
+`run_agent(rank, world, ...)` joins a gloo group of `world` processes (file rendezvous), trains a seeded tiny
+policy for a few updates with the content-integrity reward and saves its metrics and final weights to
+`out/rank<rank>.pt`. With world=1 it is the single-process reference.
+"""
+
+from pathlib import Path
+
+import torch
+
+TASKS = 16
+
+
+def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: dict, updates: int) -> None:
+    torch.set_num_threads(1)
+    if world > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    from promptgym.agents import DataParallel, PolicyWithValue, PPOAgent, PPOConfig
+    from promptgym.envs import PromptEditVectorEnv, default_tokenizer, load_tasks
+    from promptgym.rewards import ContentIntegrityScorer
+
+    tokenizer = default_tokenizer()
+    policy = PolicyWithValue.tiny(tokenizer, seed=0)
+    config = PPOConfig(**config_kwargs)
+    env = PromptEditVectorEnv(
+        config.n_episodes // world,
+        tasks=load_tasks("demo", "train")[:TASKS],
+        tokenizer=tokenizer,
+        reward=ContentIntegrityScorer(mode="ratio"),
+        max_new_tokens=16,
+        autoreset_mode="disabled",
+    )
+    agent = PPOAgent(policy, env, config, parallel=DataParallel(rank, world))
+    history = [agent.step() for _ in range(updates)]
+    state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    torch.save({"history": history, "state": state}, Path(out) / f"rank{rank}.pt")
+    if world > 1:
+        torch.distributed.destroy_process_group()
