@@ -1,6 +1,6 @@
 """`promptgym bench`: PPO variants and baselines trained for the same budget of reward calls, over several seeds.
 
-    promptgym bench [--variants ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo] [--seeds 3]
+    promptgym bench [--variants sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo] [--seeds 3]
                     [--budget 4096] [--reward config|integrity] [--out runs/bench] [--set key=value ...]
 
 The rules that make the comparison fair:
@@ -10,7 +10,8 @@ The rules that make the comparison fair:
   reward calls and stops at the first update / rollout / generation batch at or past it (so it uses between
   `budget` and `budget + batch - 1`; the table reports the calls actually used).
 - **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO) starts from a
-  deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table says so).
+  deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table says so). The
+  `sft` row is that start evaluated with no RL; the "reward vs SFT" column pairs each variant's seed with it.
 - **Config.** Every variant of a seed uses the tiny preset (for the baselines) or its own ablation preset, with the
   same `--set` overrides and `seed`; the presets differ only in their `ppo` section (checked: the shared SFT start
   would be wrong otherwise). Baselines use the config's env sizes, task splits, `ppo.n_episodes` (episodes per
@@ -47,9 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 
+REFERENCE = "sft"  # the shared SFT start itself, evaluated without any RL: what every LM variant has to beat
 PPO_VARIANTS = ("ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
 BASELINES = ("sb3-ppo", "grpo", "rloo")
-VARIANTS = PPO_VARIANTS + BASELINES
+VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES
 REWARDS = ("config", "integrity")
 # --reward integrity: content integrity only, as a ratio (no image terms, so no renders)
 INTEGRITY_OVERRIDES = (
@@ -128,7 +130,7 @@ def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = ()
         raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
     if reward not in REWARDS:
         raise ValueError(f"reward={reward!r}; expected one of {list(REWARDS)}")
-    preset = variant if variant in PPO_VARIANTS else "tiny"
+    preset = variant if variant in PPO_VARIANTS else "tiny"  # the reference and the baselines: the tiny preset
     extra = list(INTEGRITY_OVERRIDES) if reward == "integrity" else []
     return load_config(preset, [*overrides, *extra, *([f"seed={seed}"] if seed is not None else [])])
 
@@ -200,6 +202,19 @@ def run_ppo_variant(
     }
     return BenchRun(variant, config.seed, curve, eval_reward, eval_components, agent.num_reward_calls, budget,
                     wall_time_s, "sft", start_sha, info)
+
+
+def run_reference(
+    config: Any, policy: Any, tokenizer: Any, reward: Any, budget: int, eval_tasks: Sequence[Any], eval_episodes: int,
+    eval_seed: int = EVAL_SEED,
+) -> BenchRun:
+    """The `sft` row: the seed's SFT policy evaluated as every variant is, with no training (0 reward calls)."""
+    from promptgym.agents.baselines import evaluate_lm
+
+    start_sha = weights_sha256(policy)
+    eval_reward, eval_components = evaluate_lm(policy.model, _eval_env(config, eval_tasks, eval_episodes, tokenizer,
+                                                                       reward), eval_seed)
+    return BenchRun(REFERENCE, config.seed, [], eval_reward, eval_components, 0, budget, 0.0, "sft", start_sha, {})
 
 
 def _eval_env(config: Any, eval_tasks: Sequence[Any], eval_episodes: int, tokenizer: Any, reward: Any):
@@ -326,7 +341,9 @@ def run_bench(
                 clear_reward_caches(reward_fn)  # no variant profits from renders cached by an earlier one
                 seed_everything(seed)
                 policy = copy.deepcopy(sft_policy) if sft_policy is not None and variant != "sb3-ppo" else None
-                if variant in PPO_VARIANTS:
+                if variant == REFERENCE:
+                    run = run_reference(config, policy, tokenizer, reward_fn, budget, eval_tasks, eval_episodes)
+                elif variant in PPO_VARIANTS:
                     run = run_ppo_variant(variant, config, policy, tokenizer, reward_fn, budget, eval_tasks,
                                           eval_episodes)
                 else:
@@ -371,6 +388,9 @@ def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str,
             finite = [v for v in values if math.isfinite(v)]
             mean, low, high = mean_ci(finite, n_resamples=n_resamples) if finite else (math.nan,) * 3
             row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = mean, low, high
+        row["reward_vs_sft"], row["reward_vs_sft_ci_low"], row["reward_vs_sft_ci_high"] = _paired_change(
+            result, runs, n_resamples
+        )
         row["wall_time_s"] = float(np.mean([r.wall_time_s for r in runs]))
         row["reward_calls"] = float(np.mean([r.reward_calls for r in runs]))
         row["reward_calls_min"] = min(r.reward_calls for r in runs)
@@ -379,10 +399,32 @@ def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str,
     return rows
 
 
+def _paired_change(result: BenchResult, runs: list[BenchRun], n_resamples: int) -> tuple[float, float, float]:
+    """Mean and 95% bootstrap CI over seeds of (eval reward - the same seed's SFT reference), for a variant that
+    starts from SFT; nan when there is no reference row (or for SB3, which does not start from SFT)."""
+    from promptgym.experiments.evaluate import mean_ci
+
+    reference = {run.seed: run.eval_reward for run in result.of(REFERENCE)}
+    changes = [run.eval_reward - reference[run.seed] for run in runs if run.start == "sft" and run.seed in reference]
+    if not changes or all(run.variant == REFERENCE for run in runs):
+        return (math.nan,) * 3
+    return mean_ci(changes, n_resamples=n_resamples)
+
+
 def _value_keys(rows: list[dict[str, Any]]) -> list[str]:
     keys = list(rows[0]) if rows else []
     return [k for k in keys if k not in ("variant", "start", "seeds") and not k.endswith(("_ci_low", "_ci_high"))
-            and not k.startswith(("wall_time", "reward_calls"))]
+            and not k.startswith(("wall_time", "reward_calls", "reward_vs_sft"))]
+
+
+def _has_reference(rows: list[dict[str, Any]]) -> bool:
+    return any(math.isfinite(row["reward_vs_sft"]) for row in rows)
+
+
+def _signed_ci_text(row: dict[str, Any], key: str) -> str:
+    if not math.isfinite(row[key]):
+        return "—"
+    return f"{row[key]:+.3f} [{row[f'{key}_ci_low']:+.3f}, {row[f'{key}_ci_high']:+.3f}]"
 
 
 def _ci_text(row: dict[str, Any], key: str) -> str:
@@ -396,7 +438,9 @@ START_TEXT = {"sft": "SFT", "scratch": "scratch (no LM)"}
 
 def markdown_table(result: BenchResult, rows: list[dict[str, Any]]) -> str:
     keys = _value_keys(rows)
-    header = ["variant", "start", "seeds", *[f"eval {k} (95% CI)" for k in keys], "wall time (s)", "reward calls"]
+    paired = ["reward vs SFT (95% CI)"] if _has_reference(rows) else []
+    header = ["variant", "start", "seeds", *[f"eval {k} (95% CI)" for k in keys], *paired, "wall time (s)",
+              "reward calls"]
     lines = [
         "# promptgym bench",
         "",
@@ -408,6 +452,8 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]]) -> str:
         "- start: SFT = a copy of the seed's SFT'd tiny policy (shared by every LM variant of the seed); "
         "scratch = SB3 PPO, which has no language model",
         "- wall time: training only (mean over seeds; SFT and evaluation excluded)",
+        *(["- sft: the SFT start evaluated with no RL; reward vs SFT: eval reward minus the same seed's sft row, "
+           "mean [95% CI] over seeds"] if paired else []),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -416,7 +462,8 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]]) -> str:
         calls = (f"{row['reward_calls']:.0f}" if row["reward_calls_min"] == row["reward_calls_max"]
                  else f"{row['reward_calls_min']}–{row['reward_calls_max']}")
         cells = [row["variant"], START_TEXT.get(row["start"], row["start"]), str(row["seeds"]),
-                 *[_ci_text(row, k) for k in keys], f"{row['wall_time_s']:.1f}", calls]
+                 *[_ci_text(row, k) for k in keys], *([_signed_ci_text(row, "reward_vs_sft")] if paired else []),
+                 f"{row['wall_time_s']:.1f}", calls]
         lines.append("| " + " | ".join(cells) + " |")
     if result.reward == "config":
         lines += ["", "On the tiny stack the image terms come from random tiny models: they exercise the pipeline "
@@ -430,12 +477,14 @@ def print_table(result: BenchResult, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     keys = _value_keys(rows)
+    paired = ["reward vs SFT [95% CI]"] if _has_reference(rows) else []
     table = Table(title=f"bench: {result.budget} reward calls, {len(result.seeds)} seed(s), reward={result.reward}")
-    for column in ["variant", "start", *[f"{k} [95% CI]" for k in keys], "wall s", "reward calls"]:
+    for column in ["variant", "start", *[f"{k} [95% CI]" for k in keys], *paired, "wall s", "reward calls"]:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["variant"], START_TEXT.get(row["start"], row["start"]), *[_ci_text(row, k) for k in keys],
-                      f"{row['wall_time_s']:.1f}", f"{row['reward_calls']:.0f}")
+                      *([_signed_ci_text(row, "reward_vs_sft")] if paired else []), f"{row['wall_time_s']:.1f}",
+                      f"{row['reward_calls']:.0f}")
     Console(width=max(160, Console().width)).print(table)
 
 
@@ -467,7 +516,9 @@ def write_bench(result: BenchResult, out: str | os.PathLike) -> list[Path]:
     }
     json_path = out / "bench.json"
     json_path.write_text(json.dumps(raw, indent=2, default=_json_default), encoding="utf-8")
-    curves = {v: [run.curve for run in result.of(v)] for v in result.variants if result.of(v)}
+    curves = {v: [run.curve for run in result.of(v)] for v in result.variants if result.of(v) and v != REFERENCE}
+    if not curves:  # only the reference was run: nothing trained, no curve
+        return [md, csv_path, json_path]
     plot = plot_learning_curves(curves, out / "learning_curves.png",
                                 title=f"Learning curves, reward={result.reward} (mean over seeds)")
     return [md, csv_path, json_path, plot]

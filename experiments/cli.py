@@ -4,7 +4,7 @@
     promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N]
     promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR] [-n 4] [--render OUT.png]
     promptgym render --prompt TEXT [--preset tiny|diffchat-sd15] --out FILE.png
-    promptgym bench [--variants ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
+    promptgym bench [--variants sft,ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
 
 `train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
@@ -24,7 +24,12 @@ POLICIES = ("target", "source", "random")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptgym", description="Prompt-editing RL environments and agents.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="SFT warm start then PPO; writes a run directory")
+    train = commands.add_parser(
+        "train",
+        help="SFT warm start then PPO; writes a run directory",
+        epilog="data-parallel: accelerate launch --multi_gpu --num_processes N -m promptgym.experiments.train [ARGS] "
+        "(ppo.n_episodes is the global batch; on CPUs the processes use gloo)",
+    )
     train.add_argument("--config", default="tiny", help="a preset name (tiny, diffchat-sd15, ppo, ...) or a YAML path")
     train.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -56,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(handler=run_render)
 
     bench = commands.add_parser("bench", help="train PPO variants and baselines for the same reward-call budget")
-    bench.add_argument("--variants", default="ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo",
-                       help="comma-separated variants (default: all eight)")
+    bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo",
+                       help="comma-separated variants (default: all; sft = the SFT start without RL, the reference)")
     bench.add_argument("--seeds", type=_positive_int, default=3, help="seeds per variant (default: 3)")
     bench.add_argument("--budget", type=_positive_int, default=4096, help="reward calls per run (default: 4096)")
     bench.add_argument("--reward", choices=("config", "integrity"), default="config",
@@ -192,7 +197,7 @@ def run_bench(args: argparse.Namespace) -> int:
         variants, args.seeds, args.budget, args.out, args.overrides, args.reward, args.eval_episodes
     )
     bench.print_table(result, bench.summary_rows(result))
-    print(f"written to {args.out}: bench.md, bench.csv, bench.json, learning_curves.png")
+    print(f"written to {args.out}: " + ", ".join(path.name for path in result.files))
     return 0
 
 

@@ -354,11 +354,7 @@ class Trainer:
             )
         if samples:
             first_u, last_u = min(r["update"] for r in samples), max(r["update"] for r in samples)
-            mean = lambda u: float(np.mean([r["reward"] for r in samples if r["update"] == u]))  # noqa: E731
-            lines.append(
-                f"- fixed test tasks ({len(self.fixed_tasks)}): mean reward {mean(first_u):.3f} at update {first_u}"
-                f" -> {mean(last_u):.3f} at update {last_u}"
-            )
+            lines += ["", *before_after_table(samples, first_u, last_u)]
             lines += [
                 "",
                 "## Samples at the last evaluation",
@@ -375,6 +371,36 @@ class Trainer:
                 "The tiny reward stack's image scores exercise the pipeline and say nothing about image quality.",
             ]
         return "\n".join(lines) + "\n"
+
+
+def before_after_table(samples: list[dict[str, Any]], first: int, last: int) -> list[str]:
+    """Markdown: reward and each component on the fixed test tasks at two evaluations, with the paired change
+    (last minus first, per task) and its 95% percentile-bootstrap CI over the tasks."""
+    from promptgym.experiments.evaluate import mean_ci
+
+    before = {r["task_id"]: r for r in samples if r["update"] == first}
+    after = {r["task_id"]: r for r in samples if r["update"] == last}
+    tasks = [t for t in before if t in after]
+    names = ["reward", *sorted(before[tasks[0]]["components"])] if tasks else []
+    lines = [
+        f"## Fixed test tasks: update {first} vs update {last} ({len(tasks)} tasks, one sample each)",
+        "",
+        f"| term | update {first} | update {last} | change (95% CI over tasks) |",
+        "|---|---|---|---|",
+    ]
+    for name in names:
+        a = np.array([_sample_value(before[t], name) for t in tasks])
+        b = np.array([_sample_value(after[t], name) for t in tasks])
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            continue
+        change, low, high = mean_ci(b - a)
+        lines.append(f"| {name} | {a.mean():.3f} | {b.mean():.3f} | {change:+.3f} [{low:+.3f}, {high:+.3f}] |")
+    return lines
+
+
+def _sample_value(row: dict[str, Any], name: str) -> float:
+    """A samples.jsonl row's total reward (`name="reward"`) or one of its components (nan if missing)."""
+    return float(row["reward"] if name == "reward" else row["components"].get(name, float("nan")))
 
 
 def _renderer_of(reward: CompositeReward):

@@ -29,7 +29,7 @@ BATCH = 8  # ppo.n_episodes: every variant's batch of reward calls
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--variants", "ppo,grpo", "--seeds", "1", "--budget", str(BUDGET), "--reward", "integrity",
+    argv = ["bench", "--variants", "sft,ppo,grpo", "--seeds", "1", "--budget", str(BUDGET), "--reward", "integrity",
             "--eval-episodes", "8", "--out", str(out)]
     for override in OVERRIDES:
         argv += ["--set", override]
@@ -41,11 +41,16 @@ def test_bench_writes_table_csv_json_and_plot(bench_dir):
     for name in ("bench.md", "bench.csv", "bench.json", "learning_curves.png"):
         assert (bench_dir / name).stat().st_size > 0, name
     md = (bench_dir / "bench.md").read_text()
-    assert "| ppo | SFT | 1 |" in md and "| grpo | SFT | 1 |" in md
+    assert "| ppo | SFT | 1 |" in md and "| grpo | SFT | 1 |" in md and "| sft | SFT | 1 |" in md
+    assert "reward vs SFT (95% CI)" in md
     rows = list(csv.DictReader((bench_dir / "bench.csv").open()))
-    assert [row["variant"] for row in rows] == ["ppo", "grpo"]
+    assert [row["variant"] for row in rows] == ["sft", "ppo", "grpo"]
     raw = json.loads((bench_dir / "bench.json").read_text())
     assert raw["budget"] == BUDGET and raw["reward"] == "integrity" and raw["seeds"] == [0]
+    sft = raw["runs"][0]
+    assert sft["variant"] == "sft" and sft["reward_calls"] == 0 and sft["curve"] == []
+    for row, run in zip(rows[1:], raw["runs"][1:]):  # one seed: the change vs SFT is the plain difference
+        assert float(row["reward_vs_sft"]) == pytest.approx(run["eval_reward"] - sft["eval_reward"])
     for row, run in zip(rows, raw["runs"]):
         # one seed: the table's mean is that run's eval reward; the integrity-only reward has one component = total
         assert float(row["reward"]) == pytest.approx(run["eval_reward"])
@@ -56,7 +61,7 @@ def test_bench_writes_table_csv_json_and_plot(bench_dir):
 
 def test_bench_respects_the_budget_and_logs_curves_in_reward_calls(bench_dir):
     raw = json.loads((bench_dir / "bench.json").read_text())
-    for run in raw["runs"]:
+    for run in raw["runs"][1:]:  # after the sft reference, which makes no reward call
         assert BUDGET <= run["reward_calls"] < BUDGET + BATCH, run["variant"]
         xs = [x for x, _ in run["curve"]]
         assert xs == sorted(xs) and xs[-1] == run["reward_calls"]
@@ -66,7 +71,7 @@ def test_bench_respects_the_budget_and_logs_curves_in_reward_calls(bench_dir):
 def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
     raw = json.loads((bench_dir / "bench.json").read_text())
     starts = {run["variant"]: run["start_sha256"] for run in raw["runs"]}
-    assert starts["ppo"] == starts["grpo"] is not None
+    assert starts["ppo"] == starts["grpo"] == starts["sft"] is not None
     # recompute the seed-0 SFT start independently: same hash; an untrained policy has a different one
     config = bench.variant_config("ppo", 0, OVERRIDES, "integrity")
     seed_everything(0)
@@ -103,6 +108,16 @@ def test_summary_rows_match_an_independent_bootstrap_and_write_bench(tmp_path):
     assert [f.name for f in files] == ["bench.md", "bench.csv", "bench.json", "learning_curves.png"]
     assert "scratch (no LM)" in (tmp_path / "bench.md").read_text()
     assert "16–18" in (tmp_path / "bench.md").read_text()
+
+
+def test_change_vs_sft_is_paired_by_seed():
+    runs = [_run("sft", 0, 0.5), _run("sft", 1, 0.2), _run("ppo", 1, 0.4), _run("ppo", 0, 0.6), _run("sb3-ppo", 0, 0.1)]
+    rows = {r["variant"]: r for r in bench.summary_rows(bench.BenchResult(runs, ["sft", "ppo", "sb3-ppo"], [0, 1], 16,
+                                                                          "integrity", [], 8))}
+    low, high = bootstrap_ci([0.6 - 0.5, 0.4 - 0.2], np.mean, 0.95, 2000, 0)  # per seed: +0.1 and +0.2
+    assert rows["ppo"]["reward_vs_sft"] == pytest.approx(0.15)
+    assert (rows["ppo"]["reward_vs_sft_ci_low"], rows["ppo"]["reward_vs_sft_ci_high"]) == pytest.approx((low, high))
+    assert math.isnan(rows["sft"]["reward_vs_sft"]) and math.isnan(rows["sb3-ppo"]["reward_vs_sft"])  # not paired
 
 
 def test_bad_variants_and_mismatched_configs_are_clear_errors():

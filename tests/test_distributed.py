@@ -155,3 +155,15 @@ def test_accelerate_launch_matches_one_process(tmp_path):
     )  # fmt: skip
     assert _distance(weights, reference) < 1e-3 * _distance(reference, start)
     assert (out / "summary.md").is_file() and (out / "sft_policy").is_dir()
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not on PATH")
+def test_bench_parallel_times_the_three_ways(capsys):
+    from promptgym.experiments import bench_parallel
+
+    small = ["sft.max_steps=5", "ppo.n_episodes=4", "ppo.batch_size=2", "ppo.n_epochs=1", "env.max_new_tokens=8",
+             "data.num_eval_tasks=1", "logging.tensorboard=false", *SMALL_RUN[-3:]]  # fmt: skip
+    times = bench_parallel.main(["--updates", "2", "--rounds", "1", *(a for s in small for a in ("--set", s))])
+    assert list(times) == list(bench_parallel.MODES) and all(len(t) == 1 and t[0] > 0 for t in times.values())
+    out = capsys.readouterr().out
+    assert "1 process x 1 thread" in out and "2 processes x 1 thread" in out and out.count("speed-up x") == 3

@@ -112,3 +112,18 @@ def test_train_runs_on_the_gpu(tmp_path):
     assert all(math.isfinite(row["env/reward_mean"]) for row in result.history)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip().endswith("step_000003")
     assert main(["eval", str(tmp_path), "--samples", "2", "--max-tasks", "3"]) == 0
+
+
+def test_before_after_table_pairs_each_task_with_itself():
+    from promptgym.experiments.train import before_after_table
+
+    def row(update, task, reward, integrity):
+        return {"update": update, "task_id": task, "reward": reward, "components": {"integrity": integrity}}
+
+    samples = [row(0, "a", 0.0, 0.0), row(0, "b", 1.0, 1.0), row(5, "b", 3.0, 1.0), row(5, "a", 1.0, 1.0)]
+    lines = before_after_table(samples, 0, 5)
+    assert lines[0].startswith("## Fixed test tasks: update 0 vs update 5 (2 tasks")
+    reward, integrity = lines[4], lines[5]
+    # per-task changes: reward +1 and +2 (mean +1.5, CI within [1, 2]); integrity +1 and 0
+    assert reward.startswith("| reward | 0.500 | 2.000 | +1.500 [+1.000, +2.000]")
+    assert integrity.startswith("| integrity | 0.500 | 1.000 | +0.500 [+0.000, +1.000]")
