@@ -139,10 +139,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; 0 elsewhere."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, mean_of: Callable = masked_mean
+) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; 0 elsewhere. `mean_of(x, mask)` takes the means (a
+    `DataParallel.masked_mean` makes them means over every process's entries)."""
+    mean = mean_of(x, mask)
+    var = mean_of((x - mean) ** 2, mask)
     return ((x - mean) * torch.rsqrt(var + eps)) * mask
 
 
@@ -254,8 +257,8 @@ class PPOAgent:
         """Positives from the policy plus keyword-corrupted negatives, with CI(s_t) when the value needs it.
 
         Every random choice of an update derives from (seed, update, global episode index), so a process's
-        shard holds exactly the rows a single process would collect for them. The batch's `global_rows` say
-        which rows of the global batch (positives first, then negatives) this process holds.
+        shard holds exactly the rows a single process would collect for them. `step` passes `update` which rows
+        of the global batch (positives first, then negatives) this process holds and how large that batch is.
         """
         c, dp = self.config, self.parallel
         shard = dp.shard(c.n_episodes)
@@ -345,7 +348,7 @@ class PPOAgent:
         c, dp = self.config, self.parallel
         num_tokens = dp.sum(mb.mask.sum().float()).clamp(min=1)
         if c.normalize_advantage:
-            advantages = self._whiten(advantages, mb.mask)
+            advantages = masked_whiten(advantages, mb.mask, mean_of=dp.masked_mean)
         self.optimizer.zero_grad()
         if len(mb):
             logprobs, values, entropy, restricted = evaluate_actions(self.policy, mb, c.typical_mass)
@@ -364,13 +367,6 @@ class PPOAgent:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
         self.optimizer.step()
         return dict(zip(TERM_NAMES, dp.sum_float(*values_now))) | {"grad_norm": float(grad_norm)}
-
-    def _whiten(self, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-        """`masked_whiten` with the mean and variance of the global minibatch."""
-        dp = self.parallel
-        mean = dp.masked_mean(x, mask)
-        var = dp.masked_mean((x - mean) ** 2, mask)
-        return ((x - mean) * torch.rsqrt(var + eps)) * mask
 
     def _metrics(self, batch, rewards, advantages, targets, kl, stats, epochs_run) -> dict[str, float]:
         dp = self.parallel
