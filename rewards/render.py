@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CachedRenderer",
     "DiffusersRenderer",
     "RenderCacheInfo",
     "build_tiny_sd_pipeline",
@@ -283,7 +284,125 @@ RENDER_SETTINGS = (
 TINY_SETTINGS = {"num_inference_steps": 4, "guidance_scale": 7.5, "height": 32, "width": 32, "images_per_prompt": 2}
 
 
-class DiffusersRenderer:
+class CachedRenderer:
+    """Base of promptgym's renderers: prompts -> images `[N, K, 3, H, W]`, batched, LRU-cached, common random numbers.
+
+    A subclass draws `(prompt, k)` pairs in `_render_pairs` (image k of every prompt from the randomness of
+    `(seed, k)` only) and describes everything else that changes an image in `config()`; this class owns the
+    cache (keyed by `(prompt, k, fingerprint)`), the last-batch memo, chunking and the counters.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        images_per_prompt: int = 1,
+        seed: int = 0,
+        cache_size: int = 1024,
+        batch_size: int = 8,
+    ) -> None:
+        self.height = _check_positive_int("height", height)
+        self.width = _check_positive_int("width", width)
+        self.images_per_prompt = _check_positive_int("images_per_prompt", images_per_prompt)
+        self.seed = int(seed)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, (int, np.integer)) or cache_size < 0:
+            raise ValueError(f"cache_size must be an int >= 0 (0 disables the cache), got {cache_size!r}")
+        self.cache_size = int(cache_size)
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self._cache: OrderedDict[tuple[str, int, str], torch.Tensor] = OrderedDict()
+        self._last_batch: dict[tuple[str, int, str], torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+        self.pipeline_calls = 0
+        self.images_rendered = 0
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes an image besides (prompt, k)."""
+        raise NotImplementedError
+
+    def _render_pairs(self, pairs: Sequence[tuple[str, int]]) -> torch.Tensor:
+        """Draw `(prompt, k)` pairs -> `[B, 3, H, W]` float32 CPU in [0, 1]."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A short hash of `config()`; part of every cache key, so changing a setting never serves stale images."""
+        blob = json.dumps(self.config(), sort_keys=True, default=repr)
+        return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+    def cache_info(self) -> RenderCacheInfo:
+        """Hits, misses (in images), the cache bound and the number of cached images."""
+        return RenderCacheInfo(self.hits, self.misses, self.cache_size, len(self._cache))
+
+    def clear_cache(self) -> None:
+        """Empty the cache and the last-batch memo and reset all counters (call it after changing weights in place)."""
+        self._cache.clear()
+        self._last_batch = {}
+        self.hits = self.misses = self.pipeline_calls = self.images_rendered = 0
+
+    def _lookup(self, key: tuple[str, int, str]) -> torch.Tensor | None:
+        image = self._cache.get(key)
+        if image is not None:
+            self._cache.move_to_end(key)
+            return image
+        return self._last_batch.get(key)
+
+    def _store(self, key: tuple[str, int, str], image: torch.Tensor) -> None:
+        if self.cache_size == 0:
+            return
+        self._cache[key] = image
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def render(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Images `[N, K, 3, H, W]` (float32, CPU, in [0, 1]) for `prompts`; image k of each uses noise (seed, k).
+
+        Cached (prompt, k) pairs cost nothing; the rest go through the pipeline in chunks of `batch_size`, each
+        distinct pair once. The latest call's images are also kept (outside the LRU bound), so scorers that share
+        this renderer and render the same batch one after another cause exactly one render. Images are ordinary
+        (non-inference) tensors even when called under `torch.inference_mode()`, so cached renders can later feed
+        a model that is being trained.
+        """
+        with torch.inference_mode(False), torch.no_grad():
+            return self._render(prompts)
+
+    def _render(self, prompts: Sequence[str]) -> torch.Tensor:
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise TypeError(f"prompts must be a sequence of str, got {type(prompts).__name__}: {prompts!r:.80}")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts[{i}] must be a str, got {type(prompt).__name__}: {prompt!r:.80}")
+        fingerprint = self.fingerprint()
+        keys = [(prompt, k, fingerprint) for prompt in prompts for k in range(self.images_per_prompt)]
+        found: dict[tuple[str, int, str], torch.Tensor] = {}
+        todo: dict[tuple[str, int, str], None] = {}  # ordered set of distinct uncached keys
+        for key in keys:
+            if key in found or key in todo:
+                self.hits += 1  # a repeat within this batch is rendered once
+                continue
+            image = self._lookup(key)
+            if image is None:
+                self.misses += 1
+                todo[key] = None
+            else:
+                self.hits += 1
+                found[key] = image
+        todo_keys = list(todo)
+        for start in range(0, len(todo_keys), self.batch_size):
+            chunk = todo_keys[start : start + self.batch_size]
+            images = self._render_pairs([(prompt, k) for prompt, k, _ in chunk])
+            self.images_rendered += len(chunk)
+            for key, image in zip(chunk, images):
+                image = image.clone()
+                found[key] = image
+                self._store(key, image)
+        self._last_batch = {key: found[key] for key in keys}
+        height, width = self.height, self.width
+        if not keys:
+            return torch.zeros((0, self.images_per_prompt, 3, height, width), dtype=torch.float32)
+        return torch.stack([found[key] for key in keys]).reshape(len(prompts), self.images_per_prompt, 3, height, width)
+
+class DiffusersRenderer(CachedRenderer):
     """Renders prompts with a diffusers text-to-image pipeline: batched, common random numbers, LRU-cached.
 
     Args:
@@ -314,27 +433,14 @@ class DiffusersRenderer:
     ) -> None:
         if not callable(pipeline):
             raise TypeError(f"pipeline must be a callable diffusers pipeline, got {type(pipeline).__name__}")
+        super().__init__(height, width, images_per_prompt, seed, cache_size, batch_size)
         self.pipeline = pipeline
         self.num_inference_steps = _check_positive_int("num_inference_steps", num_inference_steps)
         self.guidance_scale = float(guidance_scale)
-        self.height = _check_positive_int("height", height)
-        self.width = _check_positive_int("width", width)
-        self.images_per_prompt = _check_positive_int("images_per_prompt", images_per_prompt)
-        self.seed = int(seed)
-        if isinstance(cache_size, bool) or not isinstance(cache_size, (int, np.integer)) or cache_size < 0:
-            raise ValueError(f"cache_size must be an int >= 0 (0 disables the cache), got {cache_size!r}")
-        self.cache_size = int(cache_size)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
         self.call_kwargs = dict(call_kwargs or {})
         reserved = {"prompt", "latents", "generator", "output_type", "num_images_per_prompt"} & set(self.call_kwargs)
         if reserved:
             raise ValueError(f"call_kwargs must not set {sorted(reserved)}: the renderer sets them itself")
-        self._cache: OrderedDict[tuple[str, int, str], torch.Tensor] = OrderedDict()
-        self._last_batch: dict[tuple[str, int, str], torch.Tensor] = {}
-        self.hits = 0
-        self.misses = 0
-        self.pipeline_calls = 0
-        self.images_rendered = 0
 
     # ------------------------------------------------------------------ constructors
 
@@ -407,11 +513,6 @@ class DiffusersRenderer:
             "call_kwargs": self.call_kwargs,
         }
 
-    def fingerprint(self) -> str:
-        """A short hash of `config()`; part of every cache key, so changing a setting never serves stale images."""
-        blob = json.dumps(self.config(), sort_keys=True, default=repr)
-        return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
-
     def latent_shape(self) -> tuple[int, int, int] | None:
         """Shape `(C, h, w)` of one image's initial latents for UNet pipelines (SD 1.x/2.x, SDXL); None otherwise."""
         unet = getattr(self.pipeline, "unet", None)
@@ -436,34 +537,9 @@ class DiffusersRenderer:
         """A fresh CPU generator for image `k`'s sampler noise (stochastic schedulers), seeded from `(seed, k)`."""
         return torch.Generator(device="cpu").manual_seed(derive_seed(self.seed, k, 1))
 
-    def cache_info(self) -> RenderCacheInfo:
-        """Hits, misses (in images), the cache bound and the number of cached images."""
-        return RenderCacheInfo(self.hits, self.misses, self.cache_size, len(self._cache))
-
-    def clear_cache(self) -> None:
-        """Empty the cache and the last-batch memo and reset all counters (call it after changing weights in place)."""
-        self._cache.clear()
-        self._last_batch = {}
-        self.hits = self.misses = self.pipeline_calls = self.images_rendered = 0
-
-    def _lookup(self, key: tuple[str, int, str]) -> torch.Tensor | None:
-        image = self._cache.get(key)
-        if image is not None:
-            self._cache.move_to_end(key)
-            return image
-        return self._last_batch.get(key)
-
-    def _store(self, key: tuple[str, int, str], image: torch.Tensor) -> None:
-        if self.cache_size == 0:
-            return
-        self._cache[key] = image
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-
     # ------------------------------------------------------------------ rendering
 
-    def _run_pipeline(self, pairs: Sequence[tuple[str, int]]) -> torch.Tensor:
+    def _render_pairs(self, pairs: Sequence[tuple[str, int]]) -> torch.Tensor:
         """Render `(prompt, k)` pairs in one pipeline call -> `[B, 3, H, W]` float32 CPU in [0, 1]."""
         pipeline = self.pipeline
         kwargs: dict[str, Any] = dict(self.call_kwargs)
@@ -489,55 +565,6 @@ class DiffusersRenderer:
                 f"expected a tensor of shape {(len(pairs), 3, self.height, self.width)}"
             )
         return images.detach().to(device="cpu", dtype=torch.float32)
-
-    def render(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Images `[N, K, 3, H, W]` (float32, CPU, in [0, 1]) for `prompts`; image k of each uses noise (seed, k).
-
-        Cached (prompt, k) pairs cost nothing; the rest go through the pipeline in chunks of `batch_size`, each
-        distinct pair once. The latest call's images are also kept (outside the LRU bound), so scorers that share
-        this renderer and render the same batch one after another cause exactly one render. Images are ordinary
-        (non-inference) tensors even when called under `torch.inference_mode()`, so cached renders can later feed
-        a model that is being trained. The pipeline's own post-processing maps decoded images into [0, 1]
-        (diffusers clamps `x / 2 + 0.5`).
-        """
-        with torch.inference_mode(False), torch.no_grad():
-            return self._render(prompts)
-
-    def _render(self, prompts: Sequence[str]) -> torch.Tensor:
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise TypeError(f"prompts must be a sequence of str, got {type(prompts).__name__}: {prompts!r:.80}")
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompts[{i}] must be a str, got {type(prompt).__name__}: {prompt!r:.80}")
-        fingerprint = self.fingerprint()
-        keys = [(prompt, k, fingerprint) for prompt in prompts for k in range(self.images_per_prompt)]
-        found: dict[tuple[str, int, str], torch.Tensor] = {}
-        todo: dict[tuple[str, int, str], None] = {}  # ordered set of distinct uncached keys
-        for key in keys:
-            if key in found or key in todo:
-                self.hits += 1  # a repeat within this batch is rendered once
-                continue
-            image = self._lookup(key)
-            if image is None:
-                self.misses += 1
-                todo[key] = None
-            else:
-                self.hits += 1
-                found[key] = image
-        todo_keys = list(todo)
-        for start in range(0, len(todo_keys), self.batch_size):
-            chunk = todo_keys[start : start + self.batch_size]
-            images = self._run_pipeline([(prompt, k) for prompt, k, _ in chunk])
-            self.images_rendered += len(chunk)
-            for key, image in zip(chunk, images):
-                image = image.clone()
-                found[key] = image
-                self._store(key, image)
-        self._last_batch = {key: found[key] for key in keys}
-        height, width = self.height, self.width
-        if not keys:
-            return torch.zeros((0, self.images_per_prompt, 3, height, width), dtype=torch.float32)
-        return torch.stack([found[key] for key in keys]).reshape(len(prompts), self.images_per_prompt, 3, height, width)
 
     def __repr__(self) -> str:
         return (
