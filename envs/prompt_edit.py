@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from promptgym.envs.tasks import EditTask, load_tasks
 from promptgym.envs.templates import EditTemplate
 from promptgym.rewards import CompositeReward, EditResult, PotentialShaping, Scorer, as_composite
+from promptgym.rewards.scene import parse_scene
 
 OPTION_KEYS = ("task", "task_index")
 
@@ -250,6 +251,7 @@ class PromptEditEnv(gym.Env):
                 "reward_components": output.row(0),
                 "task_id": self._task.id,
                 "num_tokens": self._num_tokens,
+                "unparsed": " ".join(parse_scene(prompt).unparsed),
             }
         if self.shaping is not None:
             shaping = self._shaping_term(terminal=self._done)

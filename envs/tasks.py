@@ -16,6 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from promptgym.rewards.gold import target_scene
+from promptgym.rewards.scene import Scene
+
 
 @dataclass(frozen=True)
 class EditTask:
@@ -29,6 +32,11 @@ class EditTask:
     instruction: str
     target: str | None = None
     id: str = ""
+
+    @property
+    def target_scene(self) -> Scene | None:
+        """The synth-world scene the target asks for (`parse_scene(target).scene`), None without a target."""
+        return target_scene(self)
 
 
 DEMO_SPLITS = ("train", "test")

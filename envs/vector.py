@@ -28,6 +28,7 @@ from promptgym.envs.prompt_edit import build_episodes
 from promptgym.envs.tasks import EditTask
 from promptgym.envs.templates import EditTemplate
 from promptgym.rewards import CompositeReward, EditResult, PotentialShaping, Scorer
+from promptgym.rewards.scene import parse_scene
 
 
 class PromptEditVectorEnv(VectorEnv):
@@ -155,6 +156,7 @@ class PromptEditVectorEnv(VectorEnv):
                 "reward_components": output.row(row),
                 "task_id": self._tasks[i].id,
                 "num_tokens": int(self._num_tokens[i]),
+                "unparsed": " ".join(parse_scene(prompt).unparsed),
             }
             infos = self._add_info(infos, info, int(i))
         return infos

@@ -5,6 +5,10 @@ Optional per-term transforms, both off by default:
   reward measures what the edit changed rather than how good the subject already was;
 - *normalize*: a term is standardised by its running mean and std over all episodes seen so far.
 
+*Monitors* (`monitors={name: scorer}`) are scored on the edited prompt and reported as components under their
+own names, but never enter the total: that is how the synth world logs its gold metrics beside the proxy reward.
+A monitor may return NaN (e.g. gold content of a task without a known target); NaN is reported, not an error.
+
 Scorer failures follow `on_error`: "raise" stops with the scorer's name and the offending prompts;
 "zero" gives those episodes 0 for that term and counts them in the `reward_errors` component.
 """
@@ -74,6 +78,7 @@ class CompositeReward:
         normalize: bool | Iterable[str] = False,
         delta: bool | Iterable[str] = False,
         on_error: Literal["raise", "zero"] = "raise",
+        monitors: Mapping[str, Scorer] | None = None,
     ) -> None:
         if not terms:
             raise ValueError("terms is empty; expected a mapping {name: (scorer, weight)} with at least one term")
@@ -89,10 +94,17 @@ class CompositeReward:
         self.delta = _names(delta, terms, "delta")
         self.on_error = on_error
         self.stats = {name: RunningMeanStd() for name in self.normalize}
+        self.monitors = dict(monitors or {})
+        for name, scorer in self.monitors.items():
+            if not callable(scorer):
+                raise ValueError(f"monitors[{name!r}]={scorer!r}; expected a Scorer")
+            if name in self.terms:
+                raise ValueError(f"monitor {name!r} has the name of a reward term; names must differ")
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={weight:g}*{type(s).__name__}" for name, (s, weight) in self.terms.items())
-        return f"CompositeReward({parts})"
+        watched = ", ".join(self.monitors)
+        return f"CompositeReward({parts}{f'; monitors: {watched}' if watched else ''})"
 
     def __call__(self, results: Sequence[EditResult]) -> RewardOutput:
         n = len(results)
@@ -120,9 +132,21 @@ class CompositeReward:
                 value = self.stats[name].normalize(value).masked_fill(bad, 0.0)
                 components[f"{name}/normalized"] = value
             total += weight * value
+        for name, scorer in self.monitors.items():
+            components[name] = self._monitor(name, scorer, results)
         if self.on_error == "zero":
             components[ERRORS_COMPONENT] = failed.float()
         return RewardOutput(total=total, components=components)
+
+    def _monitor(self, name: str, scorer: Scorer, results: Sequence[EditResult]) -> torch.Tensor:
+        """A monitor's scores `[N]` (NaN allowed); a failure raises in "raise" mode and gives NaN in "zero" mode."""
+        try:
+            return check_scores(name, scorer(results), len(results))
+        except Exception as err:  # noqa: BLE001 - reported by name below, never swallowed
+            if self.on_error == "raise":
+                prompts = [r.prompt for r in results][:5]
+                raise ScorerError(f"monitor {name!r} raised {type(err).__name__}: {err} (prompts: {prompts})") from err
+            return torch.full((len(results),), math.nan)
 
     def _score(self, name: str, scorer: Scorer, results: Sequence[EditResult]) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores `[N]` and a bool mask of failed episodes; raises ScorerError in "raise" mode."""

@@ -107,7 +107,8 @@ INSTRUCTION_WORDS: frozenset[str] = _wordlist(
     "convert alter modify morph update edit remove delete erase eliminate exclude omit drop ditch discard "
     "get rid take away out off strip lose show depict feature move relocate set bring send position give "
     "use let have want like would could please instead also now just image picture version "
-    "everything anything something"
+    "everything anything something "
+    "beautify beautiful pretty prettier nice nicer good better improve enhance quality look more"  # beautify edits
 )
 
 # Attribute-slot names and the category each one selects (None: a slot with no value lexicon).

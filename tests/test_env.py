@@ -124,7 +124,7 @@ def test_terminates_at_eos_and_truncates_at_max_new_tokens():
 
 def test_final_info_has_the_documented_keys(env):
     _, info = run_episode(env, TypistPolicy(env, "target"), seed=1)
-    assert set(info) == {"prompt", "reward_components", "task_id", "num_tokens"}
+    assert set(info) == {"prompt", "reward_components", "task_id", "num_tokens", "unparsed"}
 
 
 @pytest.mark.parametrize("action", [-1, 10**6, 1.5, "3", None, True, np.float32(2.0), np.array([1, 2])])
