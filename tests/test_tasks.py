@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -29,11 +30,14 @@ from promptgym.envs.demo_data import (
     SUBJECTS,
     TIMES,
     VOCABULARY,
+    WEATHERS,
     generate_demo,
 )
 from promptgym.envs.tasks import EditTask, load_tasks
+from promptgym.rewards import scene as world
 
 DATA_DIR = Path(demo_data.__file__).parent / "data"
+PROMPT_GRAMMAR = {"a", "an", "with", "in", "on", "at", "weather"}  # the non-vocabulary words of a demo prompt
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +58,19 @@ def strip_modifiers(target: str) -> tuple[str, list[str]]:
     return ", ".join(parts[: len(parts) - n]), parts[len(parts) - n :]
 
 
+def parse(prompt: str) -> world.Scene:
+    """The world scene of a demo prompt; every word must be placed."""
+    parsed = world.parse_scene(prompt)
+    assert parsed.unparsed == (), (prompt, parsed.unparsed)
+    return parsed.scene
+
+
 # ---------------------------------------------------------------- demo set
 
 
 def test_demo_split_sizes_and_ids():
     train, test = load_tasks("demo"), load_tasks("demo", split="test")
-    assert len(train) >= 2000 and len(test) >= 200
+    assert len(train) >= 2400 and len(test) >= 240
     assert [t.id for t in train] == [f"demo-train-{i:05d}" for i in range(len(train))]
     assert [t.id for t in test] == [f"demo-test-{i:05d}" for i in range(len(test))]
     assert all(isinstance(t, EditTask) and t.target for t in train + test)
@@ -79,6 +90,7 @@ def test_no_test_source_in_train(demo):
 
 
 def test_every_kind_well_represented_in_both_splits(demo):
+    assert len(KINDS) == len(set(KINDS)) == 9 and "beautify" in KINDS
     for split, rows in demo.items():
         counts = collections.Counter(r["kind"] for r in rows)
         assert set(counts) == set(KINDS), split
@@ -87,6 +99,16 @@ def test_every_kind_well_represented_in_both_splits(demo):
             phrasings = {" ".join("X" if w in VOCABULARY else w for w in words(r["instruction"]))
                          for r in rows if r["kind"] == kind}
             assert len(phrasings) >= 3, (split, kind, phrasings)
+
+
+def test_every_source_takes_three_kinds_never_add_and_remove(demo):
+    for rows in demo.values():
+        kinds_of = collections.defaultdict(list)
+        for r in rows:
+            kinds_of[r["source"]].append(r["kind"])
+        for source, kinds in kinds_of.items():
+            assert len(kinds) == len(set(kinds)) == 3, (source, kinds)
+            assert not {"add", "remove"} <= set(kinds), (source, kinds)
 
 
 def test_generate_demo_is_deterministic_and_seeded(demo):
@@ -115,26 +137,103 @@ def test_module_check_is_stable_under_another_hash_seed():
     """`python -m ... --check` in a fresh interpreter with a different str hash seed (no set-order luck)."""
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-m", "promptgym.envs.demo_data", "--check"], env=env, check=False,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
 
 
 def test_rows_are_well_formed(demo):
+    used_instruction_words = set()
     for rows in demo.values():
         for r in rows:
             assert list(r) == ["id", "source", "instruction", "target", "kind"]
             assert r["target"] != r["source"]
             edited, modifiers = strip_modifiers(r["target"])
-            assert 1 <= len(modifiers) <= 3 and len(set(modifiers)) == len(modifiers)
-            assert edited != r["source"]
-            assert all(w in INSTRUCTION_WORDS or w in VOCABULARY for w in words(r["instruction"])), r
-            prompt_words = set(VOCABULARY) | {"a", "an", "with", "in", "on", "by", "at", "weather"}
-            assert set(words(r["source"] + " " + edited)) <= prompt_words, r
+            assert 1 <= len(modifiers) <= 2 and len(set(modifiers)) == len(modifiers), r
+            assert (edited == r["source"]) == (r["kind"] == "beautify"), r
+            instruction_words = words(r["instruction"])
+            assert all(w in INSTRUCTION_WORDS or w in VOCABULARY for w in instruction_words), r
+            used_instruction_words.update(w for w in instruction_words if w not in VOCABULARY)
+            assert set(words(r["source"] + " " + edited)) <= set(VOCABULARY) | PROMPT_GRAMMAR, r
+    assert used_instruction_words == set(INSTRUCTION_WORDS)  # the stop list is exact: no unused word
+
+
+def test_sources_and_targets_are_world_scenes(demo):
+    """Every prompt parses into the world scene it was written from: `describe(parse(p)) == p`, nothing unparsed."""
+    sources = {}
+    for rows in demo.values():
+        for r in rows:
+            source, target = parse(r["source"]), parse(r["target"])
+            assert world.describe(source) == r["source"] and world.describe(target) == r["target"], r
+            assert source.modifiers == () and 1 <= len(target.modifiers) <= 2, r
+            assert source.subject is not None and source.background is not None, r
+            sources[r["source"]] = source
+    scenes = list(sources.values())
+    assert len(set(scenes)) == len(scenes)  # distinct prompts are distinct scenes
+    assert 0.7 <= sum(s.colour is not None for s in scenes) / len(scenes) <= 0.9
+    for attribute in ("subject", "count", "colour", "accessory", "background", "weather", "style"):
+        seen = {getattr(s, attribute) for s in scenes}
+        assert seen == set(world.attribute_values()[attribute]) - ({None} if attribute in ("subject", "background")
+                                                                  else set()), attribute
+
+
+CHANGED = {  # kind -> the content attribute it edits (beautify edits none)
+    "colour": "colour", "add": "accessory", "count": "count", "background": "background", "remove": "accessory",
+    "style": "style", "time": "weather", "replace": "subject", "beautify": None,
+}
+
+
+def test_target_scene_differs_from_source_exactly_as_the_kind_says(demo):
+    assert set(CHANGED) == set(KINDS)
+    for rows in demo.values():
+        for r in rows:
+            source, target = parse(r["source"]).content(), parse(r["target"]).content()
+            changed = [name for name in source if source[name] != target[name]]
+            attribute = CHANGED[r["kind"]]
+            assert changed == ([attribute] if attribute else []), r
+            if r["kind"] == "add":
+                assert source["accessory"] is None and target["accessory"] is not None, r
+            elif r["kind"] == "remove":
+                assert source["accessory"] is not None and target["accessory"] is None, r
+            elif r["kind"] == "count":
+                assert target["count"] in (2, 3), r  # never to one
+            elif attribute:
+                assert target[attribute] is not None, r
+
+
+def test_beautify_targets_add_the_best_modifiers_by_gold_aesthetic(demo):
+    """A beautify target keeps the source's content and adds the 1-2 modifiers of highest gold aesthetic: never worse
+    than the source, better for most; on the test split, no other subset of one or two modifiers scores higher."""
+    from promptgym.rewards.gold import gold_aesthetic
+    from promptgym.rewards.scene_render import SceneRenderer
+
+    renderer = SceneRenderer(size=32, images_per_prompt=2, seed=0)
+    rows = [r for split in ("train", "test") for r in demo[split] if r["kind"] == "beautify"]
+    assert len(rows) >= 200
+    sources = gold_aesthetic(renderer.render([r["source"] for r in rows]))
+    targets = gold_aesthetic(renderer.render([r["target"] for r in rows]))
+    assert bool((targets >= sources).all()), [r["id"] for r, s, t in zip(rows, sources, targets) if t < s][:5]
+    assert (targets > sources).float().mean() >= 0.9
+    assert (targets - sources).mean() > 0.1
+    subsets = [c for size in (1, 2) for c in itertools.combinations(MODIFIERS, size)]
+    assert len(subsets) == 15
+    test_rows = [r for r in demo["test"] if r["kind"] == "beautify"]
+    prompts = [world.describe(dataclasses.replace(parse(r["source"]), modifiers=m)) for r in test_rows for m in subsets]
+    best = gold_aesthetic(renderer.render(prompts)).reshape(len(test_rows), len(subsets)).max(1).values
+    chosen = gold_aesthetic(renderer.render([r["target"] for r in test_rows]))
+    assert chosen.tolist() == pytest.approx(best.tolist(), abs=1e-6)
+    chosen_subsets = collections.Counter(parse(r["target"]).modifiers for r in rows)
+    assert len(chosen_subsets) >= 3, chosen_subsets  # depends on the scene, not one fixed answer
+
+
+def test_beautify_modifiers_rejects_a_scene_with_modifiers():
+    scene = world.Scene("dog", background="park", modifiers=("soft lighting",))
+    with pytest.raises(ValueError, match="without modifiers"):
+        demo_data.beautify_modifiers(scene)
 
 
 def test_articles_and_number_agree(demo):
     singular = {s for s, _ in SUBJECTS} | {s for s, _ in ACCESSORIES}
-    plural_only = ({p for _, p in SUBJECTS} | {p for _, p in ACCESSORIES}) - singular  # "sheep" is both
+    plural_only = ({p for _, p in SUBJECTS} | {p for _, p in ACCESSORIES}) - singular
     for rows in demo.values():
         for r in rows:
             for text in (r["source"], r["target"], r["instruction"].lower()):
@@ -154,20 +253,21 @@ def test_edits_change_only_their_attribute(demo):
     subject_words = {w for pair in SUBJECTS for w in pair}
     accessory_words = {w for pair in ACCESSORIES for w in pair}
     style_words = {w for s in STYLES for w in s.split()}
-    time_words = {t[0] for t in TIMES} | {"at", "in", "weather"}
+    time_words = {t[0] for t in WEATHERS} | {"at", "in", "weather"}
     articles = {"a", "an"}
     allowed = {  # words a kind may add or remove
         "colour": set(COLOURS) | articles,
         "count": set(COUNTS) | articles | subject_words | accessory_words,
-        "background": {b[1] for b in BACKGROUNDS} | {"in", "on", "by"} | articles,
-        "add": accessory_words | set(COLOURS) | articles | {"with"},
+        "background": {b[1] for b in BACKGROUNDS} | {"in", "on"} | articles,
+        "add": accessory_words | articles | {"with"},
         "remove": accessory_words | articles | {"with"},
         "style": style_words,
         "time": time_words,
         "replace": subject_words | articles,
+        "beautify": set(),
     }
     new_value_words = {"colour": set(COLOURS), "count": set(COUNTS), "background": {b[1] for b in BACKGROUNDS},
-                       "add": accessory_words, "style": style_words, "time": {t[0] for t in TIMES},
+                       "add": accessory_words, "style": style_words, "time": {t[0] for t in WEATHERS},
                        "replace": subject_words}
     for rows in demo.values():
         for r in rows:
@@ -178,6 +278,8 @@ def test_edits_change_only_their_attribute(demo):
             assert set(added) | set(removed) <= allowed[kind], r
             if kind == "remove":
                 assert not added and set(removed) & accessory_words & set(words(r["instruction"])), r
+            elif kind == "beautify":  # the instruction names no content
+                assert not added and not removed and not set(words(r["instruction"])) & set(VOCABULARY), r
             else:  # the new value is named by the instruction and appears in the target
                 new = set(added) & new_value_words[kind] & set(words(r["instruction"]))
                 assert new, r
@@ -185,16 +287,25 @@ def test_edits_change_only_their_attribute(demo):
                 assert set(removed) & subject_words, r  # the old subject is gone
 
 
-def test_vocabulary_is_unambiguous_and_lemmatises():
+def test_vocabulary_is_the_worlds_and_unambiguous():
+    # one copy of the word lists: demo_data re-exports the world's
+    for name in ("SUBJECTS", "COUNTS", "COLOURS", "ACCESSORIES", "BACKGROUNDS", "WEATHERS", "STYLES", "MODIFIERS"):
+        assert getattr(demo_data, name) is getattr(world, name), name
+    assert TIMES is WEATHERS
+    assert COUNTS == ("one", "two", "three") and len(WEATHERS) == 5
+    assert set(VOCABULARY) == {w for values in world.attribute_values().values() for v in values
+                               if isinstance(v, str) for w in v.split()} | set(COUNTS) \
+        | {p for _, p in SUBJECTS} | {p for _, p in ACCESSORIES}
     lists = {"subjects": {w for pair in SUBJECTS for w in pair}, "colours": set(COLOURS), "counts": set(COUNTS),
              "backgrounds": {b[1] for b in BACKGROUNDS}, "styles": {w for s in STYLES for w in s.split()},
-             "times": {t[0] for t in TIMES}, "accessories": {w for pair in ACCESSORIES for w in pair},
+             "times": {t[0] for t in WEATHERS}, "accessories": {w for pair in ACCESSORIES for w in pair},
              "modifiers": {w for m in MODIFIERS for w in m.split()}}
     names = sorted(lists)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert not lists[a] & lists[b], (a, b, lists[a] & lists[b])
-    assert not set(INSTRUCTION_WORDS) & (set(VOCABULARY) - {"weather"})
+    assert not set(INSTRUCTION_WORDS) & set(VOCABULARY)
+    assert list(INSTRUCTION_WORDS) == sorted(set(INSTRUCTION_WORDS)) and list(VOCABULARY) == sorted(set(VOCABULARY))
     for singular, plural in (*SUBJECTS, *ACCESSORIES):
         assert simplemma.lemmatize(plural, lang="en") == singular, plural
         assert simplemma.lemmatize(singular, lang="en") == singular, singular
