@@ -365,9 +365,10 @@ def run_bench(
 
 # -------------------------------------------------------------------------------------------------- table
 def display_components(names: Sequence[str]) -> list[str]:
-    """One column per reward term: its delta when the term is scored in delta mode (what the total adds up)."""
+    """One column per reward term: its delta when the term is scored in delta mode (what the total adds up), and
+    the gold metrics (`gold/...`) of the synth world beside them."""
     names = list(names)
-    terms = [n for n in names if "/" not in n]
+    terms = [n for n in names if "/" not in n or n.startswith("gold/")]
     return [f"{n}/delta" if f"{n}/delta" in names else n for n in terms]
 
 

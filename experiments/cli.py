@@ -3,7 +3,8 @@
     promptgym train [--config tiny|NAME|PATH] [--out DIR] [--set key=value ...] | --resume DIR
     promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N]
     promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR] [-n 4] [--render OUT.png]
-    promptgym render --prompt TEXT [--preset tiny|diffchat-sd15] --out FILE.png
+    promptgym render --prompt TEXT [--preset tiny|synth|scene|diffchat-sd15] --out FILE.png
+    promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
     promptgym bench [--variants sft,ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
 
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", help="render a prompt with a preset's renderer")
     render.add_argument("--prompt", required=True, help="the prompt to render")
-    render.add_argument("--preset", default="tiny", help="reward preset whose renderer to use (default: tiny)")
+    render.add_argument("--preset", default="tiny",
+                        help="tiny, synth (the world's trained SD), scene (the world's exact procedural renderer) or "
+                        "diffchat-sd15 (default: tiny)")
     render.add_argument("--out", required=True, metavar="FILE.png", help="where to save the image(s)")
     render.set_defaults(handler=run_render)
 
@@ -75,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=1,
                        help="torch.set_num_threads (default 1: tiny models on a shared CPU; 0 keeps torch's default)")
     bench.set_defaults(handler=run_bench)
+
+    world = commands.add_parser("world", help="the synth world: build (train) its models")
+    world_commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
+    build = world_commands.add_parser("build", help="train the synth world's judge, SD, CLIP and aesthetic MLP",
+                                      add_help=False)
+    build.add_argument("build_args", nargs=argparse.REMAINDER, help="arguments of python -m promptgym.experiments.world_build")
+    build.set_defaults(handler=run_world_build)
 
     demo = commands.add_parser("demo", help="play a few episodes with a scripted policy and print the rewards")
     demo.add_argument("--policy", choices=POLICIES, default="target", help="what the policy types (default: target)")
@@ -99,6 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from promptgym.agents.scripted import RandomPolicy, TypistPolicy, run_episode
     from promptgym.envs import PromptEditEnv, load_tasks
+    from promptgym.experiments.bench import display_components
 
     env = PromptEditEnv(tasks=load_tasks(args.tasks, split=args.split))
     policy = RandomPolicy(env, seed=args.seed) if args.policy == "random" else TypistPolicy(env, args.policy)
@@ -110,7 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
         reward, info = run_episode(env, policy, seed=args.seed + episode)
         components = info["reward_components"]
         if not component_names:
-            component_names = _display_components(components)
+            component_names = display_components(components)
             for name in component_names:
                 table.add_column(name.replace("/delta", " Δ"), justify="right")
         task = env.task
@@ -201,10 +212,10 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _display_components(components: dict[str, float]) -> list[str]:
-    """One column per reward term: its delta when the term is scored in delta mode, else its raw score."""
-    terms = [name for name in components if "/" not in name]
-    return [f"{name}/delta" if f"{name}/delta" in components else name for name in terms]
+def run_world_build(args: argparse.Namespace) -> int:
+    from promptgym.experiments import world_build
+
+    return world_build.main(args.build_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,12 +50,6 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- sections
-def _default_weights() -> dict[str, float]:
-    from promptgym.rewards.presets import DEFAULT_WEIGHTS
-
-    return dict(DEFAULT_WEIGHTS)
-
-
 @dataclass
 class DataConfig:
     """Where tasks come from (`promptgym.envs.load_tasks` spec and splits) and how many are tracked.
@@ -103,7 +97,7 @@ class RewardConfig:
 
     SECTION: ClassVar[str] = "reward"
     preset: str = "tiny"
-    weights: dict[str, float] = field(default_factory=_default_weights)
+    weights: dict[str, float] = field(default_factory=dict)
     renderer: dict[str, Any] = field(default_factory=dict)
     integrity: dict[str, Any] = field(default_factory=dict)
     delta: bool | list[str] | None = None
@@ -114,25 +108,26 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         from promptgym.rewards.integrity import ContentIntegrityScorer
-        from promptgym.rewards.presets import DEFAULT_WEIGHTS, PRESETS
+        from promptgym.rewards.presets import PRESETS, default_weights
 
         if self.preset not in PRESETS:
             raise ConfigError(f"reward.preset={self.preset!r}: expected one of {list(PRESETS)}")
+        terms = default_weights(self.preset)
         for name, weight in self.weights.items():
-            if name not in DEFAULT_WEIGHTS:
-                raise ConfigError(_unknown_message(f"reward.weights.{name}", name, DEFAULT_WEIGHTS, "reward.weights"))
+            if name not in terms:
+                raise ConfigError(_unknown_message(f"reward.weights.{name}", name, terms, "reward.weights"))
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
                 raise ConfigError(f"reward.weights.{name}={weight!r}: expected a finite number")
-        self.weights = {name: float(w) for name, w in (DEFAULT_WEIGHTS | self.weights).items()}
+        self.weights = {name: float(w) for name, w in (terms | self.weights).items()}
         if not any(self.weights.values()):
             raise ConfigError(f"reward.weights={self.weights}: expected at least one non-zero weight")
         for name in ("delta", "normalize"):
-            terms = getattr(self, name)
-            if isinstance(terms, list):
-                for term in terms:
-                    if term not in DEFAULT_WEIGHTS:
+            listed = getattr(self, name)
+            if isinstance(listed, list):
+                for term in listed:
+                    if term not in terms:
                         raise ConfigError(
-                            f"reward.{name}={terms!r}: {term!r} is not a term; terms are {list(DEFAULT_WEIGHTS)}"
+                            f"reward.{name}={listed!r}: {term!r} is not a term; terms are {list(terms)}"
                         )
         try:
             ContentIntegrityScorer(**self.integrity)

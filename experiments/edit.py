@@ -17,7 +17,7 @@ from PIL import Image
 from promptgym.agents import PolicyWithValue, RolloutCollector
 from promptgym.envs import EditTask, PromptEditVectorEnv, default_tokenizer
 from promptgym.rewards import ContentIntegrityScorer, DiffusersRenderer
-from promptgym.rewards.presets import SD15
+from promptgym.rewards.presets import preset_renderer
 
 MIN_SAVED_SIDE = 256  # tiny 32x32 renders are upscaled (nearest neighbour) so a person can see them
 
@@ -81,10 +81,10 @@ def _context_length(tokenizer, task: EditTask) -> int:
 
 
 def _run_renderer(config, tokenizer) -> DiffusersRenderer:
-    if config is None or config.reward.preset == "tiny":
-        settings = dict(config.reward.renderer) if config else {}
-        return DiffusersRenderer.tiny(tokenizer, seed=config.reward.seed if config else 0, **settings)
-    return DiffusersRenderer.from_pretrained(SD15, device=config.reward.device, **config.reward.renderer)
+    if config is None:
+        return preset_renderer("tiny", tokenizer=tokenizer)
+    return preset_renderer(config.reward.preset, tokenizer=tokenizer, seed=config.reward.seed,
+                           settings=config.reward.renderer, device=config.reward.device)
 
 
 def _save_edit_grid(renderer: DiffusersRenderer, task: EditTask, edits: list[str], path: Path) -> Path:
@@ -100,12 +100,8 @@ def render_prompt(prompt: str, out: str | os.PathLike, preset: str = "tiny") -> 
     """Render `prompt` with the preset's renderer and save its K images side by side as a PNG."""
     if not prompt.strip():
         raise ValueError("prompt is empty; expected the text to render")
-    if preset == "tiny":
-        renderer = DiffusersRenderer.tiny(default_tokenizer())
-    elif preset == "diffchat-sd15":
-        renderer = DiffusersRenderer.from_pretrained(SD15, device="cuda" if torch.cuda.is_available() else None)
-    else:
-        raise ValueError(f"preset={preset!r}; expected 'tiny' or 'diffchat-sd15'")
+    device = "cuda" if preset == "diffchat-sd15" and torch.cuda.is_available() else None
+    renderer = preset_renderer(preset, tokenizer=default_tokenizer() if preset == "tiny" else None, device=device)
     images = renderer.render([prompt])[0]  # [K, 3, H, W] in [0, 1]
     strip = torch.cat(list(images), dim=-1)  # [3, H, K*W]
     array = (strip.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)

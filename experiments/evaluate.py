@@ -363,6 +363,11 @@ def evaluate_policy(
         before = np.repeat(source.components[name].double().numpy(), k)
         add(name, edited, f"{name} score of the edited prompt (raw, not delta)")
         add(f"{name}_gain", edited - before, f"{name}: edited minus unedited source prompt")
+    for name in getattr(reward, "monitors", {}):  # gold metrics of the synth world: beside the proxy, never in it
+        edited = components[name].double().numpy()
+        before = np.repeat(source.components[name].double().numpy(), k)
+        add(name, edited, f"{name} of the edited prompt's renders (a monitor, not in the reward)")
+        add(f"{name}_gain", edited - before, f"{name}: edited minus unedited source prompt")
     details = [integrity.details(result) for result in results]
     add("integrity_pass_rate", [d.passed for d in details], f"content integrity ratio >= {integrity.threshold:g}")
     add("integrity_ratio", [d.ratio for d in details], "fraction of required keywords kept (minus forbidden)")

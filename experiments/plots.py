@@ -25,6 +25,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
     "KL_ENTROPY_KEYS",
+    "plot_gold_vs_proxy",
     "plot_image_grid",
     "plot_learning_curves",
     "plot_training",
@@ -35,6 +36,7 @@ __all__ = [
 
 KL_ENTROPY_KEYS = ("objective/kl", "objective/kl_coef", "objective/entropy", "ppo/approx_kl", "ppo/clipfrac")
 REWARD_KEY = "env/reward_mean"
+GOLD_KEYS = ("env/gold/content", "env/gold/aesthetic")
 DPI = 110
 _CAPTION_WIDTH = 38  # characters per caption line under a grid image
 
@@ -104,7 +106,8 @@ def _auto_window(n: int) -> int:
 def plot_training(
     metrics_jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, window: int | None = None
 ) -> list[Path]:
-    """Write `reward_components.png` and `kl_entropy.png` for a run's metrics; returns their paths.
+    """Write `reward_components.png` and `kl_entropy.png` for a run's metrics, and `gold_vs_proxy.png` when the
+    run logged gold metrics (the synth world); returns their paths.
 
     `window` is the rolling-mean window in updates (default: about an eighth of the run, at most 25).
     """
@@ -113,10 +116,35 @@ def plot_training(
     out_dir.mkdir(parents=True, exist_ok=True)
     window = _auto_window(len(records)) if window is None else window
     rolling_mean(np.zeros(1), window)  # validates window before any drawing
-    return [
+    paths = [
         _plot_reward_components(records, out_dir / "reward_components.png", window, metrics_jsonl_path),
         _plot_kl_entropy(records, out_dir / "kl_entropy.png", window, metrics_jsonl_path),
     ]
+    if any(len(_series(records, key)[0]) for key in GOLD_KEYS):
+        paths.append(plot_gold_vs_proxy(records, out_dir / "gold_vs_proxy.png", window))
+    return paths
+
+
+def plot_gold_vs_proxy(records: Sequence[Mapping[str, Any]], path: Path, window: int) -> Path:
+    """Proxy reward, gold content and gold aesthetic against the KL to the start policy (rolling means), one
+    panel each, points coloured by update: over-optimisation shows as proxy rising while gold falls with KL."""
+    keys = [key for key in (REWARD_KEY, *GOLD_KEYS) if len(_series(records, key)[0])]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.7), squeeze=False, layout="constrained")
+    fig.suptitle(f"Proxy reward and gold metrics against KL to the start policy (rolling mean, window={window})",
+                 fontsize=11)
+    kl_x, kl = _series(records, "objective/kl")
+    kl_by_update = dict(zip(kl_x, rolling_mean(kl, window))) if len(kl) else {}
+    for ax, key in zip(axes[0], keys):
+        x, y = _series(records, key)
+        keep = np.array([u in kl_by_update for u in x], dtype=bool)
+        x, y = x[keep], rolling_mean(y, window)[keep]
+        points = ax.scatter([kl_by_update[u] for u in x], y, c=x, cmap="viridis", s=14)
+        ax.plot([kl_by_update[u] for u in x], y, color="grey", alpha=0.4, linewidth=0.8)
+        ax.set_title({REWARD_KEY: "proxy reward (what PPO maximises)"}.get(key, key[len("env/"):]), fontsize=10)
+        ax.set_xlabel("KL to the start policy (objective/kl)")
+        ax.grid(alpha=0.3)
+    fig.colorbar(points, ax=axes[0, -1], label="PPO update")
+    return _save(fig, path)
 
 
 def _plot_reward_components(records, path: Path, window: int, source) -> Path:

@@ -308,9 +308,15 @@ def _resolve_file(path_or_hub_file: str | Path) -> Path:
 
 
 def load_aesthetic_mlp(path_or_hub_file: str | Path) -> AestheticMLP:
-    """Load a LAION-format aesthetic MLP state dict (`torch.load(weights_only=True)`); input size from `layers.0`."""
+    """Load a LAION-format aesthetic MLP state dict (a `.pth` via `torch.load(weights_only=True)`, or a
+    `.safetensors` file with the same keys); the input size comes from `layers.0`."""
     path = _resolve_file(path_or_hub_file)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or set(state) != set(LAION_AESTHETIC_KEYS):

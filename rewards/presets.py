@@ -3,6 +3,8 @@
 | preset          | renderer                          | aesthetic                                   | PickScore                | integrity |
 |-----------------|-----------------------------------|---------------------------------------------|--------------------------|-----------|
 | `tiny`          | tiny random SD, 32x32, 4 DDIM steps, K=2 | tiny random CLIP + LAION-shaped MLP   | tiny random CLIP         | binary, 0.8 |
+| `synth`         | the synth world's trained tiny SD, 32x32, 10 DDIM steps, guidance 3, K=2 | its trained CLIP + LAION-format MLP fitted to gold aesthetic | its trained CLIP | binary, 0.8 |
+| `synth-gold`    | as `synth` | - | - | - (the oracle: reward = gold content + gold aesthetic) |
 | `diffchat-sd15` | `stable-diffusion-v1-5/stable-diffusion-v1-5`, 512x512, 20 steps, K=2 | `openai/clip-vit-large-patch14` + LAION improved-aesthetic MLP | `yuvalkirstain/PickScore_v1` | binary, 0.8 |
 
 Both presets weight the three terms 1 : 1 : 1 and score the image terms in *delta* mode (edited prompt minus
@@ -11,7 +13,10 @@ and sits near 0 with a spread of about 0.1-1 (aesthetic scores are ~4-7, PickSco
 preset normalises by running statistics, so an environment's reward stays a fixed function of the prompt.
 Every choice is an override: `build_reward("tiny", weights={"pickscore": 0.0})`.
 
-The tiny stack's scores exercise the pipeline and say nothing about image quality.
+The tiny stack's scores exercise the pipeline and say nothing about image quality. The synth stack's models are
+trained on the procedural scene world (`promptgym world build`, shipped in `promptgym/rewards/data/synth`), and
+its rewards carry the gold metrics `gold/content` and `gold/aesthetic` as monitors: reported beside the proxy
+terms in every reward output, never part of the total. `synth-gold` rewards with the gold metrics themselves.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from promptgym.rewards.composite import CompositeReward
+from promptgym.rewards.gold import GoldAestheticScorer, GoldContentScorer, SceneJudge
 from promptgym.rewards.image_scorers import AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer
 from promptgym.rewards.render import DiffusersRenderer
+from promptgym.rewards.scene_render import SceneRenderer
+from promptgym.rewards.world import SYNTH_RENDER_SETTINGS, synth_path
 
-PRESETS = ("tiny", "diffchat-sd15")
+PRESETS = ("tiny", "synth", "synth-gold", "diffchat-sd15")
 IMAGE_TERMS = ("aesthetic", "pickscore")
 DEFAULT_WEIGHTS = {"aesthetic": 1.0, "pickscore": 1.0, "integrity": 1.0}
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -35,6 +43,14 @@ CLIP_L14 = "openai/clip-vit-large-patch14"
 LAION_MLP = "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+GOLD_WEIGHTS = {"gold/content": 1.0, "gold/aesthetic": 1.0}
+
+
+def default_weights(preset: str) -> dict[str, float]:
+    """The reward terms of `preset` and their default weights."""
+    return dict(GOLD_WEIGHTS if preset == "synth-gold" else DEFAULT_WEIGHTS)
 
 
 def byte_tokenizer(model_max_length: int = 77) -> PreTrainedTokenizerFast:
@@ -82,7 +98,9 @@ def build_reward(
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}; expected one of {list(PRESETS)}")
     if preset != "tiny" and tokenizer is not None:
-        raise ValueError("tokenizer is only used by the tiny preset; real checkpoints bring their own tokenizers")
+        raise ValueError("tokenizer is only used by the tiny preset; trained and real checkpoints bring their own tokenizers")
+    if preset == "synth-gold":
+        return _synth_gold_reward(weights, renderer, delta, normalize, on_error, seed)
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
     if unknown:
@@ -92,7 +110,12 @@ def build_reward(
         raise ValueError(f"weights={weights} leave no term with a non-zero weight")
     image_terms = [name for name in IMAGE_TERMS if name in active]
     scorers: dict[str, Any] = {}
-    if image_terms:
+    monitors: dict[str, Any] = {}
+    if preset == "synth":
+        shared = synth_renderer(seed, renderer)
+        scorers |= _synth_image_scorers(image_terms, shared)
+        monitors = synth_gold_scorers(shared)
+    elif image_terms:
         build = _tiny_image_scorers if preset == "tiny" else _sd15_image_scorers
         scorers |= build(image_terms, tokenizer, dict(renderer or {}), seed, device)
     if "integrity" in active:
@@ -100,6 +123,51 @@ def build_reward(
     return CompositeReward(
         {name: (scorers[name], weights[name]) for name in scorers},
         delta=image_terms if delta is None else delta,
+        normalize=False if normalize is None else normalize,
+        on_error=on_error,
+        monitors=monitors,
+    )
+
+
+def synth_renderer(seed: int = 0, overrides: Mapping[str, Any] | None = None) -> DiffusersRenderer:
+    """The synth world's trained Stable Diffusion, rendered with `SYNTH_RENDER_SETTINGS` unless overridden."""
+    settings = {**SYNTH_RENDER_SETTINGS, "seed": seed, **dict(overrides or {})}
+    return DiffusersRenderer.from_pretrained(synth_path("sd"), **settings)
+
+
+def synth_gold_scorers(renderer: Any) -> dict[str, Any]:
+    """{"gold/content": ..., "gold/aesthetic": ...} on `renderer`'s images, judged by the shipped `SceneJudge`."""
+    judge = SceneJudge.from_pretrained(str(synth_path("judge")))
+    return {"gold/content": GoldContentScorer(judge, renderer), "gold/aesthetic": GoldAestheticScorer(renderer)}
+
+
+def _synth_image_scorers(terms: list[str], renderer: DiffusersRenderer) -> dict:
+    scorers: dict[str, Any] = {}
+    if "aesthetic" in terms:
+        scorers["aesthetic"] = AestheticScorer.from_pretrained(
+            clip=synth_path("clip"), mlp=synth_path("aesthetic", "aesthetic-model.safetensors"), renderer=renderer
+        )
+    if "pickscore" in terms:
+        scorers["pickscore"] = PickScoreScorer.from_pretrained(
+            model=synth_path("clip"), processor=synth_path("clip"), renderer=renderer
+        )
+    return scorers
+
+
+def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[str, Any] | None, delta: Any,
+                       normalize: Any, on_error: str, seed: int) -> CompositeReward:
+    """The oracle: reward = gold content + gold aesthetic (delta against the source) of the synth renders."""
+    weights = {**GOLD_WEIGHTS, **(weights or {})}
+    gold = synth_gold_scorers(synth_renderer(seed, renderer))
+    unknown = sorted(set(weights) - set(gold))
+    if unknown:
+        raise ValueError(f"weights name unknown terms {unknown}; the synth-gold terms are {sorted(gold)}")
+    terms = {name: (gold[name], weight) for name, weight in weights.items() if weight != 0}
+    if not terms:
+        raise ValueError(f"weights={weights} leave no term with a non-zero weight")
+    return CompositeReward(
+        terms,
+        delta=[n for n in terms if n == "gold/aesthetic"] if delta is None else delta,
         normalize=False if normalize is None else normalize,
         on_error=on_error,
     )
@@ -127,6 +195,22 @@ def _sd15_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict,
             model=PICKSCORE, processor=PICKSCORE_PROCESSOR, renderer=renderer, device=device
         )
     return scorers
+
+
+def preset_renderer(preset: str = "tiny", *, tokenizer: Any = None, seed: int = 0,
+                    settings: Mapping[str, Any] | None = None, device: str | None = None) -> Any:
+    """The renderer a reward preset renders with (`tiny`, `synth`/`synth-gold`, `diffchat-sd15`), or `scene`: the
+    synth world's exact procedural renderer (`SceneRenderer`)."""
+    settings = dict(settings or {})
+    if preset == "tiny":
+        return DiffusersRenderer.tiny(tokenizer if tokenizer is not None else byte_tokenizer(), **({"seed": seed} | settings))
+    if preset in ("synth", "synth-gold"):
+        return synth_renderer(seed, settings)
+    if preset == "scene":
+        return SceneRenderer(**({"seed": seed} | settings))
+    if preset == "diffchat-sd15":
+        return DiffusersRenderer.from_pretrained(SD15, device=device, **({"seed": seed} | settings))
+    raise ValueError(f"preset={preset!r}; expected one of {[*PRESETS, 'scene']}")
 
 
 def clear_reward_caches(reward: CompositeReward) -> None:

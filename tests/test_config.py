@@ -207,7 +207,7 @@ def test_wrong_type_names_key_value_and_expected_type(override, message):
         ("env.max_new_tokens=0", "env.max_new_tokens=0: expected an integer >= 1"),
         ("data.tasks=''", "data.tasks='': expected a non-empty string"),
         ("policy.num_heads=3", "policy.hidden_size=64 is not divisible by policy.num_heads=3"),
-        ("reward.preset=sdxl", "reward.preset='sdxl': expected one of ['tiny', 'diffchat-sd15']"),
+        ("reward.preset=sdxl", "reward.preset='sdxl': expected one of ['tiny', 'synth', 'synth-gold', 'diffchat-sd15']"),
         ("reward.weights={aesthetic: 0, pickscore: 0, integrity: 0}", "expected at least one non-zero weight"),
         ("reward.delta=[aesthetics]", "reward.delta=['aesthetics']: 'aesthetics' is not a term"),
         ("reward.integrity.threshold=2", "reward.integrity={'threshold': 2}: ContentIntegrityScorer: threshold=2"),
