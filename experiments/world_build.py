@@ -572,7 +572,8 @@ def build_aesthetic(cfg: BuildConfig, out: Path, work: Path) -> dict[str, float]
 # ------------------------------------------------------------------------------------------- driver
 
 
-def build_world(out: Path, stages: Sequence[str] = STAGES, cfg: BuildConfig | None = None, fresh: bool = False) -> dict:
+def build_world(out: Path, stages: Sequence[str] = STAGES, cfg: BuildConfig | None = None, fresh: bool = False,
+                command: str = "") -> dict:
     """Run `stages` into `out`; returns the build record also written to `out/build.json`."""
     cfg = cfg or BuildConfig()
     unknown = [s for s in stages if s not in STAGES]
@@ -603,8 +604,11 @@ def build_world(out: Path, stages: Sequence[str] = STAGES, cfg: BuildConfig | No
             build_aesthetic(cfg, out, work)
         out.mkdir(parents=True, exist_ok=True)
         record = json.loads(record_path.read_text()) if record_path.exists() else {"stages": {}}  # re-read: stages may run in parallel
-        record["command"] = "python -m promptgym.experiments.world_build " + " ".join(sys.argv[1:])
-        record["stages"][stage] = {"seconds": round(time.perf_counter() - started, 1), "config": dataclasses.asdict(cfg)}
+        record["stages"][stage] = {
+            "command": command,
+            "seconds": round(time.perf_counter() - started, 1),
+            "config": dataclasses.asdict(cfg),
+        }
         record["files"] = file_hashes(out)
         record_path.write_text(json.dumps(record, indent=2) + "\n")
     return json.loads(record_path.read_text()) if record_path.exists() else {}
@@ -627,12 +631,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step and data budget (e.g. 0.002 for a smoke build)")
     parser.add_argument("--fresh", action="store_true", help="discard checkpoints and cached data under OUT/_work")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="BUDGET=N",
+                        help="override one budget of BuildConfig, e.g. --set unet_steps=6000 (repeatable)")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be > 0, got {args.scale}")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    budgets = {f.name for f in dataclasses.fields(BuildConfig)} - {"seed", "threads", "scale"}
+    overrides = {}
+    for item in args.overrides:
+        name, _, value = item.partition("=")
+        if name not in budgets or not value.isdigit() or int(value) < 1:
+            parser.error(f"--set {item!r}: expected BUDGET=N with N a positive int and BUDGET one of {sorted(budgets)}")
+        overrides[name] = int(value)
     try:
-        build_world(args.out, stages, BuildConfig(seed=args.seed, threads=args.threads, scale=args.scale), fresh=args.fresh)
+        command = "promptgym world build " + " ".join(sys.argv[1:] if argv is None else argv)
+        config = BuildConfig(seed=args.seed, threads=args.threads, scale=args.scale, **overrides)
+        build_world(args.out, stages, config, fresh=args.fresh, command=command)
     except ValueError as err:
         parser.error(str(err))
     return 0

@@ -12,7 +12,7 @@ makes the training data of every model of the synth world. Every word of the voc
 | accessory | on every instance: hat (dark, brim and crown), crown (gold, three points), balloon (orange, on a string), umbrella (cyan dome) |
 | background | park, beach, forest, desert, kitchen, cave as layouts of sky, ground and texture; none is a plain light backdrop |
 | weather | sunset warm gradient, night dark blue with stars, rainy streaks, snowy flakes, foggy haze |
-| style | watercolor (soft, paper), pixel art (2x2 blocks, posterised), mosaic (tiles and grout), anime (ink outlines, flat vivid colour) |
+| style | watercolor (soft, paper), pixel art (2x2 blocks, posterised), mosaic (posterised, dark grout lines every 4 px), anime (ink outlines, flat vivid colour) |
 | modifiers | image transforms, applied in a fixed order: depth of field (background blur), highly detailed (unsharp mask), vibrant colors (saturation), soft lighting (lifted shadows, lower contrast), dramatic shadows (contrast, vignette) |
 
 Drawing is numpy on the CPU: shapes at twice the resolution averaged down (anti-aliased), then weather, style
@@ -218,10 +218,9 @@ def _style(image: np.ndarray, style: str | None, rng_maps: dict) -> np.ndarray:
         return 0.65 * soft + 0.35 * np.asarray((0.97, 0.95, 0.9), np.float32) + 0.03 * rng_maps["normal"][..., None]
     if style == "pixel art":
         return np.round(_blocks(image, 2) * 3) / 3
-    if style == "mosaic":
-        tiles = _blocks(image, 4)
-        n = image.shape[0]
-        grout = (np.arange(n) % 4 == 0)
+    if style == "mosaic":  # posterised tiles between dark grout lines; the shapes stay readable through the grid
+        tiles = np.round(image * 3) / 3
+        grout = np.arange(image.shape[0]) % 4 == 0
         tiles[grout, :, :] = 0.2
         tiles[:, grout, :] = 0.2
         return tiles

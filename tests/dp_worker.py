@@ -1,8 +1,8 @@
 """A PPO run in one process of a (possibly) data-parallel group, for tests/test_distributed.py.
 
 `run_agent(rank, world, ...)` joins a gloo group of `world` processes (file rendezvous), trains a seeded tiny
-policy for a few updates with the content-integrity reward and saves its metrics and final weights to
-`out/rank<rank>.pt`. With world=1 it is the single-process reference.
+policy for a few updates with the content-integrity reward and saves its metrics and its weights after every update
+to `out/rank<rank>.pt`. With world=1 it is the single-process reference.
 """
 
 from pathlib import Path
@@ -32,8 +32,10 @@ def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: di
         autoreset_mode="disabled",
     )
     agent = PPOAgent(policy, env, config, parallel=DataParallel(rank, world))
-    history = [agent.step() for _ in range(updates)]
-    state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-    torch.save({"history": history, "state": state}, Path(out) / f"rank{rank}.pt")
+    history, states = [], []
+    for _ in range(updates):
+        history.append(agent.step())
+        states.append({k: v.detach().clone() for k, v in policy.state_dict().items()})
+    torch.save({"history": history, "states": states}, Path(out) / f"rank{rank}.pt")
     if world > 1:
         torch.distributed.destroy_process_group()

@@ -21,7 +21,7 @@ from promptgym.experiments.config import (
     save_config,
 )
 
-PRESETS = ["tiny", "diffchat-sd15", "ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat"]
+PRESETS = ["tiny", "diffchat-sd15", "ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat", "synth", "synth-gold"]
 ABLATIONS = ["ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat"]
 DIFFCHAT_KNOBS = ("typical_mass", "negative_fraction", "integrity_value_coef")
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -370,7 +370,7 @@ def test_save_load_round_trip_is_exact(tmp_path, name):
         [
             "seed=11",
             "ppo.learning_rate=1.5e-5",
-            "reward.delta=[aesthetic]",
+            "reward.delta=[gold/aesthetic]" if name == "synth-gold" else "reward.delta=[aesthetic]",
             "reward.renderer={height: 16}",
             "sft.max_steps=7",
         ],

@@ -98,15 +98,19 @@ def test_two_processes_make_the_single_process_update(tmp_path):
     )
     reference = torch.load(single / "rank0.pt")
     ranks = [torch.load(parallel / f"rank{r}.pt") for r in (0, 1)]
-    for name, value in ranks[0]["state"].items():  # the processes hold one model...
-        assert torch.equal(value, ranks[1]["state"][name]), name
-    # ...and it is the single process's, up to the order of floating-point sums (which Adam's per-weight scaling
-    # amplifies where gradients are ~0): measured 1.8e-4 of the distance the weights moved in the two updates
+    for states in zip(ranks[0]["states"], ranks[1]["states"]):  # the processes hold one model after every update...
+        for name, value in states[0].items():
+            assert torch.equal(value, states[1][name]), name
+    # ...and after the first update it is the single process's, up to the order of floating-point sums (which Adam's
+    # per-weight scaling amplifies where gradients are ~0): measured 1.8e-4 of the distance the weights moved. Later
+    # updates sample from weights that differ by that noise, and a sampled token flips when its uniform falls within
+    # ~1e-6 of a CDF boundary (it does for these tasks at update 2), so only update 1 is compared with the reference.
     start = PolicyWithValue.tiny(default_tokenizer(), seed=0).state_dict()
-    assert _distance(ranks[0]["state"], reference["state"]) < 1e-3 * _distance(reference["state"], start)
+    first = reference["states"][0]
+    assert _distance(ranks[0]["states"][0], first) < 1e-3 * _distance(first, start)
     assert ranks[0]["history"][0]["negatives/count"] == 2.0
     assert ranks[0]["history"][-1]["counters/reward_calls"] == updates * 10
-    _compare_metrics(reference["history"], ranks[0]["history"], rel=1e-4)
+    _compare_metrics(reference["history"][:1], ranks[0]["history"][:1], rel=1e-4)
     _compare_metrics(ranks[0]["history"], ranks[1]["history"], rel=0.0)  # every process reports global metrics
 
 

@@ -1,8 +1,10 @@
 """Learning: after SFT, DiffChat PPO on a content-integrity reward raises the reward (a statistical check).
 
-A seeded tiny policy is warm-started with 200 SFT steps on the demo train split, then trained with PPO for 20
+A seeded tiny policy is warm-started with 200 SFT steps on the demo train split, then trained with PPO for 30
 updates of 32 episodes on 4 tasks. The mean integrity of 64 fresh episodes on those tasks must rise by at least
-0.1 and by more than 3 standard errors of the difference (seeds 0-3 give +0.19 to +0.30 from about 0.25).
+0.1 and by more than 3 standard errors of the difference. On the synth-world demo tasks seed 0 starts at ~0.39;
+after 20 updates this test measured +0.08 with one torch thread, while a two-thread run of the same seed gained
++0.21 after 20 and +0.24 after 30 (float-order noise changes the sampled trajectories), so the test trains 30.
 """
 
 import math
@@ -36,7 +38,7 @@ def test_ppo_after_sft_raises_content_integrity(seed):
         config.n_episodes, tasks=tasks, tokenizer=tokenizer, reward=reward, max_new_tokens=32,
         autoreset_mode="disabled",
     )
-    history = PPOAgent(policy, env, config).learn(20, progress=False)
+    history = PPOAgent(policy, env, config).learn(30, progress=False)
     after = evaluate(policy, tokenizer, tasks, reward)
     gain = float(after.mean() - before.mean())
     standard_error = math.sqrt(float(after.var()) / len(after) + float(before.var()) / len(before))

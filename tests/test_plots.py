@@ -185,3 +185,13 @@ def test_learning_curves_reject_bad_input(tmp_path):
     with pytest.raises(ValueError, match=r"has point \('x', 1\)"):
         plot_learning_curves({"a": [[(0, 1), ("x", 1)]]}, out)
     assert not out.exists()
+
+
+def test_plot_training_adds_gold_vs_proxy_when_gold_metrics_are_logged(tmp_path):
+    rows = [{"update": u, "env/reward_mean": 0.1 * u, "objective/kl": 0.5 * u, "env/gold/content": 0.8 - 0.01 * u,
+             "env/gold/aesthetic": 0.5 + 0.002 * u if u % 3 else float("nan")} for u in range(1, 25)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    paths = plot_training(metrics, tmp_path / "plots")
+    assert [p.name for p in paths] == ["reward_components.png", "kl_entropy.png", "gold_vs_proxy.png"]
+    assert_png(paths[-1], min_width=1000, min_height=300)

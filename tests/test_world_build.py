@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,30 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     assert "unknown stages ['unicorn']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         world_build.main(["--out", str(tmp_path), "--scale", "0"])
+    with pytest.raises(SystemExit):
+        world_build.main(["--out", str(tmp_path), "--set", "unet_steps=lots"])
+    assert "--set 'unet_steps=lots': expected BUDGET=N" in capsys.readouterr().err
 
 
 def test_missing_world_names_the_build_command(tmp_path, monkeypatch):
     monkeypatch.setenv(SYNTH_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="promptgym world build"):
         synth_path("sd")
+
+
+def test_shipped_world_matches_its_recorded_hashes():
+    root = synth_path()
+    record = json.loads((root / "build.json").read_text())
+    assert record["files"], "the shipped world records no files"
+    for name, digest in record["files"].items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
+    total = sum((root / name).stat().st_size for name in record["files"])
+    assert total <= 40 * 2**20, f"shipped world is {total / 2**20:.1f} MiB; the budget is 40 MiB"
+    assert math.isclose(record["stages"]["sd"]["config"]["scale"], 1.0)
+
+
+def test_shipped_world_loads_and_scores_demo_targets():
+    tasks = load_tasks("demo", "test")[:2]
+    out = build_reward("synth")([EditResult(t, t.target) for t in tasks])
+    assert torch.isfinite(out.total).all()
+    assert all(0 <= v <= 1 for v in out.components["gold/content"].tolist())
