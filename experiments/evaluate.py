@@ -365,6 +365,10 @@ def evaluate_policy(
         add(f"{name}_gain", edited - before, f"{name}: edited minus unedited source prompt")
     for name in getattr(reward, "monitors", {}):  # gold metrics of the synth world: beside the proxy, never in it
         edited = components[name].double().numpy()
+        missing = int(np.isnan(edited).sum())
+        if missing:
+            notes.append(f"{name} is NaN for {missing} of {len(edited)} samples: their tasks have no target scene "
+                         "(NaN means unknown, not 0)")
         before = np.repeat(source.components[name].double().numpy(), k)
         add(name, edited, f"{name} of the edited prompt's renders (a monitor, not in the reward)")
         add(f"{name}_gain", edited - before, f"{name}: edited minus unedited source prompt")

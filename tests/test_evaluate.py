@@ -308,3 +308,23 @@ def test_evaluate_run_reads_config_and_latest_checkpoint(policy, tok, tasks, rew
         write=False,
     )
     assert [s["prompt"] for s in earlier.samples] != [s["prompt"] for s in res.samples]
+
+
+def test_evaluate_policy_reports_monitors_and_explains_nan_gold(policy, tok, tasks):
+    """A monitor (the synth world's gold metrics) gets its own rows; NaN for tasks without a target is explained."""
+    import dataclasses
+
+    from promptgym.rewards import CompositeReward
+
+    class TargetLength:
+        name = "gold/content"
+
+        def __call__(self, results):
+            return torch.tensor([len(r.task.target) / 100 if r.task.target else math.nan for r in results])
+
+    mixed = [tasks[0], dataclasses.replace(tasks[1], target=None)]
+    reward = CompositeReward({"integrity": (ContentIntegrityScorer(), 1.0)}, monitors={"gold/content": TargetLength()})
+    res = evaluate_policy(policy, tok, mixed, reward, None, samples_per_task=2, max_new_tokens=6)
+    assert res["gold/content"].value == pytest.approx(len(tasks[0].target) / 100)  # the NaN task is not counted as 0
+    assert res["gold/content"].n == 1 and res["gold/content_gain"].value == pytest.approx(0.0)
+    assert any("gold/content is NaN for 2 of 4 samples" in note for note in res.notes)
