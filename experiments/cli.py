@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", help="render a prompt with a preset's renderer")
     render.add_argument("--prompt", required=True, help="the prompt to render")
-    render.add_argument("--preset", default="tiny",
+    render.add_argument("--preset", default="tiny", choices=("tiny", "synth", "scene", "diffchat-sd15"),
                         help="tiny, synth (the world's trained SD), scene (the world's exact procedural renderer) or "
                         "diffchat-sd15 (default: tiny)")
     render.add_argument("--out", required=True, metavar="FILE.png", help="where to save the image(s)")
@@ -83,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     world_commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
     build = world_commands.add_parser("build", help="train the synth world's judge, SD, CLIP and aesthetic MLP",
                                       add_help=False)
-    build.add_argument("build_args", nargs=argparse.REMAINDER, help="arguments of python -m promptgym.experiments.world_build")
-    build.set_defaults(handler=run_world_build)
+    build.add_argument("build_args", nargs=argparse.REMAINDER, help="see promptgym world build --help")
 
     demo = commands.add_parser("demo", help="play a few episodes with a scripted policy and print the rewards")
     demo.add_argument("--policy", choices=POLICIES, default="target", help="what the policy types (default: target)")
@@ -212,13 +211,12 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_world_build(args: argparse.Namespace) -> int:
-    from promptgym.experiments import world_build
-
-    return world_build.main(args.build_args)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["world", "build"]:  # its own parser takes every argument (argparse.REMAINDER drops a leading --help)
+        from promptgym.experiments import world_build
+
+        return world_build.main(argv[2:])
     args = build_parser().parse_args(argv)
     from promptgym.experiments.config import ConfigError
 

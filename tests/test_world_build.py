@@ -86,3 +86,14 @@ def test_shipped_world_loads_and_scores_demo_targets():
     out = build_reward("synth")([EditResult(t, t.target) for t in tasks])
     assert torch.isfinite(out.total).all()
     assert all(0 <= v <= 1 for v in out.components["gold/content"].tolist())
+
+
+def test_promptgym_world_build_command_takes_its_own_arguments(capsys):
+    from promptgym.experiments import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["world", "build", "--help"])
+    assert stopped.value.code == 0 and "--stages" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["world", "build", "--out", "x", "--stages", "nope"])
+    assert stopped.value.code == 2 and "unknown stages ['nope']" in capsys.readouterr().err
