@@ -45,6 +45,7 @@ from promptgym.rewards.scene import (
     Scene,
     describe,
     parse_scene,
+    with_article,
 )
 
 if TYPE_CHECKING:
@@ -116,15 +117,6 @@ _PREPOSITION = {noun: preposition for preposition, noun in BACKGROUNDS}
 _WEATHER_PHRASE = dict(WEATHERS)
 
 
-def article(word: str) -> str:
-    """The indefinite article for `word` ("an owl", "a dog"); the vocabulary has no silent h or "uni"."""
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _with_article(phrase: str) -> str:
-    return f"{article(phrase)} {phrase}"
-
-
 def _ref(scene: Scene) -> str:
     """The subject as an instruction names it: "dog" for one, "dogs" for several."""
     assert scene.subject is not None
@@ -133,11 +125,11 @@ def _ref(scene: Scene) -> str:
 
 def _accessory_phrase(scene: Scene, accessory: str) -> str:
     """ "a hat", or "hats" when several subjects each have one (as `describe` writes it)."""
-    return _ACCESSORY_PLURAL[accessory] if scene.count > 1 else _with_article(accessory)
+    return _ACCESSORY_PLURAL[accessory] if scene.count > 1 else with_article(accessory)
 
 
 def _style_phrase(style: str) -> str:
-    return style if style in MASS_STYLES else _with_article(style)
+    return style if style in MASS_STYLES else with_article(style)
 
 
 # Each edit returns (instruction, edited scene); templates that name an old value need one in the source.
@@ -145,7 +137,7 @@ def _edit_colour(rng: random.Random, s: Scene) -> tuple[str, Scene]:
     new, ref = rng.choice([c for c in COLOURS if c != s.colour]), _ref(s)
     options = [f"make the {ref} {new}", f"change the color of the {ref} to {new}", f"turn the {ref} {new}"]
     if s.colour:
-        new_ref = f"{new} {ref}" if s.count > 1 else _with_article(f"{new} {ref}")
+        new_ref = f"{new} {ref}" if s.count > 1 else with_article(f"{new} {ref}")
         options += [f"change the {s.colour} {ref} to {new_ref}", f"make the {ref} {new} instead of {s.colour}"]
     return rng.choice(options), dataclasses.replace(s, colour=new)
 
@@ -162,9 +154,9 @@ def _edit_count(rng: random.Random, s: Scene) -> tuple[str, Scene]:
 def _edit_background(rng: random.Random, s: Scene) -> tuple[str, Scene]:
     assert s.background is not None, "a background edit needs a source with a background"
     new = rng.choice([b for _, b in BACKGROUNDS if b != s.background])
-    ref, place, old = _ref(s), _with_article(new), s.background
+    ref, place, old = _ref(s), with_article(new), s.background
     options = [f"change the background to {place}", f"move the {ref} to {place}", f"replace the {old} with {place}",
-               f"put the {ref} {_PREPOSITION[new]} {place}", f"change the setting from {_with_article(old)} to {place}"]
+               f"put the {ref} {_PREPOSITION[new]} {place}", f"change the setting from {with_article(old)} to {place}"]
     return rng.choice(options), dataclasses.replace(s, background=new)
 
 
@@ -207,7 +199,7 @@ def _edit_time(rng: random.Random, s: Scene) -> tuple[str, Scene]:
 
 def _edit_replace(rng: random.Random, s: Scene) -> tuple[str, Scene]:
     new = rng.choice([x for x, _ in SUBJECTS if x != s.subject])
-    old, other = (_ref(s), _with_article(new)) if s.count == 1 else (_ref(s), _SUBJECT_PLURAL[new])
+    old, other = (_ref(s), with_article(new)) if s.count == 1 else (_ref(s), _SUBJECT_PLURAL[new])
     options = [f"replace the {old} with {other}", f"change the {old} to {other}", f"swap the {old} for {other}",
                f"turn the {old} into {other}"]
     return rng.choice(options), dataclasses.replace(s, subject=new)

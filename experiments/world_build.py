@@ -484,7 +484,7 @@ def build_clip(data: WorldData, cfg: BuildConfig, out: Path, work: Path) -> Path
     `CLIPProcessor`)."""
     from transformers import CLIPProcessor
 
-    from promptgym.rewards.image_scorers import _pooled, _tiny_clip_image_processor
+    from promptgym.rewards.image_scorers import _tiny_clip_image_processor, image_embeddings, text_embeddings
 
     tokenizer = build_world_tokenizer(data.captions)
     with seeded(stage_seed(cfg.seed, "clip")):
@@ -501,10 +501,9 @@ def build_clip(data: WorldData, cfg: BuildConfig, out: Path, work: Path) -> Path
             index = rng.integers(0, len(data.images), batch)
             negatives = [caption(perturb_scene(data.scenes[i], text_rng), text_rng) for i in index]
             texts = [data.captions[i] for i in index] + negatives
-            tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
             pixels = clip_pixels(augment(data.batch(index), rng))
-            image = nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels), "image_embeds"), dim=-1)
-            text = nn.functional.normalize(_pooled(model.get_text_features(**tokens), "text_embeds"), dim=-1)
+            image = nn.functional.normalize(image_embeddings(model, pixels), dim=-1)
+            text = nn.functional.normalize(text_embeddings(model, tokenizer, texts), dim=-1)
             logits = model.logit_scale.exp() * image @ text.T  # [B, 2B]: each image against every caption and negative
             labels = torch.arange(batch)
             return (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits[:, :batch].T, labels)) / 2
@@ -592,7 +591,7 @@ def build_world(out: Path, stages: Sequence[str] = STAGES, cfg: BuildConfig | No
         if stage not in stages:
             continue
         started = time.perf_counter()
-        if stage in ("data", "sd", "clip", "aesthetic") and data is None:
+        if stage in ("data", "sd", "clip") and data is None:
             data = load_or_render(work, "train", cfg.scaled("data_images"), stage_seed(cfg.seed, "data"))
         if stage == "sd":
             build_sd(data, cfg, out, work)

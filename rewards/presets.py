@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from promptgym.rewards.composite import CompositeReward
-from promptgym.rewards.gold import GoldAestheticScorer, GoldContentScorer, SceneJudge
+from promptgym.rewards.gold import GoldAestheticScorer, GoldContentScorer
 from promptgym.rewards.image_scorers import AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer
 from promptgym.rewards.render import DiffusersRenderer
@@ -137,8 +137,8 @@ def synth_renderer(seed: int = 0, overrides: Mapping[str, Any] | None = None) ->
 
 def synth_gold_scorers(renderer: Any) -> dict[str, Any]:
     """{"gold/content": ..., "gold/aesthetic": ...} on `renderer`'s images, judged by the shipped `SceneJudge`."""
-    judge = SceneJudge.from_pretrained(str(synth_path("judge")))
-    return {"gold/content": GoldContentScorer(judge, renderer), "gold/aesthetic": GoldAestheticScorer(renderer)}
+    content = GoldContentScorer.from_pretrained(synth_path("judge"), renderer)
+    return {"gold/content": content, "gold/aesthetic": GoldAestheticScorer(renderer)}
 
 
 def _synth_image_scorers(terms: list[str], renderer: DiffusersRenderer) -> dict:

@@ -41,6 +41,7 @@ __all__ = [
     "describe",
     "parse_scene",
     "sample_scene",
+    "with_article",
 ]
 
 # (singular, plural); plurals lemmatise back to the singular with simplemma.
@@ -103,7 +104,8 @@ def attribute_values() -> dict[str, tuple]:
     }
 
 
-def _article(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """ "an owl", "a dog": the indefinite article for the world's words (none starts with a silent h or "uni")."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -113,11 +115,11 @@ def describe(scene: Scene) -> str:
         raise ValueError("describe() needs a scene with a subject")
     plural = dict(SUBJECTS)[scene.subject]
     noun = " ".join(w for w in (scene.colour, plural if scene.count > 1 else scene.subject) if w)
-    text = _article(noun) if scene.count == 1 else f"{COUNTS[scene.count - 1]} {noun}"
+    text = with_article(noun) if scene.count == 1 else f"{COUNTS[scene.count - 1]} {noun}"
     if scene.accessory:
-        text += " with " + (dict(ACCESSORIES)[scene.accessory] if scene.count > 1 else _article(scene.accessory))
+        text += " with " + (dict(ACCESSORIES)[scene.accessory] if scene.count > 1 else with_article(scene.accessory))
     if scene.background:
-        text += f" {dict((b, p) for p, b in BACKGROUNDS)[scene.background]} {_article(scene.background)}"
+        text += f" {dict((b, p) for p, b in BACKGROUNDS)[scene.background]} {with_article(scene.background)}"
     if scene.weather:
         text += " " + dict(WEATHERS)[scene.weather]
     return ", ".join([text, *([scene.style] if scene.style else []), *scene.modifiers])
