@@ -4,7 +4,7 @@
 |-----------------|-----------------------------------|---------------------------------------------|--------------------------|-----------|
 | `tiny`          | tiny random SD, 32x32, 4 DDIM steps, K=2 | tiny random CLIP + LAION-shaped MLP   | tiny random CLIP         | binary, 0.8 |
 | `synth`         | the synth world's trained tiny SD, 32x32, 10 DDIM steps, guidance 3, K=2 | its trained CLIP + LAION-format MLP fitted to gold aesthetic | its trained CLIP | binary, 0.8 |
-| `synth-gold`    | as `synth` | - | - | - (the oracle: reward = gold content + gold aesthetic) |
+| `synth-gold`    | as `synth` | monitor | monitor | monitor (the oracle: reward = gold content + gold aesthetic) |
 | `diffchat-sd15` | `stable-diffusion-v1-5/stable-diffusion-v1-5`, 512x512, 20 steps, K=2 | `openai/clip-vit-large-patch14` + LAION improved-aesthetic MLP | `yuvalkirstain/PickScore_v1` | binary, 0.8 |
 
 Both presets weight the three terms 1 : 1 : 1 and score the image terms in *delta* mode (edited prompt minus
@@ -156,9 +156,11 @@ def _synth_image_scorers(terms: list[str], renderer: DiffusersRenderer) -> dict:
 
 def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[str, Any] | None, delta: Any,
                        normalize: Any, on_error: str, seed: int) -> CompositeReward:
-    """The oracle: reward = gold content + gold aesthetic (delta against the source) of the synth renders."""
+    """The oracle: reward = gold content + gold aesthetic (delta against the source) of the synth renders, with the
+    proxy terms (aesthetic, PickScore, integrity) as monitors, so a gold-trained policy shows what it does to them."""
     weights = {**GOLD_WEIGHTS, **(weights or {})}
-    gold = synth_gold_scorers(synth_renderer(seed, renderer))
+    shared = synth_renderer(seed, renderer)
+    gold = synth_gold_scorers(shared)
     unknown = sorted(set(weights) - set(gold))
     if unknown:
         raise ValueError(f"weights name unknown terms {unknown}; the synth-gold terms are {sorted(gold)}")
@@ -170,6 +172,7 @@ def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[st
         delta=[n for n in terms if n == "gold/aesthetic"] if delta is None else delta,
         normalize=False if normalize is None else normalize,
         on_error=on_error,
+        monitors={**_synth_image_scorers(list(IMAGE_TERMS), shared), "integrity": ContentIntegrityScorer()},
     )
 
 

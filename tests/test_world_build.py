@@ -38,7 +38,8 @@ def test_every_stage_writes_a_loadable_model(smoke_world, monkeypatch):
     assert torch.isfinite(out.total).all() and out.total.shape == (4,)
     assert all(0 <= v <= 1 for v in out.components["gold/content"].tolist())
     oracle = build_reward("synth-gold")
-    assert set(oracle.terms) == {"gold/content", "gold/aesthetic"} and not oracle.monitors
+    assert set(oracle.terms) == {"gold/content", "gold/aesthetic"}
+    assert set(oracle.monitors) == {"aesthetic", "pickscore", "integrity"}  # the proxy beside the oracle's gold
 
 
 def test_the_build_is_deterministic_and_resumes(smoke_world, tmp_path):
