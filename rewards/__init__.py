@@ -4,7 +4,8 @@ This package imports nothing from the other promptgym packages (tasks are typed 
 """
 
 from promptgym.rewards.base import EditResult, RewardOutput, Scorer, TaskLike
-from promptgym.rewards.composite import CompositeReward, RunningMeanStd, ScorerError, as_composite
+from promptgym.rewards.composite import CompositeReward, RewardWrapper, RunningMeanStd, ScorerError, as_composite
+from promptgym.rewards.counting import CountingReward
 from promptgym.rewards.image_scorers import AestheticMLP, AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer, IntegrityDetails, integrity_ratio
 from promptgym.rewards.keywords import KeywordSpec, extract_keywords, lemma, prompt_lemmas
@@ -20,6 +21,7 @@ __all__ = [
     "AestheticScorer",
     "CompositeReward",
     "ContentIntegrityScorer",
+    "CountingReward",
     "DiffusersRenderer",
     "EditResult",
     "IntegrityDetails",
@@ -27,6 +29,7 @@ __all__ = [
     "PickScoreScorer",
     "PotentialShaping",
     "RewardOutput",
+    "RewardWrapper",
     "RunningMeanStd",
     "Scorer",
     "ScorerError",

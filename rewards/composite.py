@@ -173,9 +173,30 @@ class CompositeReward:
             self.stats[name] = RunningMeanStd(**values)
 
 
-def as_composite(reward: CompositeReward | Scorer) -> CompositeReward:
-    """A `CompositeReward` from either a composite reward or a single scorer (weight 1)."""
-    if isinstance(reward, CompositeReward):
+class RewardWrapper:
+    """Wraps a reward as `gymnasium.Wrapper` wraps an env: `__call__` scores with `inner`, and every attribute the
+    wrapper does not define (terms, flags, running statistics, `state_dict`) is the inner reward's own, so a wrapper
+    is used wherever its reward is (`as_composite` returns it as it is). Subclasses override `__call__`."""
+
+    def __init__(self, reward: CompositeReward | Scorer) -> None:
+        self.inner = as_composite(reward)
+
+    def __call__(self, results: Sequence[EditResult]) -> RewardOutput:
+        return self.inner(results)
+
+    def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (e.g. while the wrapper is being copied): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+
+def as_composite(reward: CompositeReward | RewardWrapper | Scorer) -> CompositeReward | RewardWrapper:
+    """A `CompositeReward` from either a composite reward (or a `RewardWrapper` of one, returned as it is) or a single
+    scorer (weight 1)."""
+    if isinstance(reward, (CompositeReward, RewardWrapper)):
         return reward
     if callable(reward) and isinstance(getattr(reward, "name", None), str):
         return CompositeReward({reward.name: (reward, 1.0)})
