@@ -43,10 +43,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from promptgym.agents.baselines import RunResult
 
 REFERENCE = "sft"  # the shared SFT start itself, evaluated without any RL: what every LM variant has to beat
 PPO_VARIANTS = ("ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
@@ -61,40 +64,16 @@ INTEGRITY_OVERRIDES = (
 )
 SHARED_SECTIONS = ("data", "env", "policy", "reward", "sft")  # must agree across variants of a seed
 EVAL_SEED = 12345
-
-
-@dataclass
-class BenchRun:
-    """One variant trained on one seed: its learning curve and final evaluation.
-
-    curve: (reward calls so far, mean training reward of the policy's episodes of that batch) per update/batch.
-    start: "sft" (a copy of the seed's SFT'd policy) or "scratch" (SB3: no language model).
-    start_sha256: fingerprint of the starting policy's weights (LM variants; equal across the variants of a seed).
-    """
-
-    variant: str
-    seed: int
-    curve: list[tuple[int, float]]
-    eval_reward: float
-    eval_components: dict[str, float]
-    reward_calls: int
-    budget: int
-    wall_time_s: float
-    start: str
-    start_sha256: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["curve"] = [list(point) for point in self.curve]
-        return data
+# A run's entry in bench.json: these fields of its RunResult, in this order
+RUN_FIELDS = ("variant", "seed", "curve", "eval_reward", "eval_components", "reward_calls", "budget", "wall_time_s",
+              "start", "start_sha256", "info")
 
 
 @dataclass
 class BenchResult:
     """Every run of a benchmark, the settings it ran with, and where its files went."""
 
-    runs: list[BenchRun]
+    runs: list[RunResult]
     variants: list[str]
     seeds: list[int]
     budget: int
@@ -104,7 +83,7 @@ class BenchResult:
     sft_wall_time_s: dict[int, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
-    def of(self, variant: str) -> list[BenchRun]:
+    def of(self, variant: str) -> list[RunResult]:
         return [run for run in self.runs if run.variant == variant]
 
 
@@ -168,10 +147,10 @@ def run_ppo_variant(
     eval_tasks: Sequence[Any],
     eval_episodes: int,
     eval_seed: int = EVAL_SEED,
-) -> BenchRun:
+) -> RunResult:
     """Our PPO (`config.ppo`) on `policy` (trained in place) until `PPOAgent.num_reward_calls >= budget`."""
     from promptgym.agents import PPOAgent
-    from promptgym.agents.baselines import evaluate_lm
+    from promptgym.agents.baselines import RunResult, evaluate_lm
     from promptgym.envs import PromptEditVectorEnv, load_tasks
 
     start_sha = weights_sha256(policy)
@@ -200,21 +179,21 @@ def run_ppo_variant(
         "last_kl": last.get("objective/kl"),
         "ppo": {k: v for k, v in dataclasses.asdict(config.ppo).items()},
     }
-    return BenchRun(variant, config.seed, curve, eval_reward, eval_components, agent.num_reward_calls, budget,
-                    wall_time_s, "sft", start_sha, info)
+    return RunResult(variant, config.seed, curve, eval_reward, eval_components, agent.num_reward_calls, budget,
+                     wall_time_s, "sft", start_sha, info)
 
 
 def run_reference(
     config: Any, policy: Any, tokenizer: Any, reward: Any, budget: int, eval_tasks: Sequence[Any], eval_episodes: int,
     eval_seed: int = EVAL_SEED,
-) -> BenchRun:
+) -> RunResult:
     """The `sft` row: the seed's SFT policy evaluated as every variant is, with no training (0 reward calls)."""
-    from promptgym.agents.baselines import evaluate_lm
+    from promptgym.agents.baselines import RunResult, evaluate_lm
 
     start_sha = weights_sha256(policy)
     eval_reward, eval_components = evaluate_lm(policy.model, _eval_env(config, eval_tasks, eval_episodes, tokenizer,
                                                                        reward), eval_seed)
-    return BenchRun(REFERENCE, config.seed, [], eval_reward, eval_components, 0, budget, 0.0, "sft", start_sha, {})
+    return RunResult(REFERENCE, config.seed, [], eval_reward, eval_components, 0, budget, 0.0, "sft", start_sha, {})
 
 
 def _eval_env(config: Any, eval_tasks: Sequence[Any], eval_episodes: int, tokenizer: Any, reward: Any):
@@ -242,7 +221,7 @@ def run_baseline(
     eval_episodes: int,
     eval_seed: int = EVAL_SEED,
     num_generations: int = 4,
-) -> BenchRun:
+) -> RunResult:
     """SB3 PPO (from scratch) or TRL GRPO / RLOO (on a copy of `policy`) with the config's env, tasks and sizes."""
     from promptgym.agents.baselines import run_sb3_ppo, run_trl
     from promptgym.envs import load_tasks
@@ -275,9 +254,9 @@ def run_baseline(
             **common,
         )
     info = {k: v for k, v in result.info.items() if k != "last_log"}
-    return BenchRun(variant, config.seed, [(int(x), float(y)) for x, y in result.curve], float(result.eval_reward),
-                    dict(result.eval_components), result.reward_calls, budget, result.wall_time_s, start, start_sha,
-                    info)
+    return dataclasses.replace(result, variant=variant, curve=[(int(x), float(y)) for x, y in result.curve],
+                               eval_reward=float(result.eval_reward), eval_components=dict(result.eval_components),
+                               budget=budget, start=start, start_sha256=start_sha, info=info, trained=None)
 
 
 def run_bench(
@@ -289,7 +268,7 @@ def run_bench(
     reward: str = "config",
     eval_episodes: int = 64,
     progress: bool = True,
-    on_run: Callable[[BenchRun], Any] | None = None,
+    on_run: Callable[[RunResult], Any] | None = None,
 ) -> BenchResult:
     """Train every variant on `seeds` seeds (config seed, +1, ...) for `budget` reward calls; write the table, plot
     and raw numbers into `out` (see the module doc). `on_run(run)` is called after each run."""
@@ -400,7 +379,7 @@ def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str,
     return rows
 
 
-def _paired_change(result: BenchResult, runs: list[BenchRun], n_resamples: int) -> tuple[float, float, float]:
+def _paired_change(result: BenchResult, runs: list[RunResult], n_resamples: int) -> tuple[float, float, float]:
     """Mean and 95% bootstrap CI over seeds of (eval reward - the same seed's SFT reference), for a variant that
     starts from SFT; nan when there is no reference row (or for SB3, which does not start from SFT)."""
     from promptgym.experiments.evaluate import mean_ci
@@ -513,7 +492,7 @@ def write_bench(result: BenchResult, out: str | os.PathLike) -> list[Path]:
         "eval_seed": EVAL_SEED,
         "sft_wall_time_s": {str(k): v for k, v in result.sft_wall_time_s.items()},
         "summary": rows,
-        "runs": [run.to_dict() for run in result.runs],
+        "runs": [run.to_dict(RUN_FIELDS) for run in result.runs],
     }
     json_path = out / "bench.json"
     json_path.write_text(json.dumps(raw, indent=2, default=_json_default), encoding="utf-8")

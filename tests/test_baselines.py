@@ -1,5 +1,5 @@
-"""Baselines: reward-call counting, the SB3 features extractor and VecEnv adapter, and SB3 PPO / TRL GRPO / RLOO
-runs held to a budget of reward calls (tiny budgets: each run takes a second or two)."""
+"""Baselines: the SB3 features extractor and VecEnv adapter, and SB3 PPO / TRL GRPO / RLOO runs held to a budget of
+reward calls (tiny budgets: each run takes a second or two). The reward-call counter is tested in test_counting.py."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import torch
 
 pytest.importorskip("stable_baselines3")
 
+from reward_helpers import integrity_and_length  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from promptgym.agents import PolicyWithValue  # noqa: E402
 from promptgym.agents.baselines import (  # noqa: E402
-    BaselineResult,
-    CountingReward,
+    RunResult,
     SB3VecEnv,
     TokenFeaturesExtractor,
     preserved_global_rngs,
@@ -27,27 +27,7 @@ from promptgym.agents.baselines import (  # noqa: E402
     run_trl,
 )
 from promptgym.envs import PromptEditEnv, PromptEditVectorEnv, default_tokenizer, load_tasks  # noqa: E402
-from promptgym.rewards import (  # noqa: E402
-    CompositeReward,
-    ContentIntegrityScorer,
-    EditResult,
-    as_composite,
-    as_trl_reward_func,
-    reward_stats,
-)
-
-
-class CharLength:
-    """Score = characters of the edited prompt / 10: varies between random completions, so GRPO has a signal."""
-
-    name = "chars"
-
-    def __call__(self, results):
-        return torch.tensor([len(r.prompt) / 10.0 for r in results])
-
-
-def integrity_and_length() -> CompositeReward:
-    return CompositeReward({"integrity": (ContentIntegrityScorer(mode="ratio"), 1.0), "chars": (CharLength(), 0.1)})
+from promptgym.rewards import ContentIntegrityScorer, CountingReward  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,55 +48,6 @@ def assert_same_rng_states(before, after):
     assert before[0] == after[0]
     np.testing.assert_array_equal(before[1], after[1])
     assert torch.equal(before[2], after[2])
-
-
-# ------------------------------------------------------------------------------------------ CountingReward
-def test_counting_reward_records_every_call_and_returns_the_inner_output(tasks):
-    inner = integrity_and_length()
-    counter = CountingReward(inner)
-    batches = [
-        [EditResult(tasks[0], tasks[0].target), EditResult(tasks[1], "a blank canvas")],
-        [EditResult(tasks[2], tasks[2].target), EditResult(tasks[3], "x"), EditResult(tasks[4], tasks[4].source)],
-    ]
-    outputs = [counter(batch) for batch in batches]
-    for batch, output in zip(batches, outputs):
-        expected = inner(batch)
-        assert torch.equal(output.total, expected.total)
-        assert output.components.keys() == expected.components.keys()
-    assert counter.reward_calls == 5 and counter.num_batches == 2 and counter.batch_sizes == [2, 3]
-    totals = torch.cat([o.total for o in outputs]).tolist()
-    assert counter.totals == totals
-    assert counter.components[3] == outputs[1].row(1)
-    assert counter.mean_since(2) == pytest.approx(np.mean(totals[2:]))
-    assert math.isnan(counter.mean_since(5))
-    means = counter.component_means(last=3)
-    assert means["integrity"] == pytest.approx(float(outputs[1].components["integrity"].mean()))
-    assert means["chars"] == pytest.approx(float(outputs[1].components["chars"].mean()))
-
-
-def test_counting_reward_is_a_composite_sharing_the_inner_state():
-    inner = CompositeReward({"integrity": (ContentIntegrityScorer(), 1.0)}, normalize=True)
-    counter = CountingReward(inner)
-    assert as_composite(counter) is counter  # envs and the TRL adapter use it as it is
-    assert counter.terms is inner.terms and counter.stats is inner.stats
-    assert reward_stats(counter) == reward_stats(inner)
-    counter([EditResult(load_tasks("demo", "train")[0], "a cat")])
-    assert inner.stats["integrity"].count > 1  # the running statistics updated are the inner reward's
-    assert counter.state_dict() == inner.state_dict()
-    # A bare scorer is wrapped like as_composite does.
-    assert list(CountingReward(ContentIntegrityScorer()).terms) == ["integrity"]
-
-
-def test_counting_reward_counts_episodes_through_the_vector_env_and_the_trl_adapter(tokenizer, tasks):
-    counter = CountingReward(ContentIntegrityScorer())
-    env = PromptEditVectorEnv(3, tasks=tasks, tokenizer=tokenizer, reward=counter, max_new_tokens=2)
-    env.reset(seed=0)
-    for _ in range(2):
-        env.step(np.full(3, 5))
-    assert counter.reward_calls == 3 and counter.batch_sizes == [3]  # three episodes, one batched call
-    func = as_trl_reward_func(counter)
-    func(prompts=["", ""], completions=["a", "b"], source=["a dog", "a cat"], instruction=["x", "y"])
-    assert counter.reward_calls == 5 and counter.batch_sizes == [3, 2]
 
 
 # ------------------------------------------------------------------------------- TokenFeaturesExtractor
@@ -274,7 +205,7 @@ def test_sb3_vec_env_can_bootstrap_truncations_and_rejects_next_step_envs(tokeni
 
 
 # ------------------------------------------------------------------------------------------ SB3 PPO run
-def check_result(result: BaselineResult, budget: int, batch: int) -> None:
+def check_result(result: RunResult, budget: int, batch: int) -> None:
     """Budget reached within one batch; a monotone curve over the calls; finite numbers; consistent summaries."""
     assert budget <= result.reward_calls < budget + batch
     xs = [x for x, _ in result.curve]
@@ -289,8 +220,11 @@ def check_result(result: BaselineResult, budget: int, batch: int) -> None:
         previous = x
     last = result.final_episodes
     assert result.final_reward == pytest.approx(np.mean(result.episode_rewards[-last:]))
-    assert result.wall_time_s > 0 and result.budget_reward_calls == budget
-    assert set(result.to_dict()) >= {"curve", "final_reward", "final_components", "reward_calls", "wall_time_s", "name"}
+    assert result.wall_time_s > 0 and result.budget == budget
+    data = result.to_dict()
+    assert set(data) >= {"curve", "final_reward", "final_components", "reward_calls", "wall_time_s", "variant"}
+    assert "trained" not in data and data["curve"] == [list(point) for point in result.curve]
+    assert result.to_dict(["variant", "budget"]) == {"variant": result.variant, "budget": budget}
 
 
 def test_sb3_ppo_runs_to_its_budget(tmp_path, monkeypatch, tokenizer, tasks):
@@ -311,7 +245,8 @@ def test_sb3_ppo_runs_to_its_budget(tmp_path, monkeypatch, tokenizer, tasks):
     result = run_sb3_ppo(**kwargs, policy_init=policy, eval_tasks=tasks[:2], eval_episodes=4)
     assert_same_rng_states(states, rng_states())
     check_result(result, budget=20, batch=4)
-    assert result.name == "sb3-ppo" and result.info["ppo_updates"] >= 3
+    assert result.variant == "sb3-ppo" and result.start == "scratch" and result.seed == 1
+    assert result.info["ppo_updates"] >= 3
     assert set(result.final_components) >= {"integrity", "chars"}
     # The total is integrity + 0.1 * chars episode by episode, so the means over the same episodes add up too.
     components = result.final_components
@@ -368,7 +303,8 @@ def test_trl_runs_to_its_budget_and_leaves_the_policy_alone(algorithm, tmp_path,
     assert_same_rng_states(states, rng_states())
     check_result(result, budget=20, batch=8)
     assert result.reward_calls == 24 and [x for x, _ in result.curve] == [8, 16, 24]  # ceil(20 / 8) batches
-    assert result.name == f"trl-{algorithm}" and result.info["optimizer_steps"] == 3
+    assert result.variant == f"trl-{algorithm}" and result.start == "policy" and result.seed == 0
+    assert result.info["optimizer_steps"] == 3
     # What TRL itself logged as the last step's reward is our last curve point.
     assert result.info["last_log"]["reward"] == pytest.approx(result.curve[-1][1], rel=1e-5)
     assert result.info["beta"] == (0.0 if algorithm == "grpo" else 0.05)

@@ -15,6 +15,7 @@ pytest.importorskip("stable_baselines3")
 pytest.importorskip("trl")
 
 from promptgym.agents import sft_warm_start  # noqa: E402
+from promptgym.agents.baselines import RunResult  # noqa: E402
 from promptgym.envs import load_tasks  # noqa: E402
 from promptgym.experiments import bench  # noqa: E402
 from promptgym.experiments.cli import main  # noqa: E402
@@ -48,6 +49,9 @@ def test_bench_writes_table_csv_json_and_plot(bench_dir):
     raw = json.loads((bench_dir / "bench.json").read_text())
     assert raw["budget"] == BUDGET and raw["reward"] == "integrity" and raw["seeds"] == [0]
     sft = raw["runs"][0]
+    run_keys = ["variant", "seed", "curve", "eval_reward", "eval_components", "reward_calls", "budget", "wall_time_s",
+                "start", "start_sha256", "info"]
+    assert all(list(run) == run_keys for run in raw["runs"])  # a run's entry: these columns, in this order
     assert sft["variant"] == "sft" and sft["reward_calls"] == 0 and sft["curve"] == []
     for row, run in zip(rows[1:], raw["runs"][1:]):  # one seed: the change vs SFT is the plain difference
         assert float(row["reward_vs_sft"]) == pytest.approx(run["eval_reward"] - sft["eval_reward"])
@@ -86,8 +90,8 @@ def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
 
 
 def _run(variant, seed, reward, calls=16):
-    return bench.BenchRun(variant, seed, [(8, reward / 2), (calls, reward)], reward, {"integrity": reward, "x/y": 1.0},
-                          calls, 16, 2.0 + seed, "scratch" if variant == "sb3-ppo" else "sft")
+    return RunResult(variant, seed, [(8, reward / 2), (calls, reward)], reward, {"integrity": reward, "x/y": 1.0},
+                     calls, 16, 2.0 + seed, "scratch" if variant == "sb3-ppo" else "sft")
 
 
 def test_summary_rows_match_an_independent_bootstrap_and_write_bench(tmp_path):
