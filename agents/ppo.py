@@ -17,14 +17,13 @@ from PPO's early-stop `target_kl`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel
 from promptgym.agents.gae import compute_gae
@@ -38,6 +37,7 @@ from promptgym.agents.rollout import (
     negative_samples,
     prefix_integrity,
 )
+from promptgym.agents.validation import ConfigError, config_dataclass
 from promptgym.envs import PromptEditVectorEnv
 from promptgym.rewards import ContentIntegrityScorer
 
@@ -45,9 +45,9 @@ TERM_NAMES = ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clipfra
 LOGRATIO_FLOOR = -20.0  # an action outside the current typical set has log-ratio -inf; floor it for the stats
 
 
-@dataclass
+@config_dataclass
 class PPOConfig:
-    """PPO hyperparameters (SB3 names) plus DiffChat's refinements; every field is validated.
+    """PPO hyperparameters (SB3 names) plus DiffChat's refinements; every field is validated (its range is on it).
 
     `n_episodes` episodes are collected per update (one per env); `batch_size` episodes form a minibatch.
     `old_logprob` chooses the importance ratio: "policy" uses the full policy's log-probs for old and new
@@ -56,64 +56,61 @@ class PPOConfig:
     that left the set has ratio 0). Negatives always use the full policy: they were not sampled.
     """
 
-    learning_rate: float = 1e-4
-    n_episodes: int = 32
-    batch_size: int = 16
-    n_epochs: int = 4
-    clip_range: float = 0.2
-    clip_range_vf: float | None = 0.2
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 1.0
-    target_kl: float | None = None
-    normalize_advantage: bool = True
-    kl_coef: float = 0.05
-    kl_target: float | None = None
-    kl_horizon: int = 10_000
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    typical_mass: float | None = None
-    old_logprob: Literal["policy", "restricted"] = "policy"
-    negative_fraction: float = 0.0
-    corruption_rate: float = 0.3
-    integrity_value_coef: float = 0.0
-    seed: int = 0
+    learning_rate: Annotated[float, Field(gt=0, description="AdamW learning rate of the policy and value head")] = 1e-4
+    n_episodes: Annotated[int, Field(ge=1, description=(
+        "episodes collected per update, one per env (data-parallel: the global batch)"
+    ))] = 32
+    batch_size: Annotated[int, Field(ge=1, description="episodes per minibatch (at most n_episodes)")] = 16
+    n_epochs: Annotated[int, Field(ge=1, description="passes over an update's episodes")] = 4
+    clip_range: Annotated[float, Field(gt=0, description=(
+        "surrogate clip: the probability ratio is kept within 1 +- clip_range"
+    ))] = 0.2
+    clip_range_vf: Annotated[float | None, Field(gt=0, description=(
+        "value clip: new values kept within this of the old ones in the value loss; null: unclipped"
+    ))] = 0.2
+    gamma: Annotated[float, Field(ge=0, le=1, description="discount factor")] = 1.0
+    gae_lambda: Annotated[float, Field(ge=0, le=1, description="GAE lambda (bias-variance trade-off)")] = 0.95
+    ent_coef: Annotated[float, Field(description="entropy-bonus coefficient of the loss")] = 0.0
+    vf_coef: Annotated[float, Field(ge=0, description="value-loss coefficient of the loss")] = 0.5
+    max_grad_norm: Annotated[float, Field(gt=0, description="clip the global gradient norm to this")] = 1.0
+    target_kl: Annotated[float | None, Field(gt=0, description=(
+        "PPO early stop: end an update's epochs once approx-KL exceeds 1.5 * target_kl; null: never"
+    ))] = None
+    normalize_advantage: Annotated[bool, Field(description="whiten the advantages of each minibatch")] = True
+    kl_coef: Annotated[float, Field(ge=0, description=(
+        "per-token KL penalty against the reference (SFT) policy, in the reward"
+    ))] = 0.05
+    kl_target: Annotated[float | None, Field(gt=0, description=(
+        "target KL of the adaptive controller that then tunes kl_coef; null: kl_coef stays fixed"
+    ))] = None
+    kl_horizon: Annotated[int, Field(ge=1, description="horizon (in episodes) of the adaptive KL controller")] = 10_000
+    kl_estimator: Annotated[Literal["k1", "k2", "k3"], Field(description=(
+        "per-token KL estimator (Schulman's k1, k2 or k3)"
+    ))] = "k1"
+    typical_mass: Annotated[float | None, Field(gt=0, le=1, description=(
+        "DiffChat's action-space dynamic modification: sample from the locally typical set of this probability "
+        "mass; null: off"
+    ))] = None
+    old_logprob: Annotated[Literal["policy", "restricted"], Field(description=(
+        "importance ratio from the full policy's log-probs, or from those restricted to the typical set "
+        "(needs typical_mass)"
+    ))] = "policy"
+    negative_fraction: Annotated[float, Field(ge=0, le=1, description=(
+        "DiffChat's negative samples: share of the batch added as keyword-corrupted targets; 0: off"
+    ))] = 0.0
+    corruption_rate: Annotated[float, Field(gt=0, le=1, description=(
+        "share of a target's keywords deleted or replaced in a negative sample"
+    ))] = 0.3
+    integrity_value_coef: Annotated[float, Field(ge=0, description=(
+        "DiffChat's integrity-aware value: eta in V'(s) = V(s) + eta * CI(s); 0: off"
+    ))] = 0.0
+    seed: Annotated[int, Field(description="seeds token sampling and minibatch order")] = 0
 
     def __post_init__(self) -> None:
-        for name, low, high, low_open in (
-            ("learning_rate", 0.0, math.inf, True),
-            ("clip_range", 0.0, math.inf, True),
-            ("gamma", 0.0, 1.0, False),
-            ("gae_lambda", 0.0, 1.0, False),
-            ("ent_coef", -math.inf, math.inf, False),
-            ("vf_coef", 0.0, math.inf, False),
-            ("max_grad_norm", 0.0, math.inf, True),
-            ("kl_coef", 0.0, math.inf, False),
-            ("negative_fraction", 0.0, 1.0, False),
-            ("corruption_rate", 0.0, 1.0, True),
-            ("integrity_value_coef", 0.0, math.inf, False),
-        ):
-            _check_number(name, getattr(self, name), low, high, low_open)
-        for name in ("clip_range_vf", "target_kl", "kl_target"):
-            if getattr(self, name) is not None:
-                _check_number(name, getattr(self, name), 0.0, math.inf, True)
-        if self.typical_mass is not None:
-            _check_number("typical_mass", self.typical_mass, 0.0, 1.0, True)
-        for name in ("n_episodes", "batch_size", "n_epochs", "kl_horizon"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PPOConfig.{name}={value!r}; expected a positive integer")
         if self.batch_size > self.n_episodes:
-            raise ValueError(f"PPOConfig.batch_size={self.batch_size} exceeds n_episodes={self.n_episodes}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"PPOConfig.kl_estimator={self.kl_estimator!r}; expected 'k1', 'k2' or 'k3'")
-        if self.old_logprob not in ("policy", "restricted"):
-            raise ValueError(f"PPOConfig.old_logprob={self.old_logprob!r}; expected 'policy' or 'restricted'")
+            raise ConfigError(f"PPOConfig.batch_size={self.batch_size} exceeds n_episodes={self.n_episodes}")
         if self.old_logprob == "restricted" and self.typical_mass is None:
-            raise ValueError("PPOConfig.old_logprob='restricted' needs typical_mass (the restricted set)")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"PPOConfig.seed={self.seed!r}; expected an integer")
+            raise ConfigError("PPOConfig.old_logprob='restricted' needs typical_mass (the restricted set)")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PPOConfig:
@@ -123,14 +120,6 @@ class PPOConfig:
         if unknown:
             raise ValueError(f"unknown PPOConfig field(s) {unknown}; known fields are {sorted(known)}")
         return cls(**values)
-
-
-def _check_number(name: str, value: Any, low: float, high: float, low_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"PPOConfig.{name}={value!r}; expected a number in {bracket}{low}, {high}]")
 
 
 # -------------------------------------------------------------------------------------- pure functions

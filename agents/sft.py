@@ -26,12 +26,14 @@ import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from promptgym.agents.validation import config_dataclass
 from promptgym.envs.templates import EditTemplate
 from promptgym.rewards.base import TaskLike
 
@@ -41,54 +43,48 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100  # label of positions left out of the loss (context tokens, padding), as in transformers
 
 
-@dataclass
+@config_dataclass
 class SFTConfig:
     """Hyperparameters of the SFT warm start (conventional names, as in transformers' TrainingArguments).
 
     The defaults take the tiny offline policy (`PolicyWithValue.tiny`, seed 0) on the demo train split from a
     held-out completion loss of 6.79 nats/token (about ln 865, uniform) to 0.79 on the demo test split in 450 steps:
-    about 13 CPU-seconds of training with one torch thread (`experiments/bench_sft.py`).
-
-    learning_rate: AdamW peak learning rate, reached after warmup and decayed linearly to 0.
-    num_epochs: passes over the training tasks (fractions allowed); ignored when `max_steps` is set.
-    max_steps: number of optimiser steps (overrides `num_epochs`).
-    batch_size: sequences per optimiser step (the last batch of an epoch may be smaller; none are dropped).
-    weight_decay: AdamW decoupled weight decay, applied to matrices only (not biases or LayerNorm weights).
-    warmup_ratio: fraction of the total steps spent raising the learning rate linearly to its peak.
-    max_grad_norm: clip the global gradient norm to this value; None disables clipping.
-    seed: seeds the data order and any dropout: the same seed (and torch thread count) gives the same losses.
-    eval_every: compute the held-out loss every this many steps (None: only before and after training).
-    eval_batch_size: sequences per forward pass when computing held-out loss.
-    max_length: longest allowed sequence (context + completion + EOS) in tokens; a longer task is an error,
-        never truncated. None: no limit.
+    about 13 CPU-seconds of training with one torch thread (`experiments/bench_sft.py`). Each field's doc and
+    range is on the field.
     """
 
-    learning_rate: float = 1e-2
-    num_epochs: float = 3.0
-    max_steps: int | None = None
-    batch_size: int = 16
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    eval_every: int | None = None
-    eval_batch_size: int = 128
-    max_length: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_real("learning_rate", self.learning_rate, low=0.0, low_open=True, allowed="a finite number > 0")
-        _check_real("num_epochs", self.num_epochs, low=0.0, low_open=True, allowed="a finite number > 0")
-        _check_optional_int("max_steps", self.max_steps, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_real("weight_decay", self.weight_decay, low=0.0, allowed="a finite number >= 0")
-        _check_real("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0, allowed="a number in [0, 1)")
-        if self.max_grad_norm is not None:
-            _check_real("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True,
-                        allowed="a finite number > 0 or None")
-        _check_int("seed", self.seed, None)
-        _check_optional_int("eval_every", self.eval_every, 1)
-        _check_int("eval_batch_size", self.eval_batch_size, 1)
-        _check_optional_int("max_length", self.max_length, 2)
+    learning_rate: Annotated[float, Field(gt=0, description=(
+        "AdamW peak learning rate, reached after warmup and decayed linearly to 0"
+    ))] = 1e-2
+    num_epochs: Annotated[float, Field(gt=0, description=(
+        "passes over the training tasks (fractions allowed); ignored when max_steps is set"
+    ))] = 3.0
+    max_steps: Annotated[int | None, Field(ge=1, description="number of optimiser steps (overrides num_epochs)")] = None
+    batch_size: Annotated[int, Field(ge=1, description=(
+        "sequences per optimiser step (the last batch of an epoch may be smaller; none are dropped)"
+    ))] = 16
+    weight_decay: Annotated[float, Field(ge=0, description=(
+        "AdamW decoupled weight decay, applied to matrices only (not biases or LayerNorm weights)"
+    ))] = 0.0
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1, description=(
+        "fraction of the total steps spent raising the learning rate linearly to its peak"
+    ))] = 0.05
+    max_grad_norm: Annotated[float | None, Field(gt=0, description=(
+        "clip the global gradient norm to this value; null disables clipping"
+    ))] = 1.0
+    seed: Annotated[int, Field(description=(
+        "seeds the data order and any dropout: the same seed (and torch thread count) gives the same losses"
+    ))] = 0
+    eval_every: Annotated[int | None, Field(ge=1, description=(
+        "compute the held-out loss every this many steps; null: only before and after training"
+    ))] = None
+    eval_batch_size: Annotated[int, Field(ge=1, description=(
+        "sequences per forward pass when computing held-out loss"
+    ))] = 128
+    max_length: Annotated[int | None, Field(ge=2, description=(
+        "longest allowed sequence (context + completion + EOS) in tokens; a longer task is an error, never "
+        "truncated; null: no limit"
+    ))] = None
 
     def total_steps(self, num_tasks: int) -> int:
         """Optimiser steps for `num_tasks` training sequences: `max_steps`, else ceil(epochs * batches per epoch)."""
@@ -396,21 +392,4 @@ def _short(value: Any) -> str:
 def _check_int(name: str, value: Any, low: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
         allowed = "an int" if low is None else f"an int >= {low}"
-        raise ValueError(f"SFTConfig.{name}={value!r} is invalid; expected {allowed}")
-
-
-def _check_optional_int(name: str, value: Any, low: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"SFTConfig.{name}={value!r} is invalid; expected None or an int >= {low}")
-
-
-def _check_real(
-    name: str, value: Any, low: float, high: float | None = None, low_open: bool = False, allowed: str = ""
-) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or value < high)
-    if not ok:
         raise ValueError(f"SFTConfig.{name}={value!r} is invalid; expected {allowed}")

@@ -1,20 +1,27 @@
-"""Experiment configs: presets, base inheritance, dotted overrides, every validation error, save/load round trip."""
+"""Experiment configs: presets, base inheritance, dotted overrides, every validation error, save/load round trip,
+field docs."""
 
 import dataclasses
 import re
 from pathlib import Path
 
+import annotated_types
 import pytest
 import yaml
 
 from promptgym.agents import PPOConfig, SFTConfig
+from promptgym.agents.validation import allowed, field_docs
 from promptgym.experiments.config import (
+    SECTIONS,
+    SEEDED_SECTIONS,
     ConfigError,
     ExperimentConfig,
     SFTStageConfig,
+    TrainConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    config_yaml,
     list_presets,
     load_config,
     parse_override,
@@ -174,7 +181,7 @@ def error_of(overrides, name="tiny") -> str:
         ("ppo.n_epochs=2.5", "ppo.n_epochs=2.5: expected an integer"),
         ("ppo.learning_rate=fast", "ppo.learning_rate='fast': expected a number"),
         ("ppo.normalize_advantage=1", "ppo.normalize_advantage=1: expected true or false"),
-        ("ppo.clip_range_vf=abc", "ppo.clip_range_vf='abc': expected a number or null"),
+        ("ppo.clip_range_vf=abc", "ppo.clip_range_vf='abc': expected a number > 0 or null"),
         ("ppo.kl_estimator=k4", "ppo.kl_estimator='k4': expected one of ['k1', 'k2', 'k3']"),
         ("policy.dtype=fp8", "policy.dtype='fp8': expected one of ['float32', 'float16', 'bfloat16'] or null"),
         (
@@ -182,10 +189,10 @@ def error_of(overrides, name="tiny") -> str:
             "reward.weights={'aesthetic': 'high'}: expected a mapping from strings to numbers",
         ),
         ("reward.delta=[1]", "reward.delta=[1]: expected true or false, a list of strings or null"),
-        ("data.tasks=null", "data.tasks=None: expected a string"),
+        ("data.tasks=null", "data.tasks=None: expected a non-empty string"),
         ("sft.enabled=maybe", "sft.enabled='maybe': expected true or false"),
         ("seed=1.5", "seed=1.5: expected an integer"),
-        ("name=3", "name=3: expected a string"),
+        ("name=3", "name=3: expected a non-empty string"),
         ("ppo=3", "ppo=3: expected a mapping with keys ['learning_rate'"),
     ],
 )
@@ -196,13 +203,17 @@ def test_wrong_type_names_key_value_and_expected_type(override, message):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("ppo.n_epochs=0", "ppo.n_epochs=0; expected a positive integer"),
-        ("ppo.learning_rate=-1", "ppo.learning_rate=-1.0; expected a number in (0.0, inf]"),
+        ("ppo.n_epochs=0", "ppo.n_epochs=0: expected an integer >= 1"),
+        ("ppo.learning_rate=-1", "ppo.learning_rate=-1: expected a number > 0"),
+        ("ppo.gamma=1.5", "ppo.gamma=1.5: expected a number in [0, 1]"),
+        ("ppo.corruption_rate=0", "ppo.corruption_rate=0: expected a number in (0, 1]"),
+        ("ppo.ent_coef=.nan", "ppo.ent_coef=nan: expected a number"),
         ("ppo.batch_size=64", "ppo.batch_size=64 exceeds n_episodes=32"),
-        ("sft.learning_rate=0", "sft.learning_rate=0.0 is invalid; expected a finite number > 0"),
-        ("sft.max_steps=0", "sft.max_steps=0 is invalid; expected None or an int >= 1"),
+        ("sft.learning_rate=0", "sft.learning_rate=0: expected a number > 0"),
+        ("sft.max_steps=0", "sft.max_steps=0: expected an integer >= 1 or null"),
+        ("sft.warmup_ratio=1", "sft.warmup_ratio=1: expected a number in [0, 1)"),
         ("train.num_updates=0", "train.num_updates=0: expected an integer >= 1"),
-        ("train.keep_last=0", "train.keep_last=0: expected null or an integer >= 1"),
+        ("train.keep_last=0", "train.keep_last=0: expected an integer >= 1 or null"),
         ("data.num_eval_tasks=-2", "data.num_eval_tasks=-2: expected an integer >= 1"),
         ("env.max_new_tokens=0", "env.max_new_tokens=0: expected an integer >= 1"),
         ("data.tasks=''", "data.tasks='': expected a non-empty string"),
@@ -412,3 +423,66 @@ def test_reward_build_kwargs_match_build_reward_signature():
     kwargs = load_config("tiny").reward.build_kwargs()
     parameters = inspect.signature(build_reward).parameters
     assert set(kwargs) == set(parameters) - {"tokenizer"}
+
+
+# ------------------------------------------------------------------------------ one range style, docs, show
+def bounded_fields() -> list[tuple[str, str, type, object]]:
+    """(section, key, section class, a value just outside the range) for every range-checked key of the config."""
+    cases = []
+    for section, cls in SECTIONS.items():
+        for key, info in cls.__pydantic_fields__.items():
+            if key == "seed" and section in SEEDED_SECTIONS:
+                continue
+            for c in info.metadata:
+                for kind, outside in (("ge", -1), ("gt", 0), ("le", 1), ("lt", 0)):
+                    if hasattr(c, kind) and isinstance(c, annotated_types.BaseMetadata):
+                        cases.append((section, key, cls, getattr(c, kind) + outside))
+    return cases
+
+
+def test_every_range_error_names_the_dotted_key_the_value_and_the_range():
+    cases = bounded_fields()
+    assert len(cases) >= 30  # every section's ranges are Field constraints, not hand-written checks
+    for section, key, cls, value in cases:
+        message = error_of([f"{section}.{key}={value}"])
+        assert message == f"{section}.{key}={value!r}: expected {allowed(cls, key)}", message
+        assert re.search(r"(>=?|<=?|in [\[(]).*\d", message), message  # the range itself is spelled out
+
+
+def test_agent_configs_raise_the_same_one_line_errors_with_their_class_name():
+    with pytest.raises(ConfigError, match=re.escape("PPOConfig.gamma=1.5: expected a number in [0, 1]")):
+        PPOConfig(gamma=1.5)
+    with pytest.raises(ConfigError, match=re.escape("SFTConfig.max_steps=0: expected an integer >= 1 or null")):
+        SFTConfig(max_steps=0)
+    with pytest.raises(ConfigError, match=re.escape("PPOConfig.n_epochs='2': expected an integer >= 1")):
+        PPOConfig(n_epochs="2")  # strict: no string-to-number conversion
+    with pytest.raises(ConfigError, match=re.escape("unknown key 'PPOConfig.lr'; valid keys of PPOConfig: [")):
+        PPOConfig(lr=1e-3)
+    with pytest.raises(ConfigError, match=re.escape("train.keep_last=0: expected an integer >= 1 or null")):
+        dataclasses.replace(TrainConfig(), keep_last=0)  # replace validates too
+    assert PPOConfig(learning_rate=1).learning_rate == 1.0 and type(PPOConfig(learning_rate=1).learning_rate) is float
+
+
+@pytest.mark.parametrize("section", ["", *SECTIONS])
+def test_every_key_is_documented_on_its_field(section):
+    cls = SECTIONS.get(section, ExperimentConfig)
+    keys = ["name", "seed"] if not section else list(config_to_dict(ExperimentConfig())[section])
+    docs = field_docs(cls)
+    assert all(len(docs[key]) > 10 for key in keys), {key: docs[key] for key in keys}
+    assert cls.__doc__.strip()  # the section's own doc heads it in `config show`
+
+
+def test_tiny_file_values_are_the_resolved_values():
+    raw = yaml.safe_load((PRESET_DIR / "tiny.yaml").read_text())
+    resolved = config_to_dict(load_config("tiny"))
+    raw["reward"].pop("weights"), resolved["reward"].pop("weights")  # {} in the file: the preset's, filled in
+    assert {k: v for k, v in resolved.items() if k != "name"} == raw
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_round_trips_through_dict_and_the_documented_yaml(tmp_path, name):
+    config = load_config(name)
+    values = config_to_dict(config)
+    assert config_from_dict(values) == config and config_to_dict(config_from_dict(values)) == values
+    shown = write(tmp_path / "shown.yaml", config_yaml(config))
+    assert load_config(str(shown)) == config

@@ -76,8 +76,8 @@ def test_masked_helpers():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("learning_rate", 0.0, r"learning_rate=0.0; expected a number in \(0.0"),
-        ("gamma", 1.5, r"gamma=1.5; expected a number in \[0.0, 1.0\]"),
+        ("learning_rate", 0.0, r"learning_rate=0.0: expected a number > 0"),
+        ("gamma", 1.5, r"gamma=1.5: expected a number in \[0, 1\]"),
         ("gae_lambda", -0.1, "gae_lambda=-0.1"),
         ("clip_range", float("nan"), "clip_range=nan"),
         ("clip_range_vf", -1.0, "clip_range_vf=-1.0"),
@@ -86,7 +86,7 @@ def test_masked_helpers():
         ("negative_fraction", 1.5, "negative_fraction=1.5"),
         ("corruption_rate", 0.0, "corruption_rate=0.0"),
         ("integrity_value_coef", -1.0, "integrity_value_coef=-1.0"),
-        ("n_epochs", 0, "n_epochs=0; expected a positive integer"),
+        ("n_epochs", 0, "n_epochs=0: expected an integer >= 1"),
         ("batch_size", 64, "batch_size=64 exceeds n_episodes=32"),
         ("kl_estimator", "k4", "kl_estimator='k4'"),
         ("old_logprob", "restricted", "needs typical_mass"),

@@ -185,7 +185,7 @@ def test_total_steps_from_epochs_keeps_the_last_partial_batch():
         ("weight_decay", -0.1, ">= 0"),
         ("warmup_ratio", 1.0, "[0, 1)"),
         ("warmup_ratio", -0.5, "[0, 1)"),
-        ("max_grad_norm", 0.0, "> 0 or None"),
+        ("max_grad_norm", 0.0, "> 0 or null"),
         ("seed", 1.5, "an int"),
         ("eval_every", 0, ">= 1"),
         ("eval_batch_size", -1, ">= 1"),
