@@ -7,10 +7,11 @@
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
     promptgym bench [--variants sft,ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
+    promptgym config show [tiny|NAME|PATH] [--set key=value ...]
 
 `train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
 the user-facing feature (edited prompts for one prompt and instruction); `render` renders a prompt; `demo` plays
-a few episodes with a scripted policy.
+a few episodes with a scripted policy; `config show` prints a config fully resolved, each key with its doc.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tasks", default="demo", help="task spec for load_tasks: 'demo', a .jsonl/.csv path or 'hf:<id>'")
     demo.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode i uses seed+i)")
     demo.set_defaults(handler=run_demo)
+
+    config = commands.add_parser("config", help="inspect experiment configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND")
+    show = config_commands.add_parser("show", help="print a config fully resolved, as YAML with each key's doc")
+    show.add_argument("config", nargs="?", default="tiny", metavar="PRESET_OR_PATH",
+                      help="a preset name (tiny, diffchat-sd15, ppo, ...; default: tiny) or a YAML path")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="dotted override, e.g. --set ppo.learning_rate=1e-4 (repeatable)")
+    show.set_defaults(handler=run_config_show)
     return parser
 
 
@@ -133,6 +143,13 @@ def run_demo(args: argparse.Namespace) -> int:
             *(f"{components[name]:.3f}" for name in component_names),
         )
     Console(width=max(160, Console().width)).print(table)
+    return 0
+
+
+def run_config_show(args: argparse.Namespace) -> int:
+    from promptgym.experiments.config import config_yaml, load_config
+
+    print(config_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
 

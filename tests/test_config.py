@@ -1,5 +1,5 @@
 """Experiment configs: presets, base inheritance, dotted overrides, every validation error, save/load round trip,
-field docs."""
+field docs and `promptgym config show`."""
 
 import dataclasses
 import re
@@ -11,6 +11,7 @@ import yaml
 
 from promptgym.agents import PPOConfig, SFTConfig
 from promptgym.agents.validation import allowed, field_docs
+from promptgym.experiments.cli import main
 from promptgym.experiments.config import (
     SECTIONS,
     SEEDED_SECTIONS,
@@ -486,3 +487,23 @@ def test_preset_round_trips_through_dict_and_the_documented_yaml(tmp_path, name)
     assert config_from_dict(values) == config and config_to_dict(config_from_dict(values)) == values
     shown = write(tmp_path / "shown.yaml", config_yaml(config))
     assert load_config(str(shown)) == config
+
+
+def test_config_show_prints_the_resolved_config_with_every_doc(capsys, tmp_path):
+    assert main(["config", "show", "ppo+adm", "--set", "ppo.n_epochs=2", "--set", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    expected = load_config("ppo+adm", ["ppo.n_epochs=2", "seed=3"])
+    assert load_config(str(write(tmp_path / "out.yaml", out))) == expected
+    assert "\n  n_epochs: 2 " in out and "\nseed: 3 " in out
+    comments = " ".join(line.split("# ", 1)[1] for line in out.splitlines() if "# " in line)
+    for section, cls in SECTIONS.items():
+        docs = field_docs(cls)
+        for key in config_to_dict(expected)[section]:
+            assert docs[key] in comments, f"{section}.{key}"
+
+
+def test_config_show_defaults_to_tiny_and_reports_a_bad_key(capsys):
+    assert main(["config", "show"]) == 0
+    assert capsys.readouterr().out == config_yaml(load_config("tiny"))
+    assert main(["config", "show", "--set", "ppo.learning_rat=1"]) == 2
+    assert "promptgym config: error: unknown key 'ppo.learning_rat'; did you mean" in capsys.readouterr().err
