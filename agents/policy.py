@@ -31,11 +31,11 @@ CONFIG_FILE = "promptgym_policy.json"
 
 @dataclass
 class PolicyOutput:
-    """logits[B, S, V] (next-token logits at each position), values[B, S], past_key_values (or None)."""
+    """logits[B, S, V] (next-token logits at each position), values[B, S], cache (the key/value cache, or None)."""
 
     logits: torch.Tensor
     values: torch.Tensor
-    past_key_values: Any = None
+    cache: Any = None
 
 
 class ValueHead(nn.Module):
@@ -91,20 +91,23 @@ class PolicyWithValue(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool = False,
     ) -> PolicyOutput:
-        """Logits and values for `input_ids[B, S]`; `attention_mask[B, past + S]` covers cached tokens too."""
-        lm_past, critic_past = past_key_values if self.critic is not None and past_key_values else (past_key_values, None)
+        """Logits and values for `input_ids[B, S]`; `attention_mask[B, past + S]` covers cached tokens too.
+
+        `cache` is the `PolicyOutput.cache` of the previous call (with a separate critic: the pair of both caches).
+        """
+        lm_past, critic_past = cache if self.critic is not None and cache else (cache, None)
         out = _lm_forward(self.model, self._position_ids, input_ids, attention_mask, lm_past, use_cache, hidden=True)
         if self.critic is None:
             values = self.value_head(out.hidden_states[-1])
-            return PolicyOutput(out.logits, values, out.past_key_values if use_cache else None)
+            return PolicyOutput(out.logits, values, output_cache(out) if use_cache else None)
         critic_out = _lm_forward(
             self.critic, self._critic_position_ids, input_ids, attention_mask, critic_past, use_cache, hidden=False
         )
         values = self.value_head(critic_out.last_hidden_state)
-        past = (out.past_key_values, critic_out.past_key_values) if use_cache else None
+        past = (output_cache(out), output_cache(critic_out)) if use_cache else None
         return PolicyOutput(out.logits, values, past)
 
     def reference_logits(
@@ -199,12 +202,23 @@ def _lm_forward(model, takes_positions, input_ids, attention_mask, past, use_cac
     if logits_to_keep and "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = logits_to_keep
     if past is not None:
-        kwargs["past_key_values"] = past
+        kwargs[cache_argument(model)] = past
     if takes_positions:
         kwargs["position_ids"] = position_ids_from_mask(attention_mask, attention_mask.shape[1] - input_ids.shape[1])
     if hidden:
         kwargs["output_hidden_states"] = True
     return model(**kwargs)
+
+
+def cache_argument(model) -> str:
+    """The name under which `model.forward` takes the key/value cache: `cache` since transformers 5.24 (which
+    deprecates `past_key_values`), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out) -> Any:
+    """The key/value cache a forward returned (`out.cache` since transformers 5.24, `out.past_key_values` before)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")
 
 
 @contextmanager

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from promptgym.agents.policy import PolicyWithValue
+from promptgym.agents.policy import PolicyWithValue, cache_argument, output_cache
 from promptgym.agents.rollout import RolloutBatch, RolloutCollector, reference_logprobs
 from promptgym.agents.sampling import sample_restricted
 from promptgym.envs import PromptEditVectorEnv, default_tokenizer
@@ -139,7 +139,8 @@ def run_bare_loop(bench: Bench) -> torch.Tensor:
         if t == bench.new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(tokens[-1])], dim=1)
-        out = model(input_ids=tokens[-1], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+        cache = {cache_argument(model): output_cache(out)}
+        out = model(input_ids=tokens[-1], attention_mask=mask, use_cache=True, **cache)
     return torch.cat(tokens, dim=1)
 
 

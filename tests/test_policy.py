@@ -36,7 +36,7 @@ def test_cached_steps_equal_full_forward(tok, separate_critic):
         logits, values = [out.logits[:, -1]], [out.values[:, -1]]
         for t in range(new.shape[1] - 1):
             mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
-            out = policy(new[:, t : t + 1], mask, past_key_values=out.past_key_values, use_cache=True)
+            out = policy(new[:, t : t + 1], mask, cache=out.cache, use_cache=True)
             logits.append(out.logits[:, -1])
             values.append(out.values[:, -1])
         full = policy(torch.cat([ids, new[:, :-1]], 1), mask)
