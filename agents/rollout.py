@@ -254,8 +254,7 @@ class RolloutCollector:
             if done.all():
                 break
             device_mask = torch.cat([device_mask, torch.ones(n, 1, dtype=mask.dtype, device=device)], dim=1)
-            past = out.past_key_values
-            out = self.policy(action.to(device).unsqueeze(1), device_mask, past_key_values=past, use_cache=True)
+            out = self.policy(action.to(device).unsqueeze(1), device_mask, cache=out.cache, use_cache=True)
         self.policy.train(was_training)
         alive = alive[:, :steps]
         batch = RolloutBatch(
@@ -279,6 +278,25 @@ class RolloutCollector:
         if reference:
             batch.ref_logprobs = reference_logprobs(self.policy, batch)
         return batch
+
+
+def sample_episodes(
+    policy: PolicyWithValue,
+    env: PromptEditVectorEnv,
+    seed: int,
+    tasks: Sequence[EditTask] | None = None,
+    typical_mass: float | None = None,
+    generator: torch.Generator | None = None,
+) -> RolloutBatch:
+    """One sampled episode per sub-environment of `env` (no reference pass): what every evaluation, sample log
+    and `promptgym edit` draws. Sub-env i edits `tasks[i]`, or, without `tasks`, the task its reset draws.
+
+    `seed` seeds the reset and, unless a `generator` is passed (to continue one stream over several batches),
+    the sampling.
+    """
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    collector = RolloutCollector(policy, env, typical_mass, generator)
+    return collector.collect(seed=seed, reference=False, options=None if tasks is None else {"tasks": list(tasks)})
 
 
 def _trimmed_context(obs: dict[str, np.ndarray], context_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
