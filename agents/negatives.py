@@ -1,5 +1,10 @@
 """Negative samples for DiffChat's PPO: prompts with some keywords deleted or replaced.
 
+Everything about them is here, in the order an update uses it: `NegativeSampler.choose` picks which episodes'
+tasks get a negative this update, `NegativeSampler.samples` seeds one generator per episode and builds the batch
+with `negative_samples` (each task's target through `corrupt_keywords`, scored by the env's reward and
+teacher-forced through the policy), so it joins the PPO batch like sampled episodes.
+
 A word matches a keyword when both lemmatise to the same lower-cased lemma ("Dogs" matches "dog");
 matching is whole-word only ("dogma" does not match "dog"). Words are runs of letters/digits, possibly
 joined by apostrophes ("dog's"); hyphens and other punctuation separate words.
@@ -14,7 +19,13 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 
+from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel
+from promptgym.agents.policy import PolicyWithValue
+from promptgym.agents.rollout import RolloutBatch, evaluate_actions, reference_logprobs
+from promptgym.envs import EditTask, PromptEditVectorEnv
+from promptgym.rewards import EditResult, extract_keywords
 from promptgym.rewards.keywords import lemma
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
@@ -66,6 +77,122 @@ def corrupt_keywords(
         pos = match.end()
     tail = prompt[pos:]
     return _join_after_deletion(out, tail, at_end=True) if just_deleted else out + tail
+
+
+class NegativeSampler:
+    """Which episodes of a PPO update get a negative, and their seeded negatives.
+
+    `count = round(fraction * n_episodes)` episodes are drawn among those whose task has a target, by a
+    generator seeded with (seed, update); each negative's corruption by its own generator seeded with (seed,
+    update, episode). Every choice thus depends only on the global episode index, so data-parallel processes
+    agree on the choice and each builds the negatives of its own episodes, as one process would.
+    """
+
+    def __init__(self, fraction: float, corruption_rate: float, seed: int, n_episodes: int) -> None:
+        self.count = round(fraction * n_episodes)
+        self.corruption_rate = corruption_rate
+        self.seed = seed
+        self._vocabulary: list[str] | None = None
+
+    def choose(self, tasks: Sequence[EditTask], update: int, parallel: DataParallel = SINGLE_PROCESS) -> list[int]:
+        """Sorted global indices of the episodes whose task gets a negative in update `update`. `tasks` are this
+        process's episodes' tasks; `parallel` gathers which of every process's have a target."""
+        if not self.count:
+            return []
+        has_target = torch.tensor([task.target is not None for task in tasks], device=parallel.device)
+        candidates = torch.nonzero(parallel.gather(has_target)).flatten().cpu().numpy()
+        if not len(candidates):
+            return []
+        rng = np.random.default_rng([self.seed, update, 0])
+        return sorted(int(i) for i in rng.choice(candidates, size=min(self.count, len(candidates)), replace=False))
+
+    def samples(
+        self, policy: PolicyWithValue, env: PromptEditVectorEnv, tasks: Sequence[EditTask], episodes: Sequence[int],
+        update: int,
+    ) -> RolloutBatch:
+        """`negative_samples` of `tasks`, the tasks of global episodes `episodes`; replacement words are the
+        keywords of all of the env's tasks."""
+        if self._vocabulary is None:
+            self._vocabulary = keyword_vocabulary(env.episodes.tasks)
+        rngs = [np.random.default_rng([self.seed, update, 1, g]) for g in episodes]
+        return negative_samples(policy, env, tasks, self.corruption_rate, rngs, self._vocabulary)
+
+
+def keyword_vocabulary(tasks: Sequence[EditTask]) -> list[str]:
+    """Replacement words for keyword corruption: every required keyword of the tasks, sorted."""
+    words: set[str] = set()
+    for task in tasks:
+        words |= extract_keywords(task.source, task.instruction).required
+    return sorted(words)
+
+
+@torch.no_grad()
+def negative_samples(
+    policy: PolicyWithValue,
+    env: PromptEditVectorEnv,
+    tasks: Sequence[EditTask],
+    rate: float,
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    vocabulary: Sequence[str],
+) -> RolloutBatch:
+    """DiffChat's negatives: each task's target with some keywords deleted or replaced, teacher-forced.
+
+    The corrupted prompt is scored through the env's reward (one batched call) and its tokens are evaluated
+    by the policy (log-probs, values) and the reference, so it joins the PPO batch like a sampled episode.
+    A corrupted prompt longer than `max_new_tokens` is cut there (no EOS) and the cut text is what is scored.
+    `rng` is one generator for all tasks or one per task (so a task's corruption does not depend on the others).
+    """
+    episodes, tokenizer = env.episodes, env.tokenizer
+    rngs = [rng] * len(tasks) if isinstance(rng, np.random.Generator) else list(rng)
+    if len(rngs) != len(tasks):
+        raise ValueError(f"got {len(rngs)} generators for {len(tasks)} tasks; pass one, or one per task")
+    corrupted = []
+    for task, task_rng in zip(tasks, rngs):
+        keywords = extract_keywords(task.source, task.instruction).required
+        corrupted.append(corrupt_keywords(task.target, keywords, rate, task_rng, vocabulary))
+    completions = tokenizer([episodes.template.completion(p) for p in corrupted], add_special_tokens=False)["input_ids"]
+    tokens = [(ids + [episodes.eos_id])[: episodes.max_new_tokens] for ids in completions]
+    prompts = [episodes.decode(np.asarray(ids)) for ids in tokens]
+    contexts = episodes.encode(list(tasks))
+    c, t, n = max(map(len, contexts)), max(map(len, tokens)), len(tasks)
+    input_ids = torch.full((n, c + t), episodes.pad_id, dtype=torch.long)
+    attention = torch.zeros(n, c + t, dtype=torch.long)
+    mask = torch.zeros(n, t, dtype=torch.bool)
+    for i, (context, ids) in enumerate(zip(contexts, tokens)):
+        input_ids[i, c - len(context) : c] = torch.from_numpy(context)
+        input_ids[i, c : c + len(ids)] = torch.tensor(ids)
+        attention[i, c - len(context) : c + len(ids)] = 1
+        mask[i, : len(ids)] = True
+    output = env.reward([EditResult(task, prompt) for task, prompt in zip(tasks, prompts)])
+    env_rewards = torch.zeros(n, t)
+    env_rewards[torch.arange(n), mask.sum(1) - 1] = output.total
+    batch = RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        context_length=c,
+        actions=torch.where(mask, input_ids[:, c:], episodes.pad_id),
+        mask=mask,
+        logprobs=torch.zeros(n, t),
+        sample_logprobs=torch.zeros(n, t),
+        values=torch.zeros(n, t),
+        ref_logprobs=torch.zeros(n, t),
+        env_rewards=env_rewards,
+        scores=output.total.clone(),
+        negative=torch.ones(n, dtype=torch.bool),
+        entropy=torch.zeros(n, t),
+        tasks=list(tasks),
+        prompts=prompts,
+        components=dict(output.components),
+    )
+    was_training = policy.training
+    policy.eval()
+    logprobs, values, _, _ = evaluate_actions(policy, batch)
+    policy.train(was_training)
+    batch.logprobs = logprobs.cpu().masked_fill(~mask, 0.0)
+    batch.sample_logprobs = batch.logprobs.clone()
+    batch.values = values.cpu().masked_fill(~mask, 0.0)
+    batch.ref_logprobs = reference_logprobs(policy, batch)
+    return batch
 
 
 

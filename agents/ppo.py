@@ -28,15 +28,9 @@ from pydantic import Field
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from promptgym.agents.negatives import NegativeSampler
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.rollout import (
-    RolloutBatch,
-    RolloutCollector,
-    evaluate_actions,
-    keyword_vocabulary,
-    negative_samples,
-    prefix_integrity,
-)
+from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions, prefix_integrity
 from promptgym.agents.validation import ConfigError, config_dataclass
 from promptgym.envs import PromptEditVectorEnv
 from promptgym.rewards import ContentIntegrityScorer
@@ -237,7 +231,7 @@ class PPOAgent:
         self.num_updates = 0
         self.num_episodes = 0
         self.num_reward_calls = 0
-        self._vocabulary: list[str] | None = None
+        self.negatives = NegativeSampler(c.negative_fraction, c.corruption_rate, c.seed, c.n_episodes)
         self.parallel.broadcast_parameters(policy)
         policy.freeze_reference()
 
@@ -254,14 +248,11 @@ class PPOAgent:
         seed = c.seed * 1_000_003 + self.num_updates * c.n_episodes  # fresh, reproducible tasks per update
         batch = self.collector.collect(seed=seed + shard.start, shard=(shard.start, c.n_episodes))
         rows = list(range(shard.start, shard.stop))
-        picked = self._pick_negatives(batch)
+        picked = self.negatives.choose(batch.tasks, self.num_updates, dp)  # global episodes
         mine = [(j, g) for j, g in enumerate(picked) if shard.start <= g < shard.stop]
         if mine:
-            if self._vocabulary is None:
-                self._vocabulary = keyword_vocabulary(self.env.episodes.tasks)
-            rngs = [np.random.default_rng([c.seed, self.num_updates, 1, g]) for _, g in mine]
             tasks = [batch.tasks[g - shard.start] for _, g in mine]
-            negatives = negative_samples(self.policy, self.env, tasks, c.corruption_rate, rngs, self._vocabulary)
+            negatives = self.negatives.samples(self.policy, self.env, tasks, [g for _, g in mine], self.num_updates)
             batch = RolloutBatch.concat([batch, negatives], pad_id=self.env.episodes.pad_id)
             rows += [c.n_episodes + j for j, _ in mine]
         self._global_rows = torch.tensor(rows, dtype=torch.long)
@@ -271,19 +262,6 @@ class PPOAgent:
                 batch, self.env.tokenizer, self.env.episodes.template, self.integrity.partial
             )
         return batch
-
-    def _pick_negatives(self, batch: RolloutBatch) -> list[int]:
-        """Global indices of the episodes whose task gets a negative this update (tasks with a target only)."""
-        c = self.config
-        wanted = round(c.negative_fraction * c.n_episodes)
-        if not wanted:
-            return []
-        has_target = torch.tensor([task.target is not None for task in batch.tasks], device=self.parallel.device)
-        candidates = torch.nonzero(self.parallel.gather(has_target)).flatten().cpu().numpy()
-        if not len(candidates):
-            return []
-        rng = np.random.default_rng([c.seed, self.num_updates, 0])
-        return sorted(int(i) for i in rng.choice(candidates, size=min(wanted, len(candidates)), replace=False))
 
     # -- advantages
     def advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

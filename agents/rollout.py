@@ -21,11 +21,9 @@ import torch
 import torch.nn.functional as F
 from gymnasium.vector import AutoresetMode
 
-from promptgym.agents.negatives import corrupt_keywords
 from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.sampling import sample_restricted, typical_mask
 from promptgym.envs import EditTask, PromptEditVectorEnv
-from promptgym.rewards import EditResult, extract_keywords
 
 
 @dataclass
@@ -319,84 +317,6 @@ def _record_finished(infos: dict, prompts: list[str], components: dict[str, torc
             components[name] = torch.zeros(n)
         finished = torch.from_numpy(infos["reward_components"][f"_{name}"])
         components[name][finished] = torch.from_numpy(np.asarray(values, dtype=np.float32))[finished]
-
-
-# ---------------------------------------------------------------------------------------------- negatives
-def keyword_vocabulary(tasks: Sequence[EditTask]) -> list[str]:
-    """Replacement words for keyword corruption: every required keyword of the tasks, sorted."""
-    words: set[str] = set()
-    for task in tasks:
-        words |= extract_keywords(task.source, task.instruction).required
-    return sorted(words)
-
-
-@torch.no_grad()
-def negative_samples(
-    policy: PolicyWithValue,
-    env: PromptEditVectorEnv,
-    tasks: Sequence[EditTask],
-    rate: float,
-    rng: np.random.Generator | Sequence[np.random.Generator],
-    vocabulary: Sequence[str],
-) -> RolloutBatch:
-    """DiffChat's negatives: each task's target with some keywords deleted or replaced, teacher-forced.
-
-    The corrupted prompt is scored through the env's reward (one batched call) and its tokens are evaluated
-    by the policy (log-probs, values) and the reference, so it joins the PPO batch like a sampled episode.
-    A corrupted prompt longer than `max_new_tokens` is cut there (no EOS) and the cut text is what is scored.
-    `rng` is one generator for all tasks or one per task (so a task's corruption does not depend on the others).
-    """
-    episodes, tokenizer = env.episodes, env.tokenizer
-    rngs = [rng] * len(tasks) if isinstance(rng, np.random.Generator) else list(rng)
-    if len(rngs) != len(tasks):
-        raise ValueError(f"got {len(rngs)} generators for {len(tasks)} tasks; pass one, or one per task")
-    corrupted = []
-    for task, task_rng in zip(tasks, rngs):
-        keywords = extract_keywords(task.source, task.instruction).required
-        corrupted.append(corrupt_keywords(task.target, keywords, rate, task_rng, vocabulary))
-    completions = tokenizer([episodes.template.completion(p) for p in corrupted], add_special_tokens=False)["input_ids"]
-    tokens = [(ids + [episodes.eos_id])[: episodes.max_new_tokens] for ids in completions]
-    prompts = [episodes.decode(np.asarray(ids)) for ids in tokens]
-    contexts = episodes.encode(list(tasks))
-    c, t, n = max(map(len, contexts)), max(map(len, tokens)), len(tasks)
-    input_ids = torch.full((n, c + t), episodes.pad_id, dtype=torch.long)
-    attention = torch.zeros(n, c + t, dtype=torch.long)
-    mask = torch.zeros(n, t, dtype=torch.bool)
-    for i, (context, ids) in enumerate(zip(contexts, tokens)):
-        input_ids[i, c - len(context) : c] = torch.from_numpy(context)
-        input_ids[i, c : c + len(ids)] = torch.tensor(ids)
-        attention[i, c - len(context) : c + len(ids)] = 1
-        mask[i, : len(ids)] = True
-    output = env.reward([EditResult(task, prompt) for task, prompt in zip(tasks, prompts)])
-    env_rewards = torch.zeros(n, t)
-    env_rewards[torch.arange(n), mask.sum(1) - 1] = output.total
-    batch = RolloutBatch(
-        input_ids=input_ids,
-        attention_mask=attention,
-        context_length=c,
-        actions=torch.where(mask, input_ids[:, c:], episodes.pad_id),
-        mask=mask,
-        logprobs=torch.zeros(n, t),
-        sample_logprobs=torch.zeros(n, t),
-        values=torch.zeros(n, t),
-        ref_logprobs=torch.zeros(n, t),
-        env_rewards=env_rewards,
-        scores=output.total.clone(),
-        negative=torch.ones(n, dtype=torch.bool),
-        entropy=torch.zeros(n, t),
-        tasks=list(tasks),
-        prompts=prompts,
-        components=dict(output.components),
-    )
-    was_training = policy.training
-    policy.eval()
-    logprobs, values, _, _ = evaluate_actions(policy, batch)
-    policy.train(was_training)
-    batch.logprobs = logprobs.cpu().masked_fill(~mask, 0.0)
-    batch.sample_logprobs = batch.logprobs.clone()
-    batch.values = values.cpu().masked_fill(~mask, 0.0)
-    batch.ref_logprobs = reference_logprobs(policy, batch)
-    return batch
 
 
 def prefix_integrity(batch: RolloutBatch, tokenizer, template, partial) -> torch.Tensor:

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from promptgym.agents.negatives import keyword_vocabulary, negative_samples
 from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.rollout import (
     RolloutBatch,
     RolloutCollector,
     evaluate_actions,
-    keyword_vocabulary,
-    negative_samples,
     prefix_integrity,
     reference_logprobs,
 )
