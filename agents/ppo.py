@@ -26,11 +26,11 @@ import torch
 from pydantic import Field
 
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel
-from promptgym.agents.gae import compute_gae
+from promptgym.agents.integrity_value import integrity_aware_gae, integrity_bonus, prefix_integrity
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from promptgym.agents.negatives import NegativeSampler
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions, prefix_integrity
+from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions
 from promptgym.agents.validation import ConfigError, config_dataclass
 from promptgym.envs import PromptEditVectorEnv
 from promptgym.rewards import ContentIntegrityScorer
@@ -269,10 +269,10 @@ class PPOAgent:
         c = self.config
         kl = kl_estimate(batch.logprobs, batch.ref_logprobs, c.kl_estimator) * batch.mask
         rewards = token_rewards(batch.env_rewards, kl, self.kl_controller.value, batch.mask)
-        ci_bonus = c.integrity_value_coef * batch.integrity if batch.integrity is not None else 0.0
-        values = batch.values + ci_bonus  # V'(s_t) = V(s_t) + eta * CI(s_t)
-        advantages, returns = compute_gae(rewards, values, batch.mask, c.gamma, c.gae_lambda)
-        return rewards, advantages, (returns - ci_bonus) * batch.mask, kl
+        advantages, targets = integrity_aware_gae(
+            rewards, batch.values, batch.integrity, c.integrity_value_coef, batch.mask, c.gamma, c.gae_lambda
+        )
+        return rewards, advantages, targets, kl
 
     # -- update
     def update(
@@ -338,7 +338,7 @@ class PPOAgent:
     def _metrics(self, batch, rewards, advantages, targets, kl, stats, epochs_run) -> dict[str, float]:
         dp = self.parallel
         positive = ~batch.negative
-        ci = self.config.integrity_value_coef * batch.integrity if batch.integrity is not None else 0.0
+        ci = integrity_bonus(batch.integrity, self.config.integrity_value_coef)
 
         def mean(x: torch.Tensor, where: torch.Tensor) -> float:
             return float(dp.masked_mean(x, where))

@@ -317,14 +317,3 @@ def _record_finished(infos: dict, prompts: list[str], components: dict[str, torc
             components[name] = torch.zeros(n)
         finished = torch.from_numpy(infos["reward_components"][f"_{name}"])
         components[name][finished] = torch.from_numpy(np.asarray(values, dtype=np.float32))[finished]
-
-
-def prefix_integrity(batch: RolloutBatch, tokenizer, template, partial) -> torch.Tensor:
-    """CI(s_t) `[B, T]`: `partial(task, text)` of the prompt written before token t (0 on padding)."""
-    out = torch.zeros(batch.mask.shape)
-    for i, task in enumerate(batch.tasks):
-        ids = batch.actions[i, : int(batch.mask[i].sum())].tolist()
-        for t in range(len(ids)):
-            text = template.clean(tokenizer.decode(ids[:t], skip_special_tokens=True))
-            out[i, t] = partial(task, text)
-    return out

@@ -4,15 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from promptgym.agents.integrity_value import prefix_integrity
 from promptgym.agents.negatives import keyword_vocabulary, negative_samples
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.rollout import (
-    RolloutBatch,
-    RolloutCollector,
-    evaluate_actions,
-    prefix_integrity,
-    reference_logprobs,
-)
+from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions, reference_logprobs
 from promptgym.agents.sampling import typical_mask
 from promptgym.envs import EditTemplate, PromptEditVectorEnv, default_tokenizer, load_tasks
 from promptgym.rewards import ContentIntegrityScorer, EditResult
