@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from gymnasium.vector import AutoresetMode
 
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.sampling import sample_restricted, typical_mask
+from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
 from promptgym.envs import EditTask, PromptEditVectorEnv
 
 
@@ -143,15 +143,13 @@ def evaluate_actions(
     out = policy(batch.input_ids.to(device), batch.attention_mask.to(device))
     cols = generated_slice(batch.context_length, batch.actions.shape[1])
     logits = out.logits[:, cols].float()
-    log_probs = logits.log_softmax(-1)
     actions = batch.actions.to(device)
-    logprobs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    logprobs = action_logprobs(logits, actions)
+    log_probs = logits.log_softmax(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     restricted = None
     if typical_mass is not None:
-        keep = typical_mask(logits.detach(), typical_mass)
-        restricted = logits.masked_fill(~keep, float("-inf")).log_softmax(-1)
-        restricted = restricted.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        restricted = action_logprobs(logits, actions, typical_mask(logits.detach(), typical_mass))
     return logprobs, out.values[:, cols].float(), entropy, restricted
 
 
