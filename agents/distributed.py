@@ -14,9 +14,32 @@ environment variables the launcher sets (gloo on CPU, NCCL on GPUs).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class GlobalRows:
+    """Which rows of a global batch of `size` rows (over all processes) this process holds: local row i is
+    global row `held[i]`. One process holds them all (`GlobalRows.whole`)."""
+
+    held: torch.Tensor  # [n] long
+    size: int
+
+    @classmethod
+    def whole(cls, size: int) -> GlobalRows:
+        return cls(torch.arange(size), size)
+
+    def minibatches(self, order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """For each run of `batch_size` entries of `order` (a permutation of the global rows), the local rows this
+        process holds of it (possibly none), in `order`'s order."""
+        local_of = torch.full((self.size,), -1, dtype=torch.long)
+        local_of[self.held] = torch.arange(len(self.held))
+        for start in range(0, self.size, batch_size):
+            rows = local_of[order[start : start + batch_size]]
+            yield rows[rows >= 0]
 
 
 class DataParallel:
@@ -58,6 +81,14 @@ class DataParallel:
             raise ValueError(f"{total} items cannot be split evenly over {self.world_size} processes")
         size = total // self.world_size
         return slice(self.rank * size, (self.rank + 1) * size)
+
+    def rows_of(self, n_episodes: int, derived: Sequence[int] = ()) -> GlobalRows:
+        """This process's rows of a global batch of `n_episodes` episodes (its `shard`), followed by one row per
+        entry of `derived`, the global episode that row derives from (a row is held where its episode is)."""
+        shard = self.shard(n_episodes)
+        held = [*range(shard.start, shard.stop)]
+        held += [n_episodes + j for j, episode in enumerate(derived) if shard.start <= episode < shard.stop]
+        return GlobalRows(torch.tensor(held, dtype=torch.long), n_episodes + len(derived))
 
     # -- reductions (identity in one process)
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:

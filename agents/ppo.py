@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel
+from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel, GlobalRows
 from promptgym.agents.integrity_value import integrity_aware_gae, integrity_bonus, prefix_integrity
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from promptgym.agents.negatives import NegativeSampler
@@ -187,6 +187,15 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: t
 
 
 # ---------------------------------------------------------------------------------------------- the agent
+@dataclasses.dataclass
+class Collected:
+    """What `PPOAgent.collect` hands to `PPOAgent.update`: this process's episodes (positives, then negatives)
+    and which rows of the global batch they are (`GlobalRows.whole(len(batch))` in one process)."""
+
+    batch: RolloutBatch
+    rows: GlobalRows
+
+
 class PPOAgent:
     """Trains a `PolicyWithValue` on a `PromptEditVectorEnv` (with `autoreset_mode="disabled"`).
 
@@ -236,32 +245,28 @@ class PPOAgent:
         policy.freeze_reference()
 
     # -- collection
-    def collect(self) -> RolloutBatch:
+    def collect(self) -> Collected:
         """Positives from the policy plus keyword-corrupted negatives, with CI(s_t) when the value needs it.
 
         Every random choice of an update derives from (seed, update, global episode index), so a process's
-        shard holds exactly the rows a single process would collect for them. `step` passes `update` which rows
-        of the global batch (positives first, then negatives) this process holds and how large that batch is.
+        shard holds exactly the rows a single process would collect for them; `Collected.rows` says which rows
+        of the global batch (positives first, then negatives) those are.
         """
         c, dp = self.config, self.parallel
         shard = dp.shard(c.n_episodes)
         seed = c.seed * 1_000_003 + self.num_updates * c.n_episodes  # fresh, reproducible tasks per update
         batch = self.collector.collect(seed=seed + shard.start, shard=(shard.start, c.n_episodes))
-        rows = list(range(shard.start, shard.stop))
-        picked = self.negatives.choose(batch.tasks, self.num_updates, dp)  # global episodes
-        mine = [(j, g) for j, g in enumerate(picked) if shard.start <= g < shard.stop]
+        picked = self.negatives.choose(batch.tasks, self.num_updates, dp)  # global episodes that get a negative
+        mine = [g for g in picked if shard.start <= g < shard.stop]
         if mine:
-            tasks = [batch.tasks[g - shard.start] for _, g in mine]
-            negatives = self.negatives.samples(self.policy, self.env, tasks, [g for _, g in mine], self.num_updates)
+            tasks = [batch.tasks[g - shard.start] for g in mine]
+            negatives = self.negatives.samples(self.policy, self.env, tasks, mine, self.num_updates)
             batch = RolloutBatch.concat([batch, negatives], pad_id=self.env.episodes.pad_id)
-            rows += [c.n_episodes + j for j, _ in mine]
-        self._global_rows = torch.tensor(rows, dtype=torch.long)
-        self._global_size = c.n_episodes + len(picked)
         if c.integrity_value_coef > 0:
             batch.integrity = prefix_integrity(
                 batch, self.env.tokenizer, self.env.episodes.template, self.integrity.partial
             )
-        return batch
+        return Collected(batch, dp.rows_of(c.n_episodes, derived=picked))
 
     # -- advantages
     def advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -275,34 +280,25 @@ class PPOAgent:
         return rewards, advantages, targets, kl
 
     # -- update
-    def update(
-        self, batch: RolloutBatch, global_rows: torch.Tensor | None = None, global_size: int | None = None
-    ) -> dict[str, float]:
+    def update(self, collected: Collected) -> dict[str, float]:
         """PPO epochs over minibatches of whole episodes; returns the update's (global) metrics.
 
-        Minibatches are drawn from a permutation of the global batch (`global_size` episodes, of which this
-        process holds rows `global_rows`); by default the batch is the whole global batch.
+        Minibatches are drawn from a permutation of the global batch; each process steps on its rows of them.
         """
         c = self.config
-        if global_rows is None:
-            global_rows, global_size = torch.arange(len(batch)), len(batch)
-        batch = batch.to(self.policy.device)
+        batch, rows = collected.batch.to(self.policy.device), collected.rows
         rewards, advantages, targets, kl = self.advantages(batch)
         old = batch.sample_logprobs if c.old_logprob == "restricted" else batch.logprobs
         old = torch.where(batch.negative[:, None], batch.logprobs, old)
-        local_of = torch.full((global_size,), -1, dtype=torch.long)
-        local_of[global_rows] = torch.arange(len(batch))
         stats: dict[str, list[float]] = {}
         self.policy.train()
         epochs_run = 0
         for _ in range(c.n_epochs):
             epochs_run += 1
-            order = torch.randperm(global_size, generator=self.generator)
+            order = torch.randperm(rows.size, generator=self.generator)
             approx_kls = []
-            for start in range(0, global_size, c.batch_size):
-                rows = local_of[order[start : start + c.batch_size]]
-                rows = rows[rows >= 0]
-                terms = self._minibatch_step(batch.rows(rows), advantages[rows], targets[rows], old[rows])
+            for mb in rows.minibatches(order, c.batch_size):
+                terms = self._minibatch_step(batch.rows(mb), advantages[mb], targets[mb], old[mb])
                 for name, value in terms.items():
                     stats.setdefault(name, []).append(value)
                 approx_kls.append(terms["approx_kl"])
@@ -379,9 +375,10 @@ class PPOAgent:
     def step(self) -> dict[str, float]:
         """One PPO update: collect, update, adapt the KL coefficient. Returns metrics (with timings)."""
         start = time.perf_counter()
-        batch = self.collect()
-        collected = time.perf_counter()
-        metrics = self.update(batch, self._global_rows, self._global_size)
+        collected = self.collect()
+        collect_end = time.perf_counter()
+        metrics = self.update(collected)
+        batch = collected.batch
         positives, tokens, calls = self.parallel.sum_float(
             float((~batch.negative).sum()), float(batch.mask[~batch.negative].sum()), float(len(batch))
         )
@@ -391,9 +388,9 @@ class PPOAgent:
         self.num_reward_calls += int(calls)
         end = time.perf_counter()
         metrics |= {
-            "time/collect_s": collected - start,
-            "time/update_s": end - collected,
-            "time/tokens_per_s": tokens / max(collected - start, 1e-9),
+            "time/collect_s": collect_end - start,
+            "time/update_s": end - collect_end,
+            "time/tokens_per_s": tokens / max(collect_end - start, 1e-9),
             "counters/updates": float(self.num_updates),
             "counters/episodes": float(self.num_episodes),
             "counters/reward_calls": float(self.num_reward_calls),

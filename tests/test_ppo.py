@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from promptgym.agents.distributed import DataParallel, GlobalRows
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.ppo import (
@@ -120,7 +121,7 @@ def make_agent(tok, **overrides):
 
 def test_integrity_aware_value_enters_gae(tok):
     agent = make_agent(tok, integrity_value_coef=0.5, negative_fraction=0.5)
-    batch = agent.collect()
+    batch = agent.collect().batch
     assert batch.integrity is not None and batch.negative.sum() == 2
     rewards, advantages, targets, kl = agent.advantages(batch)
     shifted = batch.values + 0.5 * batch.integrity
@@ -128,7 +129,17 @@ def test_integrity_aware_value_enters_gae(tok):
     torch.testing.assert_close(advantages, expected_adv)
     torch.testing.assert_close(targets, (expected_returns - 0.5 * batch.integrity) * batch.mask)
     plain = make_agent(tok)
-    assert plain.collect().integrity is None  # not computed when eta = 0
+    assert plain.collect().batch.integrity is None  # not computed when eta = 0
+
+
+def test_global_rows_split_minibatches_of_the_global_batch():
+    # rank 1 of 2 over 4 episodes holds episodes 2, 3 and the negatives of episodes 2 and 3 (global rows 5, 6)
+    rows = GlobalRows(torch.tensor([2, 3, 5, 6]), 7)
+    order = torch.tensor([6, 3, 2, 0, 1, 4, 5])
+    assert [mb.tolist() for mb in rows.minibatches(order, 3)] == [[3, 1, 0], [], [2]]
+    whole = DataParallel().rows_of(4, derived=[1, 3])
+    assert whole.held.tolist() == [0, 1, 2, 3, 4, 5] and whole.size == 6
+    assert [mb.tolist() for mb in whole.minibatches(torch.tensor([5, 0, 2, 1, 4, 3]), 4)] == [[5, 0, 2, 1], [4, 3]]
 
 
 def test_update_changes_the_policy_and_reports_metrics(tok):
