@@ -12,12 +12,12 @@ from promptgym.agents.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from promptgym.agents.distributed import DataParallel
+from promptgym.agents.distributed import DataParallel, GlobalRows
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
 from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
-from promptgym.agents.ppo import PPOAgent, PPOConfig, ppo_losses
+from promptgym.agents.ppo import Collected, PPOAgent, PPOConfig, ppo_losses
 from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions
 from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
 from promptgym.agents.sft import SFTConfig, SFTResult, completion_loss, sft_warm_start
@@ -25,7 +25,9 @@ from promptgym.agents.sft import SFTConfig, SFTResult, completion_loss, sft_warm
 __all__ = [
     "AdaptiveKLController",
     "CheckpointState",
+    "Collected",
     "DataParallel",
+    "GlobalRows",
     "PolicyOutput",
     "PolicyWithValue",
     "PPOAgent",

@@ -107,7 +107,11 @@ class NegativeSampler:
         return sorted(int(i) for i in rng.choice(candidates, size=min(self.count, len(candidates)), replace=False))
 
     def samples(
-        self, policy: PolicyWithValue, env: PromptEditVectorEnv, tasks: Sequence[EditTask], episodes: Sequence[int],
+        self,
+        policy: PolicyWithValue,
+        env: PromptEditVectorEnv,
+        tasks: Sequence[EditTask],
+        episodes: Sequence[int],
         update: int,
     ) -> RolloutBatch:
         """`negative_samples` of `tasks`, the tasks of global episodes `episodes`; replacement words are the
@@ -193,7 +197,6 @@ def negative_samples(
     batch.values = values.cpu().masked_fill(~mask, 0.0)
     batch.ref_logprobs = reference_logprobs(policy, batch)
     return batch
-
 
 
 def _join_after_deletion(left: str, right: str, at_end: bool) -> str:

@@ -10,6 +10,11 @@ One update, in the paper's and CleanRL's terms:
 4. `n_epochs` passes of minibatches of whole episodes: clipped surrogate, clipped value loss, entropy bonus,
    advantage normalisation, gradient clipping, early stop when approx-KL exceeds 1.5 * `target_kl`.
 
+Each DiffChat idea lives in its own file, and this one calls it: typical-set sampling in `sampling.py`,
+negatives in `negatives.py`, the integrity-aware value in `integrity_value.py`, GAE in `gae.py`, the KL penalty
+and its control in `kl.py`; data-parallel bookkeeping in `distributed.py`. Below: the config, the pure loss
+functions, then the agent in loop order, `collect -> advantages -> update -> step`.
+
 Hyperparameter names follow Stable-Baselines3; the KL-penalty knobs (`kl_coef`, `kl_target`) are separate
 from PPO's early-stop `target_kl`.
 """
@@ -331,46 +336,6 @@ class PPOAgent:
         self.optimizer.step()
         return dict(zip(TERM_NAMES, dp.sum_float(*values_now))) | {"grad_norm": float(grad_norm)}
 
-    def _metrics(self, batch, rewards, advantages, targets, kl, stats, epochs_run) -> dict[str, float]:
-        dp = self.parallel
-        positive = ~batch.negative
-        ci = integrity_bonus(batch.integrity, self.config.integrity_value_coef)
-
-        def mean(x: torch.Tensor, where: torch.Tensor) -> float:
-            return float(dp.masked_mean(x, where))
-
-        reward_mean = mean(batch.scores, positive)
-        num_negatives = dp.sum_float(float(batch.negative.sum()))[0]
-        metrics = {
-            "env/reward_mean": reward_mean,
-            "env/reward_std": mean((batch.scores - reward_mean) ** 2, positive) ** 0.5,
-            "objective/kl": mean(kl.sum(1), positive),
-            "objective/kl_coef": float(self.kl_controller.value),
-            "objective/entropy": mean(batch.entropy, batch.mask & positive[:, None]),
-            "objective/non_score_reward": mean(rewards.sum(1) - batch.scores, positive),
-            "ppo/epochs": float(epochs_run),
-            "ppo/explained_variance": self._explained_variance(batch.values + ci, targets + ci, batch.mask),
-            "ppo/advantage_mean": mean(advantages, batch.mask),
-            "episode/length_mean": mean(batch.lengths.float(), positive),
-            "positives/reward_mean": reward_mean,
-            "negatives/count": num_negatives,
-        }
-        if num_negatives:
-            metrics["negatives/reward_mean"] = mean(batch.scores, batch.negative)
-        for name in sorted(batch.components):  # one order in every process: each mean is a collective
-            metrics[f"env/{name}"] = mean(batch.components[name], positive)
-        for name, values in stats.items():
-            metrics[f"ppo/{name}"] = float(np.mean(values))
-        return metrics
-
-    def _explained_variance(self, predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
-        """`explained_variance` over the global batch."""
-        dp = self.parallel
-        residual = targets - predictions
-        var_t = dp.masked_mean((targets - dp.masked_mean(targets, mask)) ** 2, mask)
-        var_r = dp.masked_mean((residual - dp.masked_mean(residual, mask)) ** 2, mask)
-        return float("nan") if var_t == 0 else float(1 - var_r / var_t)
-
     # -- the loop
     def step(self) -> dict[str, float]:
         """One PPO update: collect, update, adapt the KL coefficient. Returns metrics (with timings)."""
@@ -412,6 +377,47 @@ class PPOAgent:
             if callback is not None and callback(metrics) is False:
                 break
         return history
+
+    # -- metrics
+    def _metrics(self, batch, rewards, advantages, targets, kl, stats, epochs_run) -> dict[str, float]:
+        dp = self.parallel
+        positive = ~batch.negative
+        ci = integrity_bonus(batch.integrity, self.config.integrity_value_coef)
+
+        def mean(x: torch.Tensor, where: torch.Tensor) -> float:
+            return float(dp.masked_mean(x, where))
+
+        reward_mean = mean(batch.scores, positive)
+        num_negatives = dp.sum_float(float(batch.negative.sum()))[0]
+        metrics = {
+            "env/reward_mean": reward_mean,
+            "env/reward_std": mean((batch.scores - reward_mean) ** 2, positive) ** 0.5,
+            "objective/kl": mean(kl.sum(1), positive),
+            "objective/kl_coef": float(self.kl_controller.value),
+            "objective/entropy": mean(batch.entropy, batch.mask & positive[:, None]),
+            "objective/non_score_reward": mean(rewards.sum(1) - batch.scores, positive),
+            "ppo/epochs": float(epochs_run),
+            "ppo/explained_variance": self._explained_variance(batch.values + ci, targets + ci, batch.mask),
+            "ppo/advantage_mean": mean(advantages, batch.mask),
+            "episode/length_mean": mean(batch.lengths.float(), positive),
+            "positives/reward_mean": reward_mean,
+            "negatives/count": num_negatives,
+        }
+        if num_negatives:
+            metrics["negatives/reward_mean"] = mean(batch.scores, batch.negative)
+        for name in sorted(batch.components):  # one order in every process: each mean is a collective
+            metrics[f"env/{name}"] = mean(batch.components[name], positive)
+        for name, values in stats.items():
+            metrics[f"ppo/{name}"] = float(np.mean(values))
+        return metrics
+
+    def _explained_variance(self, predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+        """`explained_variance` over the global batch."""
+        dp = self.parallel
+        residual = targets - predictions
+        var_t = dp.masked_mean((targets - dp.masked_mean(targets, mask)) ** 2, mask)
+        var_r = dp.masked_mean((residual - dp.masked_mean(residual, mask)) ** 2, mask)
+        return float("nan") if var_t == 0 else float(1 - var_r / var_t)
 
     # -- checkpoints
     def save(self, directory, tokenizer: Any = None, **kwargs) -> Any:
