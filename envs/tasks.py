@@ -8,36 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from promptgym.rewards.gold import target_scene
-from promptgym.rewards.scene import Scene
-
-
-@dataclass(frozen=True)
-class EditTask:
-    """One prompt-editing task.
-
-    `source` is the prompt to edit, `instruction` says how ("make it night time"), `target` is an
-    optional reference edit (InstructPE-style), `id` a stable identifier used in logs.
-    """
-
-    source: str
-    instruction: str
-    target: str | None = None
-    id: str = ""
-
-    @property
-    def target_scene(self) -> Scene | None:
-        """The synth-world scene the target asks for (`parse_scene(target).scene`), None without a target."""
-        return target_scene(self)
-
+from promptgym.rewards.base import EditTask  # noqa: F401  (defined in the bottom layer, re-exported here)
+from promptgym.rewards.jsonl import jsonl_objects
 
 DEMO_SPLITS = ("train", "test")
 FILE_SUFFIXES = (".jsonl", ".csv")
@@ -93,19 +71,9 @@ def _load_demo(split: str) -> list[EditTask]:
 
 def _jsonl_rows(text: str, where: str) -> list[tuple[str, dict[str, Any]]]:
     """(row label, object) per non-blank line; a line that is not a JSON object is an error naming it."""
+    expected = f"an object with keys {list(REQUIRED_COLUMNS)} (optional {list(OPTIONAL_COLUMNS)})"
     rows = []
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON may hold a raw U+2028
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(obj, dict):  # bad file content, not a bad argument: ValueError
-            raise ValueError(  # noqa: TRY004
-                f"{where}: line {number} is a JSON {type(obj).__name__}; expected an object with "
-                f"keys {list(REQUIRED_COLUMNS)} (optional {list(OPTIONAL_COLUMNS)})"
-            )
+    for number, obj in jsonl_objects(text, where, expected):
         _check_columns(obj.keys(), where, f"line {number}")
         rows.append((f"line {number}", obj))
     return rows

@@ -3,7 +3,7 @@
 This package imports nothing from the other promptgym packages (tasks are typed structurally by `TaskLike`).
 """
 
-from promptgym.rewards.base import EditResult, RewardOutput, Scorer, TaskLike
+from promptgym.rewards.base import EditResult, EditTask, RewardOutput, Scorer, TaskLike
 from promptgym.rewards.composite import CompositeReward, RewardWrapper, RunningMeanStd, ScorerError, as_composite
 from promptgym.rewards.counting import CountingReward
 from promptgym.rewards.image_scorers import AestheticMLP, AestheticScorer, PickScoreScorer
@@ -24,6 +24,7 @@ __all__ = [
     "CountingReward",
     "DiffusersRenderer",
     "EditResult",
+    "EditTask",
     "IntegrityDetails",
     "KeywordSpec",
     "PickScoreScorer",

@@ -1,8 +1,9 @@
-"""The reward interface: one finished episode (`EditResult`), the `Scorer` protocol and `RewardOutput`.
+"""The reward interface: the task record (`EditTask`), one finished episode (`EditResult`), the `Scorer`
+protocol and `RewardOutput`.
 
-`promptgym.rewards` imports nothing from the other promptgym packages, so a task is typed structurally
-(`TaskLike`): anything with `source`, `instruction`, `target` and `id` attributes, such as
-`promptgym.envs.EditTask`, works.
+`EditTask` is defined here, in the bottom layer, so that rewards, envs, agents and tests share one record
+(`promptgym.envs` re-exports it). A reward only reads a task's attributes, so it is typed structurally
+(`TaskLike`): a user's own record with `source`, `instruction`, `target` and `id` works too.
 """
 
 from __future__ import annotations
@@ -13,10 +14,31 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from promptgym.rewards.scene import Scene, target_scene
+
+
+@dataclass(frozen=True)
+class EditTask:
+    """One prompt-editing task.
+
+    `source` is the prompt to edit, `instruction` says how ("make it night time"), `target` is an
+    optional reference edit (InstructPE-style), `id` a stable identifier used in logs.
+    """
+
+    source: str
+    instruction: str
+    target: str | None = None
+    id: str = ""
+
+    @property
+    def target_scene(self) -> Scene | None:
+        """The synth-world scene the target asks for (`parse_scene(target).scene`), None without a target."""
+        return target_scene(self)
+
 
 @runtime_checkable
 class TaskLike(Protocol):
-    """What a reward needs to know about an edit task (satisfied by `promptgym.envs.EditTask`)."""
+    """What a reward needs to know about an edit task (satisfied by `EditTask`)."""
 
     @property
     def source(self) -> str: ...

@@ -23,7 +23,7 @@ from torch import nn
 
 from promptgym.rewards.base import EditResult, check_scores
 from promptgym.rewards.image_scorers import check_images
-from promptgym.rewards.scene import ATTRIBUTES, Scene, attribute_values, parse_scene
+from promptgym.rewards.scene import ATTRIBUTES, Scene, attribute_values, target_scene
 
 __all__ = [
     "GOLD_AESTHETIC",
@@ -142,12 +142,6 @@ class SceneJudge(nn.Module, PyTorchModelHubMixin):
                 outputs[name].append(logits.argmax(-1))
         self.train(was_training)
         return {name: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long) for name, parts in outputs.items()}
-
-
-def target_scene(task: object) -> Scene | None:
-    """The scene a task's target prompt asks for, or None when the task has no target."""
-    target = getattr(task, "target", None)
-    return parse_scene(target).scene if target else None
 
 
 def gold_content(images: torch.Tensor, scenes: Sequence[Scene | None], judge: SceneJudge) -> torch.Tensor:

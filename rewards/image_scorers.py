@@ -16,12 +16,12 @@ rescaled by 1/255 a second time.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from cachetools import LRUCache
 from torch import nn
 
 from promptgym.rewards.base import EditResult, check_scores
@@ -175,7 +175,7 @@ class ScoreCache:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"score_cache_size must be an int >= 0 (0 disables the cache), got {size!r}")
         self.size = size
-        self._scores: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._scores: LRUCache[tuple[str, str, str], float] = LRUCache(maxsize=max(size, 1))
         self.hits = 0
         self.misses = 0
 
@@ -192,28 +192,21 @@ class ScoreCache:
         """Scores `[N]`: cached ones looked up, the others rendered and scored in one batch."""
         fingerprint = renderer.fingerprint()
         keys = [(fingerprint, prompt, text) for prompt, text in zip(prompts, texts, strict=True)]
-        missing = list(dict.fromkeys(key for key in keys if key not in self._scores))
+        known = {key: self._scores[key] for key in dict.fromkeys(keys) if key in self._scores}  # read before storing
+        missing = [key for key in dict.fromkeys(keys) if key not in known]  # new scores may evict
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh: dict[tuple[str, str, str], float] = {}
         if missing:
             images = renderer.render([key[1] for key in missing])
-            fresh = dict(zip(missing, score_images(images, [key[2] for key in missing]).tolist(), strict=True))
-            for key, value in fresh.items():
+            fresh = score_images(images, [key[2] for key in missing]).tolist()
+            for key, value in zip(missing, fresh, strict=True):
+                known[key] = value
                 self._store(key, value)
-        return torch.tensor([fresh[key] if key in fresh else self._lookup(key) for key in keys], dtype=torch.float32)
-
-    def _lookup(self, key: tuple[str, str, str]) -> float:
-        self._scores.move_to_end(key)
-        return self._scores[key]
+        return torch.tensor([known[key] for key in keys], dtype=torch.float32)
 
     def _store(self, key: tuple[str, str, str], value: float) -> None:
-        if self.size == 0:
-            return
-        self._scores[key] = value
-        self._scores.move_to_end(key)
-        while len(self._scores) > self.size:
-            self._scores.popitem(last=False)
+        if self.size:
+            self._scores[key] = value  # evicts the least recently used score beyond size
 
 
 # ---------------------------------------------------------------------- aesthetic

@@ -73,103 +73,40 @@ import functools
 import itertools
 import re
 from dataclasses import dataclass
+from importlib import resources
 
 import simplemma
+import yaml
 from stop_words import get_stop_words
 
 # ----------------------------------------------------------------------------------------------- lexicons
 
 
-def _wordlist(words: str) -> frozenset[str]:
-    """A frozenset from a space-separated word list (lexicons read better as prose than as list literals)."""
-    return frozenset(words.split())
+LEXICON_FILE = "keyword_lexicons.yaml"  # in promptgym/rewards/data/, with a comment on every list
 
 
-# Words the `stop-words` English list (1,333 words) drops but that carry content in an image prompt.
-STOP_KEEP: frozenset[str] = _wordlist(
-    # counts (a/an/one stay stop words: a count of one need not be kept)
-    "two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty sixty "
-    "seventy eighty ninety hundred thousand million 10 39 "
-    # sizes, ages, shapes and states
-    "big small smaller smallest large little long high low thick thin round open empty full half old "
-    "older young new early "
-    # positions
-    "top bottom front side back "
-    # concrete nouns
-    "fire home man men room rooms ring mug computer face faces world web"
-)
+def _read_lexicons() -> dict:
+    text = (resources.files("promptgym.rewards") / "data" / LEXICON_FILE).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
 
+
+def _wordlist(lines: list[str]) -> frozenset[str]:
+    """A frozenset from a lexicon's lines of space-separated words."""
+    return frozenset(word for line in lines for word in line.split())
+
+
+_LEXICONS = _read_lexicons()
+STOP_KEEP: frozenset[str] = _wordlist(_LEXICONS["stop_keep"])
 STOP_WORDS: frozenset[str] = frozenset(get_stop_words("en")) - STOP_KEEP
-
-# Edit verbs and filler dropped from instruction-side content (they say how to edit, not what is shown).
-INSTRUCTION_WORDS: frozenset[str] = _wordlist(
-    "add include insert put place make change replace swap substitute exchange switch trade turn transform "
-    "convert alter modify morph update edit remove delete erase eliminate exclude omit drop ditch discard "
-    "get rid take away out off strip lose show depict feature move relocate set bring send position give "
-    "use let have want like would could please instead also now just image picture version "
-    "everything anything something "
-    "beautify beautiful pretty prettier nice nicer good better improve enhance quality look more"  # beautify edits
-)
-
-# Attribute-slot names and the category each one selects (None: a slot with no value lexicon).
-SLOT_WORDS: dict[str, str | None] = {
-    "color": "colour", "hue": "colour", "tint": "colour", "palette": "colour",
-    "number": "count", "count": "count", "amount": "count", "quantity": "count",
-    "time": "time_weather", "weather": "time_weather", "season": "time_weather",
-    "style": "style", "medium": "style",
-    "background": "location", "backdrop": "location", "setting": "location", "scene": "location",
-    "location": "location", "environment": "location", "surroundings": "location",
-    "lighting": None, "mood": None, "atmosphere": None,
-}  # fmt: skip
-
-# Multi-word slot names folded to one slot word before parsing.
-_SLOT_PHRASES: tuple[tuple[str, str], ...] = (
-    (r"\btime of (?:the )?day\b", "time"),
-    (r"\bart style\b", "style"),
-    (r"\bcolor scheme\b", "color"),
-    (r"\bcolor palette\b", "color"),
-)
-
-SPELLING: dict[str, str] = {
-    "colour": "color", "colours": "colors", "coloured": "colored", "colourful": "colorful", "grey": "gray",
-    "watercolour": "watercolor", "watercolours": "watercolors", "favour": "favor", "centre": "center",
-}  # fmt: skip
-
-# simplemma readings that are wrong for image prompts.
-LEMMA_OVERRIDES: dict[str, str] = {"skies": "sky", "leaves": "leaf"}
-
-_COLOURS = (
-    "red blue green yellow orange purple pink brown black white gray golden gold silver teal cyan magenta "
-    "violet beige turquoise maroon navy crimson scarlet indigo lavender ivory tan bronze copper olive lime "
-    "emerald amber ruby rainbow multicolored colorful blond blonde ginger"
-)
-_COUNTS = (
-    "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty "
-    "hundred thousand single lone pair couple dozen several many few multiple"
-)
-_TIME_WEATHER = (
-    "day daytime night nighttime midnight noon midday sunset sunrise sundown daybreak dusk dawn twilight "
-    "morning afternoon evening rain rainy raining snow snowy snowing sunny sunshine cloudy overcast fog "
-    "foggy mist misty storm stormy thunderstorm windy hazy haze drizzle hail blizzard moonlit moonlight "
-    "starry spring summer autumn fall winter autumnal wintry"
-)
-_STYLES = (
-    "watercolor oil painting paint acrylic gouache pastel charcoal pencil sketch drawing ink pixel art "
-    "artwork illustration photo photograph photography photorealistic realistic hyperrealistic cartoon "
-    "anime manga comic digital 3d render cgi clay claymation origami mosaic lowpoly vector minimalist "
-    "impressionist impressionism expressionist cubist cubism surrealist surreal graffiti ukiyo woodcut "
-    "engraving etching lithograph crayon chalk embroidery sculpture vintage retro noir cyberpunk steampunk "
-    "vaporwave synthwave baroque renaissance gothic nouveau deco polaroid monochrome sepia grayscale "
-    "painterly"
-)
-
-_LOCATION_PREPS = _wordlist(
-    "in on at inside under near beside behind above below beneath atop within along across outside over "
-    "underneath amid among around through by onto into"
-)
-_PHRASE_BREAKS = _LOCATION_PREPS | {"with", "and", "while", "holding", "wearing"}
-_ARTICLES = frozenset({"a", "an", "one", "single"})
-_PRONOUNS = frozenset({"it", "them", "everything", "this", "that", "the", "image", "picture", "scene"})
+INSTRUCTION_WORDS: frozenset[str] = _wordlist(_LEXICONS["instruction_words"])
+SLOT_WORDS: dict[str, str | None] = dict(_LEXICONS["slot_words"])
+_SLOT_PHRASES: tuple[tuple[str, str], ...] = tuple((pattern, slot) for pattern, slot in _LEXICONS["slot_phrases"])
+SPELLING: dict[str, str] = dict(_LEXICONS["spelling"])
+LEMMA_OVERRIDES: dict[str, str] = dict(_LEXICONS["lemma_overrides"])
+_LOCATION_PREPS = _wordlist(_LEXICONS["location_preps"])
+_PHRASE_BREAKS = _LOCATION_PREPS | _wordlist(_LEXICONS["phrase_breaks"])
+_ARTICLES = _wordlist(_LEXICONS["articles"])
+_PRONOUNS = _wordlist(_LEXICONS["pronouns"])
 
 
 # --------------------------------------------------------------------------------------- normalisation
@@ -233,30 +170,19 @@ def content_lemmas(words: list[str], *, instruction: bool = False) -> frozenset[
 
 
 CATEGORY_LEXICONS: dict[str, frozenset[str]] = {
-    name: frozenset(lemma(w) for w in _wordlist(words))
-    for name, words in (
-        ("colour", _COLOURS), ("count", _COUNTS), ("time_weather", _TIME_WEATHER), ("style", _STYLES)
-    )
-}  # fmt: skip
+    name: frozenset(lemma(w) for w in _wordlist(lines)) for name, lines in _LEXICONS["categories"].items()
+}
 
 # Multi-word attribute values whose words are not values on their own ("stained glass", "golden hour").
 CATEGORY_PHRASES: dict[tuple[str, ...], str] = {
     tuple(lemma(w) for w in phrase.split()): name
-    for phrase, name in (
-        ("stained glass", "style"), ("low poly", "style"), ("pop art", "style"), ("line art", "style"),
-        ("art nouveau", "style"), ("art deco", "style"), ("ukiyo e", "style"), ("black and white", "style"),
-        ("golden hour", "time_weather"), ("blue hour", "time_weather"),
-    )
-}  # fmt: skip
+    for name, phrases in _LEXICONS["category_phrases"].items()
+    for phrase in phrases
+}
 
 # Head nouns that belong to the category of the value right before them ("woodcut print", "foggy weather").
 CATEGORY_HEADS: dict[str, frozenset[str]] = {
-    name: frozenset(lemma(w) for w in _wordlist(words))
-    for name, words in (
-        ("style", "print style art artwork look aesthetic render painting drawing"),
-        ("time_weather", "weather time season light"),
-        ("colour", "color colored tone"),
-    )
+    name: frozenset(lemma(w) for w in _wordlist(lines)) for name, lines in _LEXICONS["category_heads"].items()
 }
 
 

@@ -19,13 +19,13 @@ import contextlib
 import copy
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 
 __all__ = [
     "CachedRenderer",
@@ -309,7 +309,7 @@ class CachedRenderer:
             raise ValueError(f"cache_size must be an int >= 0 (0 disables the cache), got {cache_size!r}")
         self.cache_size = int(cache_size)
         self.batch_size = _check_positive_int("batch_size", batch_size)
-        self._cache: OrderedDict[tuple[str, int, str], torch.Tensor] = OrderedDict()
+        self._cache: LRUCache[tuple[str, int, str], torch.Tensor] = LRUCache(maxsize=max(self.cache_size, 1))
         self._last_batch: dict[tuple[str, int, str], torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
@@ -340,19 +340,12 @@ class CachedRenderer:
         self.hits = self.misses = self.pipeline_calls = self.images_rendered = 0
 
     def _lookup(self, key: tuple[str, int, str]) -> torch.Tensor | None:
-        image = self._cache.get(key)
-        if image is not None:
-            self._cache.move_to_end(key)
-            return image
-        return self._last_batch.get(key)
+        image = self._cache.get(key)  # a hit makes the key the most recently used
+        return image if image is not None else self._last_batch.get(key)
 
     def _store(self, key: tuple[str, int, str], image: torch.Tensor) -> None:
-        if self.cache_size == 0:
-            return
-        self._cache[key] = image
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        if self.cache_size:
+            self._cache[key] = image  # evicts the least recently used image beyond cache_size
 
     def render(self, prompts: Sequence[str]) -> torch.Tensor:
         """Images `[N, K, 3, H, W]` (float32, CPU, in [0, 1]) for `prompts`; image k of each uses noise (seed, k).

@@ -237,3 +237,9 @@ def sample_scene(rng: random.Random, *, subject: bool = True, held_out: str = "e
         pair = (scene.subject, scene.colour) in HELD_OUT_PAIRS
         if held_out == "any" or (held_out == "exclude") != pair:
             return scene
+
+
+def target_scene(task: object) -> Scene | None:
+    """The scene a task's target prompt asks for (`parse_scene(task.target).scene`), None without a target."""
+    target = getattr(task, "target", None)
+    return parse_scene(target).scene if target else None

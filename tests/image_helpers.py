@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,14 +31,6 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-@dataclass(frozen=True)
-class Task:
-    """Satisfies `promptgym.rewards.TaskLike` without importing `promptgym.envs`."""
-
-    source: str
-    instruction: str
-    target: str | None = None
-    id: str = ""
 
 
 class SpyPipeline:

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from image_helpers import SENTENCES, SpyPipeline, Task, make_tokenizer, rng_state
+from image_helpers import SENTENCES, SpyPipeline, make_tokenizer, rng_state
 
-from promptgym.rewards.base import EditResult, Scorer
+from promptgym.rewards.base import EditResult, EditTask, Scorer
 from promptgym.rewards.image_scorers import (
     LAION_AESTHETIC_KEYS,
     AestheticScorer,
@@ -23,9 +23,9 @@ OPENAI_CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])
 OPENAI_CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
 
 TASKS = [
-    Task("a photo of a cat sleeping on a sofa", "make it night time"),
-    Task("a red car in the snow", "add a castle on a hill at sunset"),
-    Task("oil painting of a forest with a river", "turn the dog into a wolf", target="a forest at night"),
+    EditTask("a photo of a cat sleeping on a sofa", "make it night time"),
+    EditTask("a red car in the snow", "add a castle on a hill at sunset"),
+    EditTask("oil painting of a forest with a river", "turn the dog into a wolf", target="a forest at night"),
 ]
 PROMPTS = [
     "a photo of a cat sleeping on a sofa at night",
@@ -368,3 +368,24 @@ def test_score_cache_size_is_validated_and_zero_disables_it():
     cache = ScoreCache(0)
     cache._store(("f", "p", "t"), 1.0)
     assert len(cache._scores) == 0
+
+
+def test_score_cache_returns_hits_that_the_same_call_evicts():
+    """A full cache evicts while it stores a call's new scores; the call's own hits were read before that."""
+    from promptgym.rewards.image_scorers import ScoreCache
+
+    class Renderer:
+        def fingerprint(self):
+            return "f"
+
+        def render(self, prompts):
+            return torch.tensor([float(len(p)) for p in prompts])
+
+    def score(images, texts):
+        return images * 10
+
+    cache = ScoreCache(1)
+    assert cache.scores(Renderer(), ["a"], [""], score).tolist() == [10.0]
+    assert cache.scores(Renderer(), ["a", "bb", "ccc", "a"], [""] * 4, score).tolist() == [10.0, 20.0, 30.0, 10.0]
+    assert (cache.hits, cache.misses, len(cache._scores)) == (2, 3, 1)
+    assert list(cache._scores) == [("f", "ccc", "")]  # the least recently used went first

@@ -5,13 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from promptgym.rewards.base import EditResult, Scorer
+from promptgym.rewards.base import EditResult, EditTask, Scorer
 from promptgym.rewards.integrity import (
     ContentIntegrityScorer,
     IntegrityDetails,
@@ -19,21 +18,10 @@ from promptgym.rewards.integrity import (
 )
 from promptgym.rewards.keywords import extract_keywords, prompt_lemmas
 
-
-@dataclass(frozen=True)
-class Task:
-    """A minimal TaskLike (tests stay independent of promptgym.envs)."""
-
-    source: str
-    instruction: str
-    target: str | None = None
-    id: str = ""
-
-
 # required = {two, red, cat, park, watercolor} (5 words), forbidden = {dog} (1 word)
-REPLACE = Task("two red dogs in a park, watercolor", "replace the dog with a cat")
+REPLACE = EditTask("two red dogs in a park, watercolor", "replace the dog with a cat")
 # required = {black, cat, beach, sunset, oil, paint} (6 words), forbidden = {hat, scarf} (2 words)
-REMOVE2 = Task("a black cat with a hat and a scarf on a beach at sunset, oil painting", "remove the hat and the scarf")
+REMOVE2 = EditTask("a black cat with a hat and a scarf on a beach at sunset, oil painting", "remove the hat and the scarf")
 
 
 def reference_ratio(required: set[str], forbidden: set[str], present: set[str], penalty: float) -> float:
@@ -92,7 +80,7 @@ def test_binary_threshold_boundary_passes():
     assert ContentIntegrityScorer(threshold=0.81)([EditResult(REPLACE, prompt)]).tolist() == [0.0]
     assert ContentIntegrityScorer(threshold=0.0)([EditResult(REPLACE, "nothing at all")]).tolist() == [1.0]
     # 1 - 1 * (1/5) lands exactly on the threshold too
-    task = Task("a cat, a dog, a fox, an owl, a bat", "without the dog, the fox, the owl, the bat or the cow")
+    task = EditTask("a cat, a dog, a fox, an owl, a bat", "without the dog, the fox, the owl, the bat or the cow")
     spec = extract_keywords(task.source, task.instruction)
     assert spec.required == {"cat"} and len(spec.forbidden) == 5
     assert ContentIntegrityScorer(threshold=0.8)([EditResult(task, "a cat and a cow")]).tolist() == [1.0]
@@ -114,8 +102,8 @@ def test_binary_vs_ratio_on_a_batch():
 
 
 def test_empty_required_set_counts_as_kept():
-    empty = Task("", "")
-    only_forbidden = Task("", "remove the hat")
+    empty = EditTask("", "")
+    only_forbidden = EditTask("", "remove the hat")
     assert extract_keywords(only_forbidden.source, only_forbidden.instruction).required == frozenset()
     scorer = ContentIntegrityScorer(mode="ratio")
     assert scorer([EditResult(empty, "anything"), EditResult(empty, "")]).tolist() == [1.0, 1.0]
@@ -159,10 +147,10 @@ def test_partial_is_the_unthresholded_ratio():
 @pytest.mark.parametrize(
     ("task", "target"),
     [
-        (Task("two red dogs in a park, watercolor", "make the dogs blue"), "two blue dogs in a park, watercolor, 8k"),
-        (Task("a black cat on a beach at sunset", "make it night"), "a black cat on a beach at night, sharp focus"),
-        (Task("three mice in a barn", "add a hat"), "three mice wearing hats in a barn, highly detailed"),
-        (Task("a fox in a park, oil painting", "change the style to pixel art"), "a fox in a park, pixel-art"),
+        (EditTask("two red dogs in a park, watercolor", "make the dogs blue"), "two blue dogs in a park, watercolor, 8k"),
+        (EditTask("a black cat on a beach at sunset", "make it night"), "a black cat on a beach at night, sharp focus"),
+        (EditTask("three mice in a barn", "add a hat"), "three mice wearing hats in a barn, highly detailed"),
+        (EditTask("a fox in a park, oil painting", "change the style to pixel art"), "a fox in a park, pixel-art"),
     ],
 )
 def test_partial_is_monotone_while_typing_the_target(task, target):
@@ -211,7 +199,7 @@ def test_whole_demo_set():
     rows = _demo_rows()
     assert rows, f"no rows in {DEMO_FILES}"
     ratio, binary = ContentIntegrityScorer(mode="ratio"), ContentIntegrityScorer(mode="binary")
-    tasks = [Task(r["source"], r["instruction"], r["target"], r["id"]) for r in rows]
+    tasks = [EditTask(r["source"], r["instruction"], r["target"], r["id"]) for r in rows]
     targets = ratio([EditResult(t, t.target) for t in tasks])
     bad_targets = [(t.id, binary.details(EditResult(t, t.target))) for t, s in zip(tasks, targets) if s != 1.0]
     assert not bad_targets, bad_targets[:5]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptgym.rewards.base import EditResult
+from promptgym.rewards.base import EditResult, EditTask
 from promptgym.rewards.composite import CompositeReward
 from promptgym.rewards.gold import (
     GOLD_AESTHETIC,
@@ -38,12 +38,6 @@ from promptgym.rewards.scene_render import SceneRenderer, draw_scene
 FULL = Scene("dog", 2, "red", "hat", "park", "sunset", "watercolor", ("vibrant colors",))
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    source: str
-    instruction: str
-    target: str | None
-    id: str = "t"
 
 
 # ------------------------------------------------------------------------------------------- grammar
@@ -185,6 +179,7 @@ def test_aesthetic_statistics_match_a_numpy_reference():
     assert float(gold_aesthetic(images)[0]) == pytest.approx(score, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_gold_aesthetic_has_an_interior_optimum():
     """Some modifiers in moderation beat the plain render; stacking all of them scores below it."""
     rng = random.Random(3)
@@ -251,7 +246,7 @@ def test_gold_scorers_are_monitors_beside_the_reward():
     reward = CompositeReward({"constant": (Constant(), 2.0)},
                              monitors={"gold/content": GoldContentScorer(judge, renderer),
                                        "gold/aesthetic": GoldAestheticScorer(renderer)})
-    results = [EditResult(Task("a dog", "x", target), target), EditResult(Task("a dog", "x", None), target)]
+    results = [EditResult(EditTask("a dog", "x", target), target), EditResult(EditTask("a dog", "x", None), target)]
     judge.truth = [FULL]  # only rows with a target scene are read
     out = reward(results)
     assert out.total.tolist() == [2.0, 2.0]  # monitors never enter the total

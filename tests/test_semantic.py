@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from image_helpers import Task
 
-from promptgym.rewards.base import EditResult
+from promptgym.rewards.base import EditResult, EditTask
 from promptgym.rewards.semantic import SemanticConsistencyScorer, bundled_minilm_path, intent_text
 
 RESULTS = [
-    EditResult(Task("a cat sleeping on a sofa", "make it night time"), "a cat sleeping on a sofa at night"),
-    EditResult(Task("a red car in the snow", "make it a painting"), "quarterly tax spreadsheet, rows of numbers"),
-    EditResult(Task("a forest", "add a river", target="a forest with a river"), "a forest with a river, oil painting"),
+    EditResult(EditTask("a cat sleeping on a sofa", "make it night time"), "a cat sleeping on a sofa at night"),
+    EditResult(EditTask("a red car in the snow", "make it a painting"), "quarterly tax spreadsheet, rows of numbers"),
+    EditResult(EditTask("a forest", "add a river", target="a forest with a river"), "a forest with a river, oil painting"),
 ]
 
 
@@ -29,7 +28,7 @@ def test_bundled_model_is_real_minilm():
 def test_intent_is_target_when_given_else_source_plus_instruction():
     assert intent_text(RESULTS[0].task) == "a cat sleeping on a sofa make it night time"
     assert intent_text(RESULTS[2].task) == "a forest with a river"
-    assert intent_text(Task("a forest", "add a river", target="")) == "a forest add a river"
+    assert intent_text(EditTask("a forest", "add a river", target="")) == "a forest add a river"
 
 
 def test_scores_equal_cosine_of_independent_embeddings(scorer):
