@@ -47,8 +47,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
+from promptgym.agents import PPOAgent, sft_warm_start
+from promptgym.envs import PromptEditVectorEnv, load_tasks
+from promptgym.experiments.builders import build_policy, build_run_reward, build_tokenizer, seed_everything
+from promptgym.experiments.config import load_config
+from promptgym.experiments.plots import plot_learning_curves
+from promptgym.experiments.stats import mean_ci
+from promptgym.rewards import clear_reward_caches
+
+if TYPE_CHECKING:  # agents.baselines imports stable-baselines3 and trl (seconds): loaded when a run needs it
     from promptgym.agents.baselines import RunResult
 
 REFERENCE = "sft"  # the shared SFT start itself, evaluated without any RL: what every LM variant has to beat
@@ -103,7 +112,6 @@ def parse_variants(text: str | Sequence[str]) -> list[str]:
 def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = (), reward: str = "config"):
     """The config a variant runs with on `seed` (None: the config's): its preset (baselines: tiny), `overrides`,
     the reward choice."""
-    from promptgym.experiments.config import load_config
 
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
@@ -149,9 +157,7 @@ def run_ppo_variant(
     eval_seed: int = EVAL_SEED,
 ) -> RunResult:
     """Our PPO (`config.ppo`) on `policy` (trained in place) until `PPOAgent.num_reward_calls >= budget`."""
-    from promptgym.agents import PPOAgent
     from promptgym.agents.baselines import RunResult, evaluate_lm
-    from promptgym.envs import PromptEditVectorEnv, load_tasks
 
     start_sha = weights_sha256(policy)
     env = PromptEditVectorEnv(
@@ -197,7 +203,6 @@ def run_reference(
 
 
 def _eval_env(config: Any, eval_tasks: Sequence[Any], eval_episodes: int, tokenizer: Any, reward: Any):
-    from promptgym.envs import PromptEditVectorEnv
 
     return PromptEditVectorEnv(
         eval_episodes,
@@ -224,7 +229,6 @@ def run_baseline(
 ) -> RunResult:
     """SB3 PPO (from scratch) or TRL GRPO / RLOO (on a copy of `policy`) with the config's env, tasks and sizes."""
     from promptgym.agents.baselines import run_sb3_ppo, run_trl
-    from promptgym.envs import load_tasks
 
     tasks = load_tasks(config.data.tasks, split=config.data.train_split)
     common = dict(
@@ -272,12 +276,7 @@ def run_bench(
 ) -> BenchResult:
     """Train every variant on `seeds` seeds (config seed, +1, ...) for `budget` reward calls; write the table, plot
     and raw numbers into `out` (see the module doc). `on_run(run)` is called after each run."""
-    from tqdm.auto import tqdm
 
-    from promptgym.agents import sft_warm_start
-    from promptgym.envs import load_tasks
-    from promptgym.experiments.train import build_policy, build_run_reward, build_tokenizer, seed_everything
-    from promptgym.rewards import clear_reward_caches
 
     variants = parse_variants(variants)
     for name, value in (("seeds", seeds), ("budget", budget), ("eval_episodes", eval_episodes)):
@@ -353,7 +352,6 @@ def display_components(names: Sequence[str]) -> list[str]:
 
 def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str, Any]]:
     """Per variant: mean and 95% bootstrap CI over seeds of the eval reward and each component; means of the rest."""
-    from promptgym.experiments.evaluate import mean_ci
 
     components = display_components(sorted({n for run in result.runs for n in run.eval_components}))
     rows = []
@@ -382,7 +380,6 @@ def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str,
 def _paired_change(result: BenchResult, runs: list[RunResult], n_resamples: int) -> tuple[float, float, float]:
     """Mean and 95% bootstrap CI over seeds of (eval reward - the same seed's SFT reference), for a variant that
     starts from SFT; nan when there is no reference row (or for SB3, which does not start from SFT)."""
-    from promptgym.experiments.evaluate import mean_ci
 
     reference = {run.seed: run.eval_reward for run in result.of(REFERENCE)}
     changes = [run.eval_reward - reference[run.seed] for run in runs if run.start == "sft" and run.seed in reference]
@@ -470,7 +467,6 @@ def print_table(result: BenchResult, rows: list[dict[str, Any]]) -> None:
 
 def write_bench(result: BenchResult, out: str | os.PathLike) -> list[Path]:
     """bench.md, bench.csv, bench.json and learning_curves.png in `out`."""
-    from promptgym.experiments.plots import plot_learning_curves
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ final plots are excluded) and the ratios to the one-thread run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,11 +22,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from promptgym.rewards.jsonl import read_jsonl
+
 MODES = ("1 process x 1 thread", "1 process x N threads", "N processes x 1 thread")
 
 
 def seconds_per_update(run_dir: Path) -> float:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     return rows[-1]["wall_time_s"] / rows[-1]["update"]
 
 
@@ -45,9 +46,9 @@ def command(
         return [
             launcher, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-            "-m", "promptgym.experiments.train", *args,
+            "-m", "promptgym.experiments", "train", *args,
         ], env  # fmt: skip
-    return [sys.executable, "-m", "promptgym.experiments.train", *args], env
+    return [sys.executable, "-m", "promptgym.experiments", "train", *args], env
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:

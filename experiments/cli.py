@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="SFT warm start then PPO; writes a run directory",
-        epilog="data-parallel: accelerate launch --multi_gpu --num_processes N -m promptgym.experiments.train [ARGS] "
+        epilog="data-parallel: accelerate launch --multi_gpu --num_processes N -m promptgym.experiments train [ARGS] "
         "(ppo.n_episodes is the global batch; on CPUs the processes use gloo)",
     )
     train.add_argument("--config", default="tiny", help="a preset name (tiny, diffchat-sd15, ppo, ...) or a YAML path")
@@ -177,7 +177,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from promptgym.envs import load_tasks
-    from promptgym.experiments.evaluate import evaluate_run, format_eval_table, load_run_config
+    from promptgym.experiments.evaluate import evaluate_run, format_eval_table
+    from promptgym.experiments.rundir import load_run_config
 
     tasks = None
     if args.max_tasks is not None:

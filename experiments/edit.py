@@ -14,24 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from promptgym.agents import PolicyWithValue, RolloutCollector
-from promptgym.envs import EditTask, PromptEditVectorEnv, default_tokenizer
+from promptgym.agents import PolicyWithValue
+from promptgym.agents.rollout import sample_episodes
+from promptgym.envs import EditTask, EditTemplate, PromptEditVectorEnv, default_tokenizer
+from promptgym.experiments.plots import plot_image_grid
+from promptgym.experiments.rundir import load_run_policy
 from promptgym.rewards import ContentIntegrityScorer, DiffusersRenderer
 from promptgym.rewards.presets import preset_renderer
 
 MIN_SAVED_SIDE = 256  # tiny 32x32 renders are upscaled (nearest neighbour) so a person can see them
-
-
-def load_run_policy(run_dir: str | os.PathLike):
-    """(policy, tokenizer, config) of a run's latest checkpoint."""
-    from promptgym.experiments.evaluate import load_run_config, load_run_tokenizer, run_policy_dir
-
-    config = load_run_config(run_dir)
-    policy_dir = run_policy_dir(run_dir)
-    policy = PolicyWithValue.from_pretrained(policy_dir)
-    if config.policy.device:
-        policy = policy.to(config.policy.device)
-    return policy, load_run_tokenizer(run_dir, policy_dir, config), config
 
 
 def edit_prompt(
@@ -55,7 +46,7 @@ def edit_prompt(
         tokenizer, config = default_tokenizer(), None
         policy = PolicyWithValue.tiny(tokenizer, seed=seed)
     else:
-        policy, tokenizer, config = load_run_policy(run_dir)
+        policy, tokenizer, config, _ = load_run_policy(run_dir)
     env = PromptEditVectorEnv(
         n,
         tasks=[task],
@@ -66,8 +57,7 @@ def edit_prompt(
         autoreset_mode="disabled",
     )
     typical_mass = config.ppo.typical_mass if config else None
-    collector = RolloutCollector(policy, env, typical_mass, torch.Generator().manual_seed(seed))
-    edits = collector.collect(seed=seed, reference=False, options={"tasks": [task] * n}).prompts
+    edits = sample_episodes(policy, env, seed, [task] * n, typical_mass).prompts
     if render is not None:
         renderer = _run_renderer(config, tokenizer)
         _save_edit_grid(renderer, task, edits, Path(render))
@@ -75,8 +65,6 @@ def edit_prompt(
 
 
 def _context_length(tokenizer, task: EditTask) -> int:
-    from promptgym.envs import EditTemplate
-
     return len(tokenizer(EditTemplate().context(task))["input_ids"])
 
 
@@ -88,8 +76,6 @@ def _run_renderer(config, tokenizer) -> DiffusersRenderer:
 
 
 def _save_edit_grid(renderer: DiffusersRenderer, task: EditTask, edits: list[str], path: Path) -> Path:
-    from promptgym.experiments.plots import plot_image_grid
-
     images = renderer.render([task.source, *edits])[:, 0]
     rows = [(task.source, edit, f"edit {i + 1}: {task.instruction}") for i, edit in enumerate(edits)]
     before = images[:1].expand(len(edits), -1, -1, -1)

@@ -25,8 +25,7 @@ import io
 import json
 import math
 import os
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,141 +33,32 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from promptgym.agents.checkpoint import POLICY_DIR, latest_checkpoint
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.rollout import RolloutCollector
-from promptgym.envs import EditTask, EditTemplate, PromptEditVectorEnv
-from promptgym.rewards import CompositeReward, ContentIntegrityScorer, EditResult, Scorer, as_composite
+from promptgym.agents.rollout import sample_episodes
+from promptgym.envs import EditTask, EditTemplate, PromptEditVectorEnv, load_tasks
+from promptgym.experiments.builders import build_run_reward
+from promptgym.experiments.config import config_from_dict
+from promptgym.experiments.rundir import load_run_policy
+from promptgym.experiments.stats import mean_ci, task_diversities, win_indicators
+from promptgym.rewards import (
+    CompositeReward,
+    ContentIntegrityScorer,
+    EditResult,
+    Scorer,
+    SemanticConsistencyScorer,
+    as_composite,
+)
 
 __all__ = [
     "EvalResult",
     "Metric",
     "SemanticModel",
-    "bootstrap_ci",
-    "diversity",
     "evaluate_policy",
     "evaluate_run",
     "format_eval_table",
-    "mean_ci",
-    "task_diversities",
-    "win_indicators",
-    "win_rate",
+    "sample_edits",
     "write_eval",
 ]
-
-
-# ============================================================================================== pure metrics
-def _as_1d(name: str, values: Any) -> np.ndarray:
-    """`values` as a finite float64 vector; raises naming `name` otherwise."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().double().numpy()
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(f"{name} has shape {array.shape}; expected a 1-D sequence of numbers")
-    if not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise ValueError(f"{name}[{bad}]={float(array[bad])!r}; expected finite numbers")
-    return array
-
-
-def win_indicators(edited_scores: Any, source_scores: Any, atol: float = 0.0) -> np.ndarray:
-    """Per pair: 1.0 where the edited score beats the source's, 0.5 on a tie (|diff| <= atol), else 0.0."""
-    edited = _as_1d("edited_scores", edited_scores)
-    source = _as_1d("source_scores", source_scores)
-    if edited.shape != source.shape:
-        raise ValueError(
-            f"edited_scores has {len(edited)} entries and source_scores {len(source)}; expected one source per edit"
-        )
-    if not (isinstance(atol, (int, float)) and not isinstance(atol, bool) and atol >= 0):
-        raise ValueError(f"atol={atol!r}; expected a number >= 0")
-    diff = edited - source
-    return np.where(np.abs(diff) <= atol, 0.5, (diff > 0).astype(np.float64))
-
-
-def win_rate(edited_scores: Any, source_scores: Any, atol: float = 0.0) -> float:
-    """Fraction of edits that beat their unedited source prompt (ties count half); needs at least one pair."""
-    wins = win_indicators(edited_scores, source_scores, atol)
-    if len(wins) == 0:
-        raise ValueError("edited_scores is empty; expected at least one (edited, source) pair")
-    return float(wins.mean())
-
-
-def _mean_pairwise_cosine_distance(embeddings: torch.Tensor, index: int) -> float:
-    """Mean of 1 - cos(e_i, e_j) over the n(n-1)/2 pairs i < j of `embeddings[n, d]` (n >= 2)."""
-    x = embeddings.detach().cpu().double()
-    norms = x.norm(dim=1)
-    if (norms == 0).any() or not torch.isfinite(x).all():
-        raise ValueError(
-            f"embeddings_per_task[{index}] has a zero or non-finite embedding; cosine distance is undefined for it"
-        )
-    unit = x / norms[:, None]
-    cos = unit @ unit.T
-    i, j = torch.triu_indices(len(x), len(x), offset=1)
-    return float((1.0 - cos[i, j]).mean())
-
-
-def task_diversities(embeddings_per_task: Sequence[torch.Tensor]) -> np.ndarray:
-    """Per task: mean pairwise cosine distance of its samples' embeddings `[n, d]` (NaN where n < 2)."""
-    if isinstance(embeddings_per_task, torch.Tensor) and embeddings_per_task.ndim == 3:
-        embeddings_per_task = list(embeddings_per_task)
-    out = np.full(len(embeddings_per_task), np.nan)
-    for t, embeddings in enumerate(embeddings_per_task):
-        if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2:
-            shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
-            raise ValueError(f"embeddings_per_task[{t}] is {shape}; expected a tensor [n_samples, dim]")
-        if embeddings.shape[0] >= 2:
-            out[t] = _mean_pairwise_cosine_distance(embeddings, t)
-    return out
-
-
-def diversity(embeddings_per_task: Sequence[torch.Tensor]) -> float:
-    """Mean over tasks of the mean pairwise cosine distance among each task's samples, in [0, 2].
-
-    0 = every task's samples point the same way, 1 = orthogonal on average. Tasks with fewer than 2 samples
-    contribute nothing; if no task has 2, the result is NaN (with a warning saying why).
-    """
-    per_task = task_diversities(embeddings_per_task)
-    if not np.isfinite(per_task).any():
-        warnings.warn(
-            "diversity is NaN: no task has 2 or more samples (use samples_per_task >= 2)", RuntimeWarning, stacklevel=2
-        )
-        return math.nan
-    return float(np.nanmean(per_task))
-
-
-def bootstrap_ci(
-    values: Any,
-    stat: Callable[[np.ndarray], float] = np.mean,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int | np.random.Generator = 0,
-) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval `(low, high)` of `stat(values)`.
-
-    Resamples `values` with replacement `n_resamples` times (numpy Generator seeded by `seed`, so the interval
-    is reproducible) and returns the `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles of the stat.
-    """
-    array = _as_1d("values", values)
-    if len(array) == 0:
-        raise ValueError("values is empty; expected at least one number to bootstrap")
-    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
-        raise ValueError(f"confidence={confidence!r}; expected a number in (0, 1)")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ValueError(f"n_resamples={n_resamples!r}; expected a positive integer")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    index = rng.integers(0, len(array), size=(int(n_resamples), len(array)))
-    stats = np.fromiter((stat(array[row]) for row in index), dtype=np.float64, count=int(n_resamples))
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
-def mean_ci(
-    values: Any, confidence: float = 0.95, n_resamples: int = 2000, seed: int | np.random.Generator = 0
-) -> tuple[float, float, float]:
-    """`(mean, low, high)`: the mean of `values` and its percentile-bootstrap confidence interval."""
-    low, high = bootstrap_ci(values, np.mean, confidence, n_resamples, seed)
-    return float(np.mean(_as_1d("values", values))), low, high
 
 
 # ============================================================================================== results
@@ -249,7 +139,6 @@ def sample_edits(
     """
     repeated = [task for task in tasks for _ in range(samples_per_task)]
     generator = torch.Generator().manual_seed(seed)
-    out_tasks: list[EditTask] = []
     prompts: list[str] = []
     scores: list[torch.Tensor] = []
     components: dict[str, list[torch.Tensor]] = {}
@@ -265,14 +154,12 @@ def sample_edits(
             max_new_tokens=max_new_tokens,
             max_context_tokens=max_context_tokens,
         )
-        collector = RolloutCollector(policy, env, typical_mass, generator)
-        batch = collector.collect(seed=seed + start, reference=False, options={"tasks": chunk})
-        out_tasks += chunk
+        batch = sample_episodes(policy, env, seed + start, chunk, typical_mass, generator)
         prompts += batch.prompts
         scores.append(batch.scores)
         for name, values in batch.components.items():
             components.setdefault(name, []).append(values)
-    return out_tasks, prompts, torch.cat(scores), {k: torch.cat(v) for k, v in components.items()}
+    return repeated, prompts, torch.cat(scores), {k: torch.cat(v) for k, v in components.items()}
 
 
 # ============================================================================================== evaluation
@@ -520,53 +407,6 @@ def write_eval(result: EvalResult, out_dir: str | os.PathLike, split: str | None
     return [csv_path, md_path, samples_path]
 
 
-# ============================================================================================== run dirs
-def load_run_config(run_dir: str | os.PathLike) -> Any:
-    """The fully resolved `ExperimentConfig` a run wrote to `run_dir/config.yaml`."""
-    from promptgym.experiments.config import load_config
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; is {str(run_dir)!r} a promptgym run directory?")
-    return load_config(path)
-
-
-def run_policy_dir(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
-    """The policy directory of `checkpoint` (a path or a name under `run_dir/checkpoints`), default the latest."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    if checkpoint is None:
-        found = latest_checkpoint(checkpoints)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint under {checkpoints}; train first or pass checkpoint=")
-    else:
-        found = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / str(checkpoint)
-    policy_dir = found / POLICY_DIR
-    if not policy_dir.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint {str(found)!r} has no {POLICY_DIR}/ directory (not a promptgym checkpoint)"
-        )
-    return policy_dir
-
-
-def _has_tokenizer(directory: Path) -> bool:
-    return (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file()
-
-
-def load_run_tokenizer(run_dir: str | os.PathLike, policy_dir: str | os.PathLike, config: Any) -> Any:
-    """The run's tokenizer: saved with the checkpoint, else with the SFT policy, else rebuilt from the config."""
-    from promptgym.experiments.train import build_tokenizer
-
-    for directory in (Path(policy_dir), Path(run_dir) / "sft_policy"):
-        if _has_tokenizer(directory):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(directory)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            return tokenizer
-    return build_tokenizer(config)
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     split: str = "test",
@@ -588,26 +428,9 @@ def evaluate_run(
     `env.max_context_tokens` and `typical_mass` ("config" = `ppo.typical_mass`, i.e. sample as training did).
     The semantic scorer defaults to the offline all-MiniLM-L6-v2.
     """
-    from promptgym.envs import load_tasks
-    from promptgym.experiments.config import config_from_dict
-    from promptgym.experiments.train import build_run_reward
-    from promptgym.rewards import SemanticConsistencyScorer
-
-    if config is None:
-        config = load_run_config(run_dir)
-    elif isinstance(config, Mapping):
+    if isinstance(config, Mapping):
         config = config_from_dict(config)
-    policy_dir = run_policy_dir(run_dir, checkpoint)
-    tokenizer = load_run_tokenizer(run_dir, policy_dir, config)
-    policy = PolicyWithValue.from_pretrained(policy_dir)
-    if config.policy.device:
-        policy = policy.to(config.policy.device)
-    vocab = policy.model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
-        raise ValueError(
-            f"the run's tokenizer has {len(tokenizer)} tokens but the policy in {policy_dir} has {vocab} embeddings; "
-            "they do not belong together"
-        )
+    policy, tokenizer, config, policy_dir = load_run_policy(run_dir, checkpoint, config)
     tasks = load_tasks(config.data.tasks, split=split) if tasks is None else tasks
     reward = build_run_reward(config, tokenizer) if reward is None else reward
     semantic_scorer = SemanticConsistencyScorer.from_pretrained() if semantic_scorer is None else semantic_scorer

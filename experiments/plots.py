@@ -6,7 +6,6 @@ its path. Matplotlib runs on the non-interactive Agg backend (no display needed,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import textwrap
@@ -22,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from promptgym.rewards.jsonl import read_jsonl  # noqa: E402
 
 __all__ = [
     "KL_ENTROPY_KEYS",
@@ -47,17 +48,7 @@ def read_metrics(metrics_jsonl_path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(metrics_jsonl_path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics_jsonl_path={str(path)!r} does not exist; expected a run's metrics.jsonl")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}): {line[:80]!r}") from err
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {number} is {type(record).__name__}; expected a JSON object per line")
-        records.append(record)
+    records = read_jsonl(path)
     if not records:
         raise ValueError(f"metrics_jsonl_path={str(path)!r} has no records; expected one JSON object per PPO update")
     return records

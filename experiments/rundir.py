@@ -8,6 +8,9 @@
     RUN/checkpoints/       agent checkpoints (`step_000010/`, `latest`)
     RUN/plots/             reward_components.png, kl_entropy.png, image_grid.png
     RUN/summary.md         what the run did and how it ended
+
+`RunDir` names the paths and appends to the logs; `load_run_config`, `run_policy_dir`, `load_run_tokenizer` and
+`load_run_policy` read a finished (or running) run back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from promptgym.agents import PolicyWithValue, latest_checkpoint
+from promptgym.agents.checkpoint import POLICY_DIR
+from promptgym.experiments.builders import build_tokenizer
+from promptgym.experiments.config import load_config
+from promptgym.rewards.jsonl import read_jsonl
 
 
 class RunDir:
@@ -61,12 +70,75 @@ class RunDir:
         return len(lines) - len(kept)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All rows of a JSON-lines file; a missing file is an error naming it."""
-    path = Path(path)
+def read_run_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of a run's JSON-lines log; a missing file or a damaged line is an error naming it."""
+    return read_jsonl(path, missing_hint="is this a promptgym run directory?")
+
+
+# ------------------------------------------------------------------------------- reading a finished run
+def load_run_config(run_dir: str | os.PathLike) -> Any:
+    """The fully resolved `ExperimentConfig` a run wrote to `run_dir/config.yaml`."""
+    path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; is this a promptgym run directory?")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise FileNotFoundError(f"{path} does not exist; is {str(run_dir)!r} a promptgym run directory?")
+    return load_config(path)
+
+
+def run_policy_dir(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The policy directory of `checkpoint` (a path or a name under `run_dir/checkpoints`), default the latest."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    if checkpoint is None:
+        found = latest_checkpoint(checkpoints)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint under {checkpoints}; train first or pass checkpoint=")
+    else:
+        found = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / str(checkpoint)
+    policy_dir = found / POLICY_DIR
+    if not policy_dir.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint {str(found)!r} has no {POLICY_DIR}/ directory (not a promptgym checkpoint)"
+        )
+    return policy_dir
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file()
+
+
+def load_run_tokenizer(run_dir: str | os.PathLike, policy_dir: str | os.PathLike, config: Any) -> Any:
+    """The run's tokenizer: saved with the checkpoint, else with the SFT policy, else rebuilt from the config."""
+    for directory in (Path(policy_dir), Path(run_dir) / "sft_policy"):
+        if _has_tokenizer(directory):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return tokenizer
+    return build_tokenizer(config)
+
+
+def load_run_policy(
+    run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None, config: Any = None
+) -> tuple[PolicyWithValue, Any, Any, Path]:
+    """(policy, tokenizer, config, policy directory) of a run's checkpoint (default: the latest).
+
+    `config` replaces the run's own `config.yaml`; the policy goes to `config.policy.device`. A tokenizer with more
+    tokens than the policy has embeddings is an error: they do not belong together.
+    """
+    config = load_run_config(run_dir) if config is None else config
+    policy_dir = run_policy_dir(run_dir, checkpoint)
+    tokenizer = load_run_tokenizer(run_dir, policy_dir, config)
+    policy = PolicyWithValue.from_pretrained(policy_dir)
+    if config.policy.device:
+        policy = policy.to(config.policy.device)
+    vocab = policy.model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ValueError(
+            f"the run's tokenizer has {len(tokenizer)} tokens but the policy in {policy_dir} has {vocab} embeddings; "
+            "they do not belong together"
+        )
+    return policy, tokenizer, config, policy_dir
 
 
 def _finite(value: Any) -> Any:

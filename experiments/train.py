@@ -2,7 +2,7 @@
 
     promptgym train [--config tiny] [--out runs/NAME] [--set ppo.learning_rate=1e-4 ...]
     promptgym train --resume runs/NAME [--set train.num_updates=80]
-    accelerate launch --num_processes 2 -m promptgym.experiments.train [same arguments]
+    accelerate launch --num_processes 2 -m promptgym.experiments train [same arguments]
 
 Ctrl-C saves a checkpoint and exits cleanly; `--resume` continues the same run from its latest checkpoint (the
 metrics and samples logs continue without a gap or a repeat).
@@ -15,28 +15,31 @@ same seeded SFT and the main process's weights are then broadcast, so all start 
 
 from __future__ import annotations
 
-import os
-import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from transformers.utils import logging as hf_logging
 
-from promptgym.agents import (
-    DataParallel,
-    PolicyWithValue,
-    PPOAgent,
-    RolloutCollector,
-    latest_checkpoint,
-    sft_warm_start,
+from promptgym.agents import DataParallel, PolicyWithValue, PPOAgent, latest_checkpoint, sft_warm_start
+from promptgym.agents.rollout import sample_episodes
+from promptgym.envs import EditTask, load_tasks
+from promptgym.experiments.builders import (
+    build_parallel,
+    build_policy,
+    build_run_reward,
+    build_tokenizer,
+    build_vector_env,
+    policy_device,
+    seed_everything,
 )
-from promptgym.envs import EditTask, PromptEditVectorEnv, default_tokenizer, load_tasks
-from promptgym.experiments.rundir import RunDir, read_jsonl
-from promptgym.rewards import CompositeReward, build_reward, reward_stats
+from promptgym.experiments.config import ConfigError, save_config
+from promptgym.experiments.plots import plot_image_grid, plot_training
+from promptgym.experiments.rundir import RunDir, read_run_jsonl
+from promptgym.experiments.stats import mean_ci
+from promptgym.rewards import CompositeReward, reward_stats
 
 SAMPLE_SEED = 20241113  # every evaluation samples with the same seed, so sample changes reflect the policy
 
@@ -52,60 +55,6 @@ class RunResult:
     is_main: bool = True  # False in the other processes of a data-parallel run
 
 
-# ------------------------------------------------------------------------------------------- building blocks
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_tokenizer(config) -> Any:
-    """The policy's tokenizer: the embedded default for the tiny policy, else the checkpoint's own."""
-    if config.policy.name_or_path == "tiny":
-        return default_tokenizer()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(config.policy.name_or_path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def build_parallel(config) -> DataParallel:
-    """The launcher's process group when run under `accelerate launch`/`torchrun`; else one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DataParallel()
-    return DataParallel.from_environment(cpu=not str(config.policy.device or "cpu").startswith("cuda"))
-
-
-def policy_device(config, parallel: DataParallel) -> torch.device:
-    """`policy.device`, with each data-parallel process on its own GPU (`cuda:<local rank>`) when it is CUDA."""
-    device = torch.device(config.policy.device or "cpu")
-    if device.type == "cuda" and parallel.enabled:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
-def build_policy(config, tokenizer, device: torch.device | str | None = None) -> PolicyWithValue:
-    p = config.policy
-    if p.name_or_path == "tiny":
-        policy = PolicyWithValue.tiny(
-            tokenizer, seed=p.seed, hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads
-        )
-    else:
-        dtype = getattr(torch, p.dtype) if p.dtype else None
-        policy = PolicyWithValue.from_pretrained(p.name_or_path, **({"dtype": dtype} if dtype else {}))
-    device = device or p.device
-    return policy.to(device) if device else policy
-
-
-def build_run_reward(config, tokenizer) -> CompositeReward:
-    """The run's reward: `build_reward` with the config's reward section (the tiny stack uses the policy tokenizer)."""
-    kwargs = config.reward.build_kwargs()
-    return build_reward(tokenizer=tokenizer if kwargs["preset"] == "tiny" else None, **kwargs)
-
-
 def fixed_eval_tasks(tasks: list[EditTask], n: int) -> list[EditTask]:
     """`n` tasks spread evenly over the split (deterministic), for samples and plots."""
     if n <= 0 or not tasks:
@@ -116,17 +65,8 @@ def fixed_eval_tasks(tasks: list[EditTask], n: int) -> list[EditTask]:
 
 def sample_rows(agent: PPOAgent, tasks: list[EditTask], update: int, config) -> list[dict[str, Any]]:
     """One edited prompt per fixed task, sampled with a fixed seed, with its reward components."""
-    env = PromptEditVectorEnv(
-        len(tasks),
-        tasks=tasks,
-        tokenizer=agent.env.tokenizer,
-        reward=agent.env.reward,
-        max_new_tokens=config.env.max_new_tokens,
-        max_context_tokens=config.env.max_context_tokens,
-        autoreset_mode="disabled",
-    )
-    collector = RolloutCollector(agent.policy, env, config.ppo.typical_mass, torch.Generator().manual_seed(SAMPLE_SEED))
-    batch = collector.collect(seed=SAMPLE_SEED, reference=False, options={"tasks": tasks})
+    env = build_vector_env(config, tasks, agent.env.tokenizer, agent.env.reward)
+    batch = sample_episodes(agent.policy, env, SAMPLE_SEED, tasks, config.ppo.typical_mass)
     return [
         {
             "update": update,
@@ -147,13 +87,7 @@ class Trainer:
     """Builds everything a run needs from its config and runs the PPO loop with logging and checkpoints."""
 
     def __init__(self, config, run_dir: str | Path, resume: bool = False, parallel: DataParallel | None = None) -> None:
-        from transformers.utils import logging as hf_logging
-
-        from promptgym.experiments.config import save_config
-
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
-        from promptgym.experiments.config import ConfigError
-
         self.config = config
         self.parallel = parallel or build_parallel(config)
         if config.ppo.n_episodes % self.parallel.world_size:
@@ -173,14 +107,8 @@ class Trainer:
         self.reward = build_run_reward(config, self.tokenizer)
         self.sft_result = None
         self.policy = self._starting_policy()
-        self.env = PromptEditVectorEnv(
-            config.ppo.n_episodes // self.parallel.world_size,
-            tasks=self.train_tasks,
-            tokenizer=self.tokenizer,
-            reward=self.reward,
-            max_new_tokens=config.env.max_new_tokens,
-            max_context_tokens=config.env.max_context_tokens,
-            autoreset_mode="disabled",
+        self.env = build_vector_env(
+            config, self.train_tasks, self.tokenizer, self.reward, config.ppo.n_episodes // self.parallel.world_size
         )
         # the KL reference: the policy as it is now (the main process's, broadcast to all)
         self.agent = PPOAgent(self.policy, self.env, config.ppo, parallel=self.parallel)
@@ -315,13 +243,11 @@ class Trainer:
         self.run.summary.write_text(self.summary(result), encoding="utf-8")
 
     def make_plots(self) -> list[Path]:
-        from promptgym.experiments.plots import plot_image_grid, plot_training
-
         paths = []
-        if self.run.metrics.exists() and read_jsonl(self.run.metrics):
+        if self.run.metrics.exists() and read_run_jsonl(self.run.metrics):
             paths += plot_training(self.run.metrics, self.run.plots)
         renderer = _renderer_of(self.reward)
-        samples = read_jsonl(self.run.samples) if self.run.samples.exists() else []
+        samples = read_run_jsonl(self.run.samples) if self.run.samples.exists() else []
         if renderer is not None and samples:
             last = max(row["update"] for row in samples)
             rows = [row for row in samples if row["update"] == last]
@@ -332,8 +258,8 @@ class Trainer:
         return paths
 
     def summary(self, result: RunResult) -> str:
-        history = read_jsonl(self.run.metrics) if self.run.metrics.exists() else []
-        samples = read_jsonl(self.run.samples) if self.run.samples.exists() else []
+        history = read_run_jsonl(self.run.metrics) if self.run.metrics.exists() else []
+        samples = read_run_jsonl(self.run.samples) if self.run.samples.exists() else []
         lines = [f"# promptgym run `{self.config.name}`", ""]
         status = "interrupted (resume with `promptgym train --resume DIR`)" if result.interrupted else "finished"
         lines += [
@@ -376,8 +302,6 @@ class Trainer:
 def before_after_table(samples: list[dict[str, Any]], first: int, last: int) -> list[str]:
     """Markdown: reward and each component on the fixed test tasks at two evaluations, with the paired change
     (last minus first, per task) and its 95% percentile-bootstrap CI over the tasks."""
-    from promptgym.experiments.evaluate import mean_ci
-
     before = {r["task_id"]: r for r in samples if r["update"] == first}
     after = {r["task_id"]: r for r in samples if r["update"] == last}
     tasks = [t for t in before if t in after]
@@ -414,13 +338,3 @@ def train(config, out: str | Path, resume: bool = False) -> RunResult:
     """Run (or resume) a training run in `out`; returns what happened."""
     return Trainer(config, out, resume=resume).run_updates()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m promptgym.experiments.train` = `promptgym train` (the entry point for `accelerate launch -m`)."""
-    from promptgym.experiments.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

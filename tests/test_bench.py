@@ -18,9 +18,11 @@ from promptgym.agents import sft_warm_start  # noqa: E402
 from promptgym.agents.baselines import RunResult  # noqa: E402
 from promptgym.envs import load_tasks  # noqa: E402
 from promptgym.experiments import bench  # noqa: E402
+from promptgym.experiments.builders import build_policy, build_tokenizer, seed_everything  # noqa: E402
 from promptgym.experiments.cli import main  # noqa: E402
-from promptgym.experiments.evaluate import bootstrap_ci  # noqa: E402
-from promptgym.experiments.train import build_policy, build_tokenizer, seed_everything  # noqa: E402
+from promptgym.experiments.stats import bootstrap_ci  # noqa: E402
+
+pytestmark = pytest.mark.slow  # subprocesses / training runs: `pytest -m "not slow"` skips them
 
 OVERRIDES = ["sft.max_steps=10", "sft.batch_size=8", "ppo.n_episodes=8", "ppo.batch_size=4", "ppo.n_epochs=1"]
 BUDGET = 16

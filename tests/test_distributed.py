@@ -1,7 +1,7 @@
 """Data-parallel PPO: two CPU processes (gloo) make the update one process makes on the same global batch.
 
 Two levels: the agent in a `torch.multiprocessing` group of two (every DiffChat refinement on, minibatches that
-split unevenly over the processes), and `accelerate launch -m promptgym.experiments.train` end to end against
+split unevenly over the processes), and `accelerate launch -m promptgym.experiments train` end to end against
 `promptgym train` in one process. The processes' shards hold exactly the episodes the single process collects
 (same tasks, same uniforms per token), so the runs agree up to the order of floating-point sums.
 """
@@ -23,6 +23,8 @@ from promptgym.envs import PromptEditVectorEnv, default_tokenizer
 from promptgym.experiments.config import load_config
 from promptgym.experiments.train import train
 from promptgym.rewards import ContentIntegrityScorer
+
+pytestmark = pytest.mark.slow  # subprocesses / training runs: `pytest -m "not slow"` skips them
 
 ALL_REFINEMENTS = dict(
     n_episodes=8,
@@ -140,7 +142,7 @@ def test_accelerate_launch_matches_one_process(tmp_path):
     launch = [
         shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        "-m", "promptgym.experiments.train", "--out", str(out), *overrides,
+        "-m", "promptgym.experiments", "train", "--out", str(out), *overrides,
     ]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)

@@ -13,19 +13,9 @@ import torch
 
 from promptgym.agents import PolicyWithValue, save_checkpoint
 from promptgym.envs import default_tokenizer, load_tasks
-from promptgym.experiments.evaluate import (
-    bootstrap_ci,
-    diversity,
-    evaluate_policy,
-    evaluate_run,
-    format_eval_table,
-    mean_ci,
-    run_policy_dir,
-    task_diversities,
-    win_indicators,
-    win_rate,
-    write_eval,
-)
+from promptgym.experiments.evaluate import evaluate_policy, evaluate_run, format_eval_table, write_eval
+from promptgym.experiments.rundir import run_policy_dir
+from promptgym.experiments.stats import bootstrap_ci, diversity, mean_ci, task_diversities, win_indicators, win_rate
 from promptgym.rewards import ContentIntegrityScorer, EditResult, build_reward
 from promptgym.rewards.semantic import intent_text
 
@@ -268,6 +258,7 @@ def test_write_eval_csv_and_markdown_parse_back(result, tmp_path):
         write_eval(result, tmp_path, "a/b")
 
 
+@pytest.mark.slow
 def test_evaluate_run_reads_config_and_latest_checkpoint(policy, tok, tasks, reward, tmp_path):
     from promptgym.experiments.config import load_config, save_config
 

@@ -1,0 +1,97 @@
+"""Everything a run is built from, made from its `ExperimentConfig`: the seeds, the tokenizer, the policy, the
+reward, the data-parallel group and the vector env. `train`, `evaluate`, `edit` and `bench` all build here, so a
+run, its evaluation and a benchmark row see the same objects for the same config.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from promptgym.agents import DataParallel, PolicyWithValue
+from promptgym.envs import EditTask, PromptEditVectorEnv, default_tokenizer
+from promptgym.rewards import CompositeReward, Scorer, build_reward
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_tokenizer(config) -> Any:
+    """The policy's tokenizer: the embedded default for the tiny policy, else the checkpoint's own."""
+    if config.policy.name_or_path == "tiny":
+        return default_tokenizer()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.policy.name_or_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_parallel(config) -> DataParallel:
+    """The launcher's process group when run under `accelerate launch`/`torchrun`; else one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DataParallel()
+    return DataParallel.from_environment(cpu=not str(config.policy.device or "cpu").startswith("cuda"))
+
+
+def policy_device(config, parallel: DataParallel) -> torch.device:
+    """`policy.device`, with each data-parallel process on its own GPU (`cuda:<local rank>`) when it is CUDA."""
+    device = torch.device(config.policy.device or "cpu")
+    if device.type == "cuda" and parallel.enabled:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def build_policy(config, tokenizer, device: torch.device | str | None = None) -> PolicyWithValue:
+    """The policy `config.policy` names: the seeded tiny policy, or a checkpoint's `from_pretrained`."""
+    p = config.policy
+    if p.name_or_path == "tiny":
+        policy = PolicyWithValue.tiny(
+            tokenizer, seed=p.seed, hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads
+        )
+    else:
+        dtype = getattr(torch, p.dtype) if p.dtype else None
+        policy = PolicyWithValue.from_pretrained(p.name_or_path, **({"dtype": dtype} if dtype else {}))
+    device = device or p.device
+    return policy.to(device) if device else policy
+
+
+def build_run_reward(config, tokenizer) -> CompositeReward:
+    """The run's reward: `build_reward` with the config's reward section (the tiny stack uses the policy tokenizer)."""
+    kwargs = config.reward.build_kwargs()
+    return build_reward(tokenizer=tokenizer if kwargs["preset"] == "tiny" else None, **kwargs)
+
+
+def build_vector_env(
+    config,
+    tasks: Sequence[EditTask],
+    tokenizer: Any,
+    reward: CompositeReward | Scorer,
+    num_envs: int | None = None,
+    **overrides: Any,
+) -> PromptEditVectorEnv:
+    """A `PromptEditVectorEnv` with the config's sizes and one episode per sub-env (`autoreset_mode="disabled"`):
+    `num_envs` sub-envs (default one per task) drawing from `tasks`. `overrides` go to the env as they are."""
+    kwargs = dict(
+        max_new_tokens=config.env.max_new_tokens,
+        max_context_tokens=config.env.max_context_tokens,
+        autoreset_mode="disabled",
+    )
+    return PromptEditVectorEnv(
+        len(tasks) if num_envs is None else num_envs,
+        tasks=list(tasks),
+        tokenizer=tokenizer,
+        reward=reward,
+        **{**kwargs, **overrides},
+    )
