@@ -274,6 +274,7 @@ def test_sb3_ppo_rejects_bad_arguments(tokenizer, tasks):
 
 
 # ------------------------------------------------------------------------------------------------- TRL
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_trl_runs_to_its_budget_and_leaves_the_policy_alone(algorithm, tmp_path, monkeypatch, tokenizer, tasks):
     pytest.importorskip("trl")

@@ -22,6 +22,7 @@ def env():
     return PromptEditEnv(reward=ContentIntegrityScorer())
 
 
+@pytest.mark.slow
 def test_default_env_scores_renders_and_integrity():
     env = PromptEditEnv()
     _, info = run_episode(env, TypistPolicy(env, "target"), seed=0)

@@ -16,6 +16,8 @@ from promptgym.agents import PolicyWithValue, PPOAgent, PPOConfig, RolloutCollec
 from promptgym.envs import PromptEditVectorEnv, default_tokenizer, load_tasks
 from promptgym.rewards import ContentIntegrityScorer
 
+pytestmark = pytest.mark.slow  # subprocesses / training runs: `pytest -m "not slow"` skips them
+
 
 def evaluate(policy, tokenizer, tasks, reward, episodes=64, seed=12345) -> torch.Tensor:
     env = PromptEditVectorEnv(

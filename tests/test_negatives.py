@@ -192,6 +192,7 @@ def test_keyword_order_does_not_change_the_result():
     assert a == b
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_result_across_processes():
     # Set iteration order changes with PYTHONHASHSEED; the result must not.
     code = (

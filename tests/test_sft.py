@@ -95,6 +95,7 @@ def test_completion_loss_equals_independent_cross_entropy(tokenizer):
 
 
 # ------------------------------------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_short_sft_lowers_held_out_loss_and_updates_policy_model_in_place(tokenizer, train_tasks, test_tasks):
     policy = tiny(tokenizer)
     with torch.no_grad():

@@ -42,7 +42,9 @@ PROMPT_GRAMMAR = {"a", "an", "with", "in", "on", "at", "weather"}  # the non-voc
 
 @pytest.fixture(scope="module")
 def demo() -> dict[str, list[dict]]:
-    return generate_demo()
+    """The bundled demo rows (fast); the slow tests below check that they equal a fresh `generate_demo()`."""
+    return {split: [json.loads(line) for line in (DATA_DIR / f"demo_{split}.jsonl").read_text(encoding="utf-8").split("\n")
+                    if line.strip()] for split in ("train", "test")}
 
 
 def words(text: str) -> list[str]:
@@ -111,18 +113,20 @@ def test_every_source_takes_three_kinds_never_add_and_remove(demo):
             assert not {"add", "remove"} <= set(kinds), (source, kinds)
 
 
-def test_generate_demo_is_deterministic_and_seeded(demo):
-    assert generate_demo() == demo
-    assert generate_demo(seed=1) != demo
+@pytest.mark.slow
+def test_generate_demo_is_deterministic_and_seeded():
+    first = generate_demo()
+    assert generate_demo() == first
+    assert generate_demo(seed=1) != first
 
 
+@pytest.mark.slow
 def test_bundled_files_equal_a_fresh_generation(demo):
-    for split, rows in demo.items():
-        lines = (DATA_DIR / f"demo_{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        assert [json.loads(line) for line in lines] == rows
+    assert generate_demo() == demo
     assert demo_data.main(["--check"]) == 0
 
 
+@pytest.mark.slow
 def test_check_detects_stale_files_and_out_writes(tmp_path, capsys):
     assert demo_data.main(["--out", str(tmp_path)]) == 0
     assert demo_data.main(["--check", "--out", str(tmp_path)]) == 0
@@ -133,6 +137,7 @@ def test_check_detects_stale_files_and_out_writes(tmp_path, capsys):
     assert demo_data.main(["--check", "--out", str(tmp_path / "missing")]) == 1
 
 
+@pytest.mark.slow
 def test_module_check_is_stable_under_another_hash_seed():
     """`python -m ... --check` in a fresh interpreter with a different str hash seed (no set-order luck)."""
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

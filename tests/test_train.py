@@ -11,6 +11,8 @@ from promptgym.experiments.cli import main
 from promptgym.experiments.config import load_config
 from promptgym.experiments.train import Trainer, train
 
+pytestmark = pytest.mark.slow  # subprocesses / training runs: `pytest -m "not slow"` skips them
+
 SMALL = [
     "sft.max_steps=30",
     "ppo.n_episodes=4",

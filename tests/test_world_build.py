@@ -16,6 +16,8 @@ from promptgym.experiments.world_build import STAGES, file_hashes
 from promptgym.rewards import EditResult, build_reward
 from promptgym.rewards.world import SYNTH_ENV, synth_path
 
+pytestmark = pytest.mark.slow  # subprocesses / training runs: `pytest -m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def smoke_world(tmp_path_factory) -> Path:
