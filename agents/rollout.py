@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from gymnasium.vector import AutoresetMode
 
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
+from promptgym.agents.sampling import action_logprobs, action_logprobs_and_entropy, sample_restricted, typical_mask
 from promptgym.envs import EditTask, PromptEditVectorEnv
 
 
@@ -144,9 +144,7 @@ def evaluate_actions(
     cols = generated_slice(batch.context_length, batch.actions.shape[1])
     logits = out.logits[:, cols].float()
     actions = batch.actions.to(device)
-    logprobs = action_logprobs(logits, actions)
-    log_probs = logits.log_softmax(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    logprobs, entropy = action_logprobs_and_entropy(logits, actions)
     restricted = None
     if typical_mass is not None:
         restricted = action_logprobs(logits, actions, typical_mask(logits.detach(), typical_mass))

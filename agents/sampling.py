@@ -99,6 +99,21 @@ def action_logprobs(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Ten
     Differentiable in logits (use it for PPO's new and old log-probs). An action outside the mask has
     probability 0 under the restricted policy and gets -inf.
     """
+    _check_actions(logits, actions)
+    logprobs = F.log_softmax(_restrict(logits, mask), dim=-1)
+    return logprobs.gather(-1, actions[..., None].long()).squeeze(-1)
+
+
+def action_logprobs_and_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`action_logprobs(logits, actions)` and the entropy of softmax(logits), from one log-softmax (PPO's update
+    needs both of the full policy; the vocabulary-sized tensor is made once)."""
+    _check_actions(logits, actions)
+    log_probs = F.log_softmax(logits, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return log_probs.gather(-1, actions[..., None].long()).squeeze(-1), entropy
+
+
+def _check_actions(logits: torch.Tensor, actions: torch.Tensor) -> None:
     _check_logits(logits)
     if not isinstance(actions, torch.Tensor) or actions.dtype.is_floating_point or actions.dtype == torch.bool:
         raise ValueError(f"actions must be an integer tensor, got {getattr(actions, 'dtype', type(actions))}")
@@ -111,8 +126,6 @@ def action_logprobs(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Ten
         raise ValueError(
             f"actions must be token ids in [0, {vocab}), got min {actions.min().item()} max {actions.max().item()}"
         )
-    logprobs = F.log_softmax(_restrict(logits, mask), dim=-1)
-    return logprobs.gather(-1, actions[..., None].long()).squeeze(-1)
 
 
 def _restrict(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

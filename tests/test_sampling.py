@@ -221,3 +221,18 @@ def test_mask_that_keeps_only_minus_inf_tokens_is_rejected():
 def test_bad_actions(actions, match):
     with pytest.raises(ValueError, match=match):
         action_logprobs(torch.zeros(2, 3), actions)
+
+
+def test_logprobs_and_entropy_in_one_pass_match_categorical():
+    from promptgym.agents.sampling import action_logprobs_and_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11) * 3
+    actions = torch.randint(0, 11, (3, 5))
+    logprobs, entropy = action_logprobs_and_entropy(logits, actions)
+    reference = torch.distributions.Categorical(logits=logits)
+    torch.testing.assert_close(logprobs, reference.log_prob(actions))
+    torch.testing.assert_close(entropy, reference.entropy())
+    assert torch.equal(logprobs, action_logprobs(logits, actions))  # the same numbers as the one-output function
+    with pytest.raises(ValueError, match="actions must be token ids"):
+        action_logprobs_and_entropy(logits, actions + 11)
