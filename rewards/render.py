@@ -19,6 +19,8 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -284,6 +286,18 @@ RENDER_SETTINGS = (
 TINY_SETTINGS = {"num_inference_steps": 4, "guidance_scale": 7.5, "height": 32, "width": 32, "images_per_prompt": 2}
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise logger `name`'s level for the duration (restored after, also on error)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 class CachedRenderer:
     """Base of promptgym's renderers: prompts -> images `[N, K, 3, H, W]`, batched, LRU-cached, common random numbers.
 
@@ -315,6 +329,7 @@ class CachedRenderer:
         self.misses = 0
         self.pipeline_calls = 0
         self.images_rendered = 0
+        self.prompts_truncated = 0
 
     def config(self) -> dict[str, Any]:
         """Everything that changes an image besides (prompt, k)."""
@@ -337,7 +352,7 @@ class CachedRenderer:
         """Empty the cache and the last-batch memo and reset all counters (call it after changing weights in place)."""
         self._cache.clear()
         self._last_batch = {}
-        self.hits = self.misses = self.pipeline_calls = self.images_rendered = 0
+        self.hits = self.misses = self.pipeline_calls = self.images_rendered = self.prompts_truncated = 0
 
     def _lookup(self, key: tuple[str, int, str]) -> torch.Tensor | None:
         image = self._cache.get(key)  # a hit makes the key the most recently used
@@ -532,6 +547,23 @@ class DiffusersRenderer(CachedRenderer):
 
     # ------------------------------------------------------------------ rendering
 
+    def _count_truncated(self, prompts: Sequence[str]) -> None:
+        """Count the prompts longer than the text encoder takes (the pipeline truncates them, and diffusers logs
+        every one); say so once per renderer, with the count kept in `prompts_truncated`."""
+        tokenizer = getattr(self.pipeline, "tokenizer", None)
+        limit = getattr(tokenizer, "model_max_length", None)
+        if tokenizer is None or not isinstance(limit, int) or limit > 100_000:
+            return
+        long = sum(len(ids) > limit for ids in tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"])
+        if long and not self.prompts_truncated:
+            warnings.warn(
+                f"{long} of {len(prompts)} prompts are longer than the text encoder's {limit} tokens and are truncated "
+                f"by the pipeline; later ones are only counted ({type(self).__name__}.prompts_truncated)",
+                UserWarning,
+                stacklevel=5,
+            )
+        self.prompts_truncated += long
+
     def _render_pairs(self, pairs: Sequence[tuple[str, int]]) -> torch.Tensor:
         """Render `(prompt, k)` pairs in one pipeline call -> `[B, 3, H, W]` float32 CPU in [0, 1]."""
         pipeline = self.pipeline
@@ -539,17 +571,19 @@ class DiffusersRenderer(CachedRenderer):
         if self.latent_shape() is not None:
             latents = torch.stack([self.initial_latents(k) for _, k in pairs])
             kwargs["latents"] = latents.to(device=pipeline.unet.device, dtype=pipeline.unet.dtype)
-        images = pipeline(
-            prompt=[prompt for prompt, _ in pairs],
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            height=self.height,
-            width=self.width,
-            num_images_per_prompt=1,
-            generator=[self.step_generator(k) for _, k in pairs],
-            output_type="pt",
-            **kwargs,
-        ).images
+        self._count_truncated([prompt for prompt, _ in pairs])
+        with _quiet_logger(type(pipeline).__module__):  # diffusers logs each truncated prompt: counted above
+            images = pipeline(
+                prompt=[prompt for prompt, _ in pairs],
+                num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale,
+                height=self.height,
+                width=self.width,
+                num_images_per_prompt=1,
+                generator=[self.step_generator(k) for _, k in pairs],
+                output_type="pt",
+                **kwargs,
+            ).images
         self.pipeline_calls += 1
         if not isinstance(images, torch.Tensor) or images.shape != (len(pairs), 3, self.height, self.width):
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__

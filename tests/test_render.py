@@ -278,3 +278,24 @@ def test_renders_are_normal_tensors_even_under_inference_mode(pipeline):
     weight = torch.ones(3, requires_grad=True)
     (cached.mean(dim=(0, 1, 3, 4)) * weight).sum().backward()  # usable as training data
     assert weight.grad is not None
+
+
+def test_truncated_prompts_are_counted_and_announced_once(pipeline, caplog):
+    """The pipeline truncates prompts longer than its text encoder takes and diffusers logs every one; the renderer
+    says it once and counts the rest."""
+    import logging
+    import warnings
+
+    renderer = DiffusersRenderer(pipeline, num_inference_steps=2, height=32, width=32)
+    limit = pipeline.tokenizer.model_max_length
+    long = " ".join(["dog"] * (limit + 5))
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        renderer.render([long, "a cat", long + " again"])
+        renderer.render([long + " third"])
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1 and f"2 of 3 prompts are longer than the text encoder's {limit} tokens" in messages[0]
+    assert renderer.prompts_truncated == 3
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]  # no per-prompt diffusers log
+    renderer.clear_cache()
+    assert renderer.prompts_truncated == 0
