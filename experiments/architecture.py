@@ -196,12 +196,7 @@ def draw_calls(graph: nx.DiGraph, path: str | Path, root: str = "agents.ppo.PPOA
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[layer], label=layer) for layer in LAYERS]
     ax.legend(handles=handles, loc="lower left", fontsize=8)
     ax.set_title(f"one PPO update, recorded: calls between public promptgym functions from {root} (left) down")
-    ax.axis("off")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def draw(graph: nx.DiGraph, path: str | Path) -> Path:
@@ -227,10 +222,17 @@ def draw(graph: nx.DiGraph, path: str | Path) -> Path:
         labels = {n: n.removeprefix(f"{PACKAGE}.") for n in nodes}
         nx.draw_networkx_labels(shown, position, labels, font_size=7, ax=ax, verticalalignment="bottom")
     ax.set_title("promptgym modules: an arrow per import (left: rewards, then envs, agents, experiments)")
-    ax.axis("off")
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    """Write a picture without axes to `path` (folders made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.axes[0].axis("off")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -50,8 +50,14 @@ import torch
 from tqdm.auto import tqdm
 
 from promptgym.agents import PPOAgent, sft_warm_start
-from promptgym.envs import PromptEditVectorEnv, load_tasks
-from promptgym.experiments.builders import build_policy, build_run_reward, build_tokenizer, seed_everything
+from promptgym.envs import load_tasks
+from promptgym.experiments.builders import (
+    build_policy,
+    build_run_reward,
+    build_tokenizer,
+    build_vector_env,
+    seed_everything,
+)
 from promptgym.experiments.config import load_config
 from promptgym.experiments.plots import plot_learning_curves
 from promptgym.experiments.stats import mean_ci
@@ -160,15 +166,8 @@ def run_ppo_variant(
     from promptgym.agents.baselines import RunResult, evaluate_lm
 
     start_sha = weights_sha256(policy)
-    env = PromptEditVectorEnv(
-        config.ppo.n_episodes,
-        tasks=load_tasks(config.data.tasks, split=config.data.train_split),
-        tokenizer=tokenizer,
-        reward=reward,
-        max_new_tokens=config.env.max_new_tokens,
-        max_context_tokens=config.env.max_context_tokens,
-        autoreset_mode="disabled",
-    )
+    train_tasks = load_tasks(config.data.tasks, split=config.data.train_split)
+    env = build_vector_env(config, train_tasks, tokenizer, reward, config.ppo.n_episodes)
     agent = PPOAgent(policy, env, config.ppo)
     curve: list[tuple[int, float]] = []
     last: dict[str, float] = {}
@@ -203,16 +202,7 @@ def run_reference(
 
 
 def _eval_env(config: Any, eval_tasks: Sequence[Any], eval_episodes: int, tokenizer: Any, reward: Any):
-
-    return PromptEditVectorEnv(
-        eval_episodes,
-        tasks=list(eval_tasks),
-        tokenizer=tokenizer,
-        reward=reward,
-        max_new_tokens=config.env.max_new_tokens,
-        max_context_tokens=config.env.max_context_tokens,
-        autoreset_mode="disabled",
-    )
+    return build_vector_env(config, eval_tasks, tokenizer, reward, eval_episodes)
 
 
 def run_baseline(
