@@ -6,6 +6,7 @@ Importing this package registers `promptgym/PromptEdit-v0` (`gymnasium.make`) wi
 
 import gymnasium
 
+from promptgym.envs.checks import ShapingCheckError, ShapingCheckWarning, ShapingReport, check_shaping
 from promptgym.envs.hf import tasks_to_dataset
 from promptgym.envs.prompt_edit import EditEpisodes, PromptEditEnv, default_reward
 from promptgym.envs.tasks import EditTask, load_tasks
@@ -29,6 +30,10 @@ __all__ = [
     "EditTemplate",
     "PromptEditEnv",
     "PromptEditVectorEnv",
+    "ShapingCheckError",
+    "ShapingCheckWarning",
+    "ShapingReport",
+    "check_shaping",
     "default_reward",
     "default_tokenizer",
     "load_tasks",

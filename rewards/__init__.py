@@ -4,6 +4,7 @@ This package imports nothing from the other promptgym packages (tasks are typed 
 """
 
 from promptgym.rewards.base import EditResult, EditTask, RewardOutput, Scorer, TaskLike
+from promptgym.rewards.checks import ScorerCheckError, ScorerCheckWarning, ScorerReport, check_scorer
 from promptgym.rewards.composite import CompositeReward, RewardWrapper, RunningMeanStd, ScorerError, as_composite
 from promptgym.rewards.counting import CountingReward
 from promptgym.rewards.image_scorers import AestheticMLP, AestheticScorer, PickScoreScorer
@@ -33,13 +34,17 @@ __all__ = [
     "RewardWrapper",
     "RunningMeanStd",
     "Scorer",
+    "ScorerCheckError",
+    "ScorerCheckWarning",
     "ScorerError",
+    "ScorerReport",
     "SemanticConsistencyScorer",
     "TaskLike",
     "as_composite",
     "as_trl_reward_func",
     "build_reward",
     "byte_tokenizer",
+    "check_scorer",
     "clear_reward_caches",
     "extract_keywords",
     "integrity_ratio",
