@@ -3,7 +3,8 @@
 Safetensors + JSON only (nothing pickled), one directory per checkpoint:
 
     step_000100/
-      meta.json               format version, promptgym version, creation time, {file: size} of every file
+      meta.json               format version, promptgym version, creation time, {file: size} and {file: sha256}
+                              of every file (verified on load: a damaged file is an error naming it)
       policy/                 PolicyWithValue.save_pretrained (+ tokenizer): plain AutoModelForCausalLM loads it
       optimizer.safetensors   every tensor of optimizer.state_dict(), keyed "state.{param_index}.{name}"
       optimizer.json          the rest of that state dict (param_groups, float steps); tensors as {"__tensor__": key}
@@ -14,10 +15,13 @@ Safetensors + JSON only (nothing pickled), one directory per checkpoint:
 
 A checkpoint is written into a hidden sibling `.tmp-<name>-<random>`, fsynced, then renamed into place, so a
 crash never leaves a half-written checkpoint under its final name (hidden directories are never loaded).
+Damage after that (a bad disk, a truncated copy) is caught by the checksums: `latest_intact_checkpoint` skips a
+damaged checkpoint and names it, so a run resumes from the newest one that is whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -33,13 +37,19 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from promptgym.agents.policy import CRITIC_DIR, VALUE_HEAD_FILE, PolicyWithValue
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # meta.json's "sha256" was added without a bump: checkpoints without it are checked by size only
 META_FILE, POLICY_DIR, LATEST_FILE = "meta.json", "policy", "latest"
+CHECKSUM_FILE = "checksums.json"  # the sha256 of every file of a model directory written outside a checkpoint
 Generator = np.random.Generator | torch.Generator | random.Random
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint (or a checksummed model directory) whose files are missing, truncated or altered."""
 
 
 class Stateful(Protocol):
@@ -113,6 +123,7 @@ def save_checkpoint(
             "created": datetime.now(timezone.utc).isoformat(),
             "created_ns": time.time_ns(),
             "files": files,
+            "sha256": file_digests(tmp),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         _fsync_tree(tmp)
@@ -165,7 +176,15 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     if not run_dir.is_dir():
         return []
     found = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file()]
-    return sorted(found, key=lambda p: (json.loads((p / META_FILE).read_text()).get("created_ns", 0), p.name))
+    return sorted(found, key=lambda p: (_created_ns(p), p.name))
+
+
+def _created_ns(path: Path) -> int:
+    """When the checkpoint was written (0 when its meta.json is unreadable: `verify_checkpoint` reports that)."""
+    try:
+        return int(json.loads((path / META_FILE).read_text()).get("created_ns", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -177,6 +196,93 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
             return candidate
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def latest_intact_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint in `run_dir` whose files match their checksums, and the newer ones skipped with why.
+
+    Candidates are the one `latest` names, then the others newest first; each is verified (`verify_checkpoint`).
+    Returns (None, skipped) when no checkpoint is intact.
+    """
+    latest = latest_checkpoint(run_dir)
+    candidates = ([latest] if latest is not None else []) + [p for p in reversed(list_checkpoints(run_dir)) if p != latest]
+    skipped = []
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+        except (CheckpointDamagedError, FileNotFoundError) as error:
+            skipped.append((path, str(error)))
+            continue
+        return path, skipped
+    return None, skipped
+
+
+def verify_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+    """Check a checkpoint's meta.json and every file's size and sha256; return the meta (raise naming the file)."""
+    return _read_meta(Path(directory))
+
+
+def file_digests(root: str | os.PathLike) -> dict[str, str]:
+    """{relative path: sha256 hex} of every file under `root` (except a checksums.json), sorted by path."""
+    root = Path(root)
+    return {
+        p.relative_to(root).as_posix(): _sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() != CHECKSUM_FILE
+    }
+
+
+def write_checksums(directory: str | os.PathLike) -> Path:
+    """Record the sha256 of every file of a model directory in its checksums.json (for `verify_checksums`)."""
+    path = Path(directory) / CHECKSUM_FILE
+    _write_atomic(path, json.dumps({"sha256": file_digests(directory)}, indent=1))
+    return path
+
+
+def verify_checksums(directory: str | os.PathLike) -> bool:
+    """Check the files of `directory` against its checksums.json; False when it has none, raise naming a bad file."""
+    directory = Path(directory)
+    if not (directory / CHECKSUM_FILE).is_file():
+        return False
+    recorded = _read_json(directory / CHECKSUM_FILE).get("sha256", {})
+    _check_digests(directory, recorded)
+    return True
+
+
+def _check_digests(directory: Path, recorded: Mapping[str, str]) -> None:
+    for name, digest in recorded.items():
+        file = directory / name
+        if not file.is_file():
+            raise CheckpointDamagedError(f"{file} is missing (its checksum is recorded, so it was saved)")
+        actual = _sha256(file)
+        if actual != digest:
+            raise CheckpointDamagedError(
+                f"{file} is damaged: its sha256 is {actual[:12]}..., {digest[:12]}... was recorded when it was saved"
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; unreadable JSON is a CheckpointDamagedError naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointDamagedError(f"{path} is damaged: not valid JSON ({error})") from None
+
+
+def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file`, with a damaged file's error naming it."""
+    try:
+        return load_file(path, device=device)
+    except SafetensorError as error:
+        raise CheckpointDamagedError(f"{path} is damaged: not a readable safetensors file ({error})") from None
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
@@ -252,8 +358,8 @@ def _read_pair(folder: Path, name: str, device: str, what: str) -> Any:
     if not (folder / f"{name}.json").is_file():
         raise ValueError(f"{what} was requested but checkpoint {str(folder)!r} has no {name}.json")
     tensor_file = folder / f"{name}.safetensors"
-    tensors = load_file(tensor_file, device=device) if tensor_file.is_file() else {}
-    return _decode(json.loads((folder / f"{name}.json").read_text()), tensors)
+    tensors = load_tensors(tensor_file, device=device) if tensor_file.is_file() else {}
+    return _decode(_read_json(folder / f"{name}.json"), tensors)
 
 
 # ---------------------------------------------------------------- pieces
@@ -313,8 +419,8 @@ def _load_policy_weights(policy: PolicyWithValue, policy_dir: Path) -> None:
     tensors = {}
     for prefix, folder in (("model.", policy_dir), ("critic.", policy_dir / CRITIC_DIR)):
         for file in sorted(folder.glob("model*.safetensors")):
-            tensors.update({prefix + k: v for k, v in load_file(file).items()})
-    tensors.update({"value_head." + k: v for k, v in load_file(policy_dir / VALUE_HEAD_FILE).items()})
+            tensors.update({prefix + k: v for k, v in load_tensors(file).items()})
+    tensors.update({"value_head." + k: v for k, v in load_tensors(policy_dir / VALUE_HEAD_FILE).items()})
     target = policy.state_dict(keep_vars=True)
     unexpected = sorted(set(tensors) - set(target))
     loaded_storage = {target[k].data_ptr() for k in tensors if k in target}
@@ -338,7 +444,9 @@ def _load_policy_weights(policy: PolicyWithValue, policy_dir: Path) -> None:
 def _read_meta(path: Path) -> dict[str, Any]:
     if not (path / META_FILE).is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a complete promptgym checkpoint: it has no {META_FILE}")
-    meta = json.loads((path / META_FILE).read_text())
+    meta = _read_json(path / META_FILE)
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise CheckpointDamagedError(f"{path / META_FILE} is damaged: expected an object with a 'files' table")
     found = meta.get("format_version")
     if not isinstance(found, int) or found > FORMAT_VERSION:
         raise ValueError(
@@ -348,7 +456,10 @@ def _read_meta(path: Path) -> dict[str, Any]:
     for name, size in meta["files"].items():
         actual = (path / name).stat().st_size if (path / name).is_file() else None
         if actual != size:
-            raise ValueError(f"checkpoint {str(path)!r} is damaged: {name} has {actual} bytes, meta.json says {size}")
+            raise CheckpointDamagedError(
+                f"checkpoint {str(path)!r} is damaged: {name} has {actual} bytes, meta.json says {size}"
+            )
+    _check_digests(path, meta.get("sha256", {}))
     return meta
 
 

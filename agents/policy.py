@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, BloomConfig, BloomForCausalLM, PreTrainedModel
@@ -143,17 +144,20 @@ class PolicyWithValue(nn.Module):
     # ------------------------------------------------------------------ construction and persistence
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, critic: str | os.PathLike | None = None, **kwargs):
-        """Load a causal LM (hub id or directory) and, if the directory has one, its saved value head/critic."""
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        """Load a causal LM (hub id or directory) and, if the directory has one, its saved value head/critic.
+
+        A damaged weights or config file is a ValueError that names it (not a bare SafetensorError).
+        """
+        model = _named_load(AutoModelForCausalLM.from_pretrained, name_or_path, **kwargs)
         path = Path(name_or_path)
         critic_model = None
         if critic is not None:
-            critic_model = AutoModel.from_pretrained(critic, **kwargs)
+            critic_model = _named_load(AutoModel.from_pretrained, critic, **kwargs)
         elif (path / CRITIC_DIR).is_dir():
-            critic_model = AutoModel.from_pretrained(path / CRITIC_DIR, **kwargs)
+            critic_model = _named_load(AutoModel.from_pretrained, path / CRITIC_DIR, **kwargs)
         policy = cls(model, critic=critic_model)
         if (path / VALUE_HEAD_FILE).is_file():
-            policy.value_head.load_state_dict(load_file(path / VALUE_HEAD_FILE))
+            policy.value_head.load_state_dict(_named_load(load_file, path / VALUE_HEAD_FILE))
         return policy
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -182,6 +186,30 @@ class PolicyWithValue(nn.Module):
             model = BloomForCausalLM(config)
             critic = BloomForCausalLM(config).transformer if separate_critic else None
             return cls(model, critic=critic)
+
+
+def _named_load(load, name_or_path: str | os.PathLike, **kwargs):
+    """`load(name_or_path, **kwargs)`, with an unreadable file's error (bad safetensors header, bad JSON) naming it."""
+    try:
+        return load(name_or_path, **kwargs)
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{_damaged_file(Path(name_or_path))} is damaged and cannot be loaded: {error}") from None
+
+
+def _damaged_file(path: Path) -> Path:
+    """The first file under `path` (a file or a model directory) that safetensors or JSON cannot read, else `path`."""
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json"))
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(file, framework="pt") as f:
+                    for key in f.keys():
+                        f.get_slice(key)
+            else:
+                json.loads(file.read_text(encoding="utf-8"))
+        except (SafetensorError, ValueError):
+            return file
+    return path
 
 
 def tiny_bloom_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4) -> BloomConfig:

@@ -55,9 +55,23 @@ def load_tasks(spec: str | os.PathLike, split: str = "train") -> list[EditTask]:
         raise ValueError(f"{what} {str(spec)!r}; {SPEC_HELP}")
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {str(path)!r} (resolved to {str(path.resolve())!r})")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_utf8(path)
     rows = _jsonl_rows(text, str(path)) if suffix == ".jsonl" else _csv_rows(text, str(path))
     return _to_tasks(rows, where=str(path), default_id=path.stem)
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text (UTF-8, an optional BOM dropped); bytes that are not UTF-8 are an error naming file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _load_demo(split: str) -> list[EditTask]:
