@@ -1,8 +1,9 @@
 """The `promptgym` command line.
 
-    promptgym train [--config tiny|NAME|PATH] [--out DIR] [--set key=value ...] | --resume DIR
+    promptgym train [--config tiny|NAME|PATH] [--out DIR] [--overwrite] [--set key=value ...] | --resume DIR
     promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N]
-    promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR] [-n 4] [--render OUT.png]
+    promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR (default: the newest under runs/)] [-n 4]
+                   [--render OUT.png]
     promptgym render --prompt TEXT [--preset tiny|synth|scene|diffchat-sd15] --out FILE.png
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
     promptgym bench [--variants sft,ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
@@ -12,6 +13,10 @@
 `train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
 the user-facing feature (edited prompts for one prompt and instruction); `render` renders a prompt; `demo` plays
 a few episodes with a scripted policy; `config show` prints a config fully resolved, each key with its doc.
+
+A user's mistake (a bad argument, a missing or damaged file, a run directory in use) is one line on stderr,
+`promptgym COMMAND: error: ...`, and exit code 2; `--debug` shows the traceback instead. Other exceptions are bugs and keep
+their traceback.
 """
 
 from __future__ import annotations
@@ -23,11 +28,31 @@ from collections.abc import Sequence
 POLICIES = ("target", "source", "random")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the usage itself is what --help is for); exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a user's mistake (reported in one line, exit code 2), not a bug."""
+    from promptgym.experiments.config import ConfigError
+    from promptgym.experiments.rundir import RunLockedError
+
+    return (ConfigError, RunLockedError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError)  # UnicodeDecodeError and damaged files are ValueErrors
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptgym", description="Prompt-editing RL environments and agents.")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug after the command too (SUPPRESS keeps the global one)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error instead of one line")
+    parser = OneLineParser(prog="promptgym", description="Prompt-editing RL environments and agents.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser(
-        "train",
+        "train", parents=[debug],
         help="SFT warm start then PPO; writes a run directory",
         epilog="data-parallel: accelerate launch --multi_gpu --num_processes N -m promptgym.experiments train [ARGS] "
         "(ppo.n_episodes is the global batch; on CPUs the processes use gloo)",
@@ -36,10 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="dotted override, e.g. --set ppo.learning_rate=1e-4 (repeatable)")
-    train.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    train.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue the run in DIR from its latest intact checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete the run already in --out and start again (default: refuse)")
     train.set_defaults(handler=run_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's latest policy on test tasks")
+    evaluate = commands.add_parser("eval", parents=[debug], help="evaluate a run's latest policy on test tasks")
     evaluate.add_argument("run_dir", help="a run directory written by promptgym train")
     evaluate.add_argument("--split", default="test", help="task split to evaluate on (default: test)")
     evaluate.add_argument("--samples", type=_positive_int, default=4, help="edited prompts per task (default: 4)")
@@ -47,16 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed")
     evaluate.set_defaults(handler=run_eval)
 
-    edit = commands.add_parser("edit", help="print N edited prompts for a prompt and an instruction")
+    edit = commands.add_parser("edit", parents=[debug], help="print N edited prompts for a prompt and an instruction")
     edit.add_argument("--prompt", required=True, help="the text-to-image prompt to edit")
     edit.add_argument("--instruction", required=True, help='how to edit it, e.g. "make it night time"')
-    edit.add_argument("--run", default=None, help="run directory whose latest policy edits (default: none)")
+    edit.add_argument("--run", default=None,
+                      help="run directory whose latest policy edits (default: the newest run under runs/)")
     edit.add_argument("-n", type=_positive_int, default=4, help="number of edited prompts (default: 4)")
     edit.add_argument("--render", default=None, metavar="OUT.png", help="save the source and edited renders here")
     edit.add_argument("--seed", type=int, default=0, help="sampling seed")
     edit.set_defaults(handler=run_edit)
 
-    render = commands.add_parser("render", help="render a prompt with a preset's renderer")
+    render = commands.add_parser("render", parents=[debug], help="render a prompt with a preset's renderer")
     render.add_argument("--prompt", required=True, help="the prompt to render")
     render.add_argument("--preset", default="tiny", choices=("tiny", "synth", "scene", "diffchat-sd15"),
                         help="tiny, synth (the world's trained SD), scene (the world's exact procedural renderer) or "
@@ -64,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, metavar="FILE.png", help="where to save the image(s)")
     render.set_defaults(handler=run_render)
 
-    bench = commands.add_parser("bench", help="train PPO variants and baselines for the same reward-call budget")
+    bench = commands.add_parser("bench", parents=[debug],
+                                help="train PPO variants and baselines for the same reward-call budget")
     bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo",
                        help="comma-separated variants (default: all; sft = the SFT start without RL, the reference)")
     bench.add_argument("--seeds", type=_positive_int, default=3, help="seeds per variant (default: 3)")
@@ -80,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch.set_num_threads (default 1: tiny models on a shared CPU; 0 keeps torch's default)")
     bench.set_defaults(handler=run_bench)
 
-    world = commands.add_parser("world", help="the synth world: build (train) its models")
+    world = commands.add_parser("world", parents=[debug], help="the synth world: build (train) its models")
     world_commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
     build = world_commands.add_parser("build", help="train the synth world's judge, SD, CLIP and aesthetic MLP",
                                       add_help=False)
     build.add_argument("build_args", nargs=argparse.REMAINDER, help="see promptgym world build --help")
 
-    demo = commands.add_parser("demo", help="play a few episodes with a scripted policy and print the rewards")
+    demo = commands.add_parser("demo", parents=[debug],
+                               help="play a few episodes with a scripted policy and print the rewards")
     demo.add_argument("--policy", choices=POLICIES, default="target", help="what the policy types (default: target)")
     demo.add_argument("--episodes", type=_positive_int, default=5, help="number of episodes (default: 5)")
     demo.add_argument("--split", choices=("train", "test"), default="test", help="demo split to draw tasks from")
@@ -94,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode i uses seed+i)")
     demo.set_defaults(handler=run_demo)
 
-    config = commands.add_parser("config", help="inspect experiment configs")
+    config = commands.add_parser("config", parents=[debug], help="inspect experiment configs")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND")
-    show = config_commands.add_parser("show", help="print a config fully resolved, as YAML with each key's doc")
+    show = config_commands.add_parser("show", parents=[debug],
+                                      help="print a config fully resolved, as YAML with each key's doc")
     show.add_argument("config", nargs="?", default="tiny", metavar="PRESET_OR_PATH",
                       help="a preset name (tiny, diffchat-sd15, ppo, ...; default: tiny) or a YAML path")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -155,17 +187,18 @@ def run_config_show(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from promptgym.experiments.config import load_config
+    from promptgym.experiments.rundir import RunDir
     from promptgym.experiments.train import train
 
     if args.resume:
-        from pathlib import Path
-
-        config = load_config(Path(args.resume) / "config.yaml", args.overrides)
+        if args.out is not None or args.overwrite:
+            raise ValueError("--resume DIR continues the run in DIR; it takes neither --out nor --overwrite")
+        config = load_config(RunDir(args.resume).config, args.overrides)
         out = args.resume
     else:
         config = load_config(args.config, args.overrides)
         out = args.out or f"runs/{config.name}"
-    result = train(config, out, resume=bool(args.resume))
+    result = train(config, out, resume=bool(args.resume), overwrite=args.overwrite)
     if not result.is_main:  # another process of a data-parallel run: the main one reports
         return 130 if result.interrupted else 0
     print(f"run directory: {result.run_dir} (summary.md, plots/, metrics.jsonl, checkpoints/)")
@@ -192,8 +225,20 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_edit(args: argparse.Namespace) -> int:
     from promptgym.experiments.edit import edit_prompt
+    from promptgym.experiments.rundir import newest_run, say
 
-    edits = edit_prompt(args.prompt, args.instruction, run_dir=args.run, n=args.n, seed=args.seed, render=args.render)
+    if not args.prompt.strip() or not args.instruction.strip():
+        raise ValueError(f"--prompt {args.prompt!r} and --instruction {args.instruction!r} must both be non-empty")
+    run = args.run
+    if run is None:
+        run = newest_run("runs")
+        if run is None:
+            raise FileNotFoundError(
+                "no trained run to edit with: none under runs/; train one with `promptgym train` "
+                "(about 4 minutes on a CPU), or pass --run DIR"
+            )
+        say(f"editing with the newest run, {run} (pass --run DIR to choose another)")
+    edits = edit_prompt(args.prompt, args.instruction, run_dir=run, n=args.n, seed=args.seed, render=args.render)
     for i, edited in enumerate(edits, 1):
         print(f"{i}. {edited}")
     if args.render:
@@ -216,11 +261,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        variants = bench.parse_variants(args.variants)
-    except ValueError as error:
-        print(f"promptgym bench: error: {error}", file=sys.stderr)
-        return 2
+    variants = bench.parse_variants(args.variants)  # a ValueError is the user's: one line, exit code 2
     result = bench.run_bench(
         variants, args.seeds, args.budget, args.out, args.overrides, args.reward, args.eval_episodes
     )
@@ -236,12 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return world_build.main(argv[2:])
     args = build_parser().parse_args(argv)
-    from promptgym.experiments.config import ConfigError
-
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError) as error:  # a user's mistake: the message, not a traceback
-        print(f"promptgym {args.command}: error: {error}", file=sys.stderr)
+    except user_errors() as error:  # a user's mistake: the message, not a traceback
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"promptgym {args.command}: error: {message}", file=sys.stderr)  # as argparse names its errors
         return 2
 
 

@@ -40,6 +40,10 @@ def edit_prompt(
     """
     if not prompt.strip() or not instruction.strip():
         raise ValueError(f"prompt={prompt!r} and instruction={instruction!r} must both be non-empty")
+    if render is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        check_image_path(render, "render", FigureCanvasBase.get_supported_filetypes())
     task = EditTask(prompt.strip(), instruction.strip(), id="cli")
     if run_dir is None:
         warnings.warn("no run given: editing with an untrained tiny policy; train one with `promptgym train`", stacklevel=2)
@@ -82,10 +86,29 @@ def _save_edit_grid(renderer: DiffusersRenderer, task: EditTask, edits: list[str
     return plot_image_grid(rows, before, images[1:], path)
 
 
+def check_image_path(path: str | os.PathLike, argument: str, formats) -> None:
+    """Refuse, before any work, an image path that cannot be written: a directory, a path under a file, or a
+    file name whose extension is not one of `formats` (e.g. {"png", "jpg"})."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{argument}={str(path)!r} is a directory; expected an image file, e.g. {path / 'out.png'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{argument}={str(path)!r} is under {parent}, which is a file")
+            break
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ValueError(
+            f"{argument}={str(path)!r} has extension {path.suffix!r}; expected an image file name such as "
+            f"{path.with_suffix('.png').name} (.jpg, .webp, ... work too)"
+        )
+
+
 def render_prompt(prompt: str, out: str | os.PathLike, preset: str = "tiny") -> Path:
     """Render `prompt` with the preset's renderer and save its K images side by side as a PNG."""
     if not prompt.strip():
         raise ValueError("prompt is empty; expected the text to render")
+    check_image_path(out, "out", {ext.lstrip(".") for ext in Image.registered_extensions()})
     device = "cuda" if preset == "diffchat-sd15" and torch.cuda.is_available() else None
     renderer = preset_renderer(preset, tokenizer=default_tokenizer() if preset == "tiny" else None, device=device)
     images = renderer.render([prompt])[0]  # [K, 3, H, W] in [0, 1]

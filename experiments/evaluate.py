@@ -38,7 +38,7 @@ from promptgym.agents.rollout import sample_episodes
 from promptgym.envs import EditTask, EditTemplate, PromptEditVectorEnv, load_tasks
 from promptgym.experiments.builders import build_run_reward
 from promptgym.experiments.config import config_from_dict
-from promptgym.experiments.rundir import load_run_policy
+from promptgym.experiments.rundir import load_run_config, load_run_policy
 from promptgym.experiments.stats import mean_ci, task_diversities, win_indicators
 from promptgym.rewards import (
     CompositeReward,
@@ -385,9 +385,7 @@ def _markdown(result: EvalResult) -> str:
 
 def write_eval(result: EvalResult, out_dir: str | os.PathLike, split: str | None = None) -> list[Path]:
     """Write `eval_<split>.csv`, `eval_<split>.md` and `eval_<split>_samples.jsonl` to `out_dir`; return paths."""
-    split = result.split if split is None else split
-    if not split or any(c in split for c in "/\\"):
-        raise ValueError(f"split={split!r}; expected a non-empty name without path separators")
+    split = _check_split_name(result.split if split is None else split)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, samples_path = (
@@ -405,6 +403,13 @@ def write_eval(result: EvalResult, out_dir: str | os.PathLike, split: str | None
         for record in result.samples:
             f.write(json.dumps(record) + "\n")
     return [csv_path, md_path, samples_path]
+
+
+def _check_split_name(split: str) -> str:
+    """The split names the eval files (`eval_<split>.csv`): a non-empty name without path separators."""
+    if not split or any(c in split for c in "/\\"):
+        raise ValueError(f"split={split!r}; expected a non-empty name without path separators")
+    return split
 
 
 def evaluate_run(
@@ -430,8 +435,11 @@ def evaluate_run(
     """
     if isinstance(config, Mapping):
         config = config_from_dict(config)
+    if write:
+        _check_split_name(split)
+    config = load_run_config(run_dir) if config is None else config
+    tasks = load_tasks(config.data.tasks, split=split) if tasks is None else tasks  # a bad split fails before loading
     policy, tokenizer, config, policy_dir = load_run_policy(run_dir, checkpoint, config)
-    tasks = load_tasks(config.data.tasks, split=split) if tasks is None else tasks
     reward = build_run_reward(config, tokenizer) if reward is None else reward
     semantic_scorer = SemanticConsistencyScorer.from_pretrained() if semantic_scorer is None else semantic_scorer
     result = evaluate_policy(

@@ -4,8 +4,10 @@
     promptgym train --resume runs/NAME [--set train.num_updates=80]
     accelerate launch --num_processes 2 -m promptgym.experiments train [same arguments]
 
-Ctrl-C saves a checkpoint and exits cleanly; `--resume` continues the same run from its latest checkpoint (the
-metrics and samples logs continue without a gap or a repeat).
+Ctrl-C saves a checkpoint and exits cleanly; `--resume` continues the same run from its latest intact checkpoint
+(the metrics and samples logs continue without a gap or a repeat; a last log line torn by a kill is dropped, a
+damaged checkpoint is skipped, each said on stderr). One process writes a run directory at a time (its lock,
+`RunDir.lock`); a directory that already holds a run is refused unless `resume` or `overwrite` is given.
 
 Under `accelerate launch` (or `torchrun`) the run is data-parallel: `ppo.n_episodes` stays the global batch,
 each process collects `n_episodes / processes` of its episodes, gradients are all-reduced every minibatch (see
@@ -23,7 +25,8 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging as hf_logging
 
-from promptgym.agents import DataParallel, PolicyWithValue, PPOAgent, latest_checkpoint, sft_warm_start
+from promptgym.agents import DataParallel, PolicyWithValue, PPOAgent, sft_warm_start
+from promptgym.agents.checkpoint import latest_checkpoint, verify_checksums, write_checksums
 from promptgym.agents.rollout import sample_episodes
 from promptgym.envs import EditTask, load_tasks
 from promptgym.experiments.builders import (
@@ -37,7 +40,7 @@ from promptgym.experiments.builders import (
 )
 from promptgym.experiments.config import ConfigError, save_config
 from promptgym.experiments.plots import plot_image_grid, plot_training
-from promptgym.experiments.rundir import RunDir, read_run_jsonl
+from promptgym.experiments.rundir import RunDir, intact_checkpoint, read_run_jsonl
 from promptgym.experiments.stats import mean_ci
 from promptgym.rewards import CompositeReward, reward_stats
 
@@ -123,6 +126,7 @@ class Trainer:
         if self.resume:
             if not self.run.sft_policy.is_dir():
                 raise FileNotFoundError(f"{self.run.sft_policy} is missing; {self.run.root} is not a resumable run")
+            verify_checksums(self.run.sft_policy)  # runs written before checksums have none: nothing to check
             return PolicyWithValue.from_pretrained(self.run.sft_policy).to(self.device)
         policy = build_policy(self.config, self.tokenizer, self.device)
         if self.config.sft.enabled:
@@ -137,16 +141,22 @@ class Trainer:
         if self.is_main:
             policy.save_pretrained(self.run.sft_policy)
             self.tokenizer.save_pretrained(self.run.sft_policy)
+            write_checksums(self.run.sft_policy)  # the KL reference of a resume: damage must not pass silently
         return policy
 
     def _restore(self) -> None:
-        checkpoint = latest_checkpoint(self.run.checkpoints)
+        if self.is_main:  # the others wait at the barrier: then the damaged checkpoints are out of the way
+            intact_checkpoint(self.run.checkpoints, move_damaged=True)
+        self.parallel.barrier()
+        checkpoint = latest_checkpoint(self.run.checkpoints)  # the intact one; load verifies it again
         if checkpoint is None:
-            raise FileNotFoundError(f"no checkpoint in {self.run.checkpoints}; nothing to resume")
+            raise FileNotFoundError(f"no intact checkpoint in {self.run.checkpoints}; nothing to resume")
         self.agent.load(checkpoint)
         done = self.agent.num_updates
         self.parallel.barrier()  # every process has read the logs' checkpoint before the main one edits them
         if self.is_main:
+            for log in (self.run.metrics, self.run.samples):
+                self.run.repair_torn_tail(log)
             self.run.truncate_after(self.run.metrics, done)
             self.run.truncate_after(self.run.samples, done)
 
@@ -334,7 +344,23 @@ def _renderer_of(reward: CompositeReward):
     return None
 
 
-def train(config, out: str | Path, resume: bool = False) -> RunResult:
-    """Run (or resume) a training run in `out`; returns what happened."""
-    return Trainer(config, out, resume=resume).run_updates()
+def train(config, out: str | Path, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Run (or resume) a training run in `out`, holding its lock throughout; returns what happened.
+
+    `out` must not hold a run already unless `resume` (continue it) or `overwrite` (delete it first) is given; that
+    is checked, under the lock, before anything is written. Only the main process of a data-parallel run checks,
+    locks and writes.
+    """
+    parallel = build_parallel(config)
+    if not parallel.is_main:
+        return Trainer(config, out, resume=resume, parallel=parallel).run_updates()
+    run = RunDir(out)
+    run.check_out(resume=resume, overwrite=overwrite)  # before the lock creates the directory
+    for split in (config.data.train_split, config.data.eval_split):  # a bad task file fails before anything is written
+        load_tasks(config.data.tasks, split=split)
+    with run.lock():
+        run.check_out(resume=resume, overwrite=overwrite)  # again: another writer may have finished meanwhile
+        if overwrite:
+            run.clear()
+        return Trainer(config, out, resume=resume, parallel=parallel).run_updates()
 
