@@ -30,6 +30,8 @@ from promptgym.rewards import PotentialShaping
 
 __all__ = ["ShapingCheckError", "ShapingCheckWarning", "ShapingReport", "check_shaping"]
 
+REL_TOL = 1e-9  # relative float round-off allowed on top of `atol` (large potentials round in absolute terms)
+
 
 class ShapingCheckError(AssertionError):
     """The env's shaping is not potential-based: names the `episode` and `step` (0-based) where it breaks."""
@@ -124,7 +126,7 @@ class _Check:
         self.max_abs_phi = max(self.max_abs_phi, abs(phi_after))
         expected = self.shaping.gamma * phi_after - episode.phi
         error = abs(paid - expected)
-        if not math.isfinite(paid) or not error <= self.atol:
+        if not math.isfinite(paid) or not math.isclose(paid, expected, rel_tol=REL_TOL, abs_tol=self.atol):
             self.fail(episode, f"the env paid F={paid!r}, but gamma*Phi(s')-Phi(s) = {self.shaping.gamma:g}*"
                       f"{phi_after!r} - {episode.phi!r} = {expected!r} (prompt so far {text!r}); not potential-based")
         if not done and reward != paid:
@@ -139,7 +141,7 @@ class _Check:
         self.counts["terminated" if terminated else "truncated"] += 1
         telescoped = self.shaping.gamma**episode.steps * phi_after - episode.phi0
         sum_error = abs(episode.discounted - telescoped)
-        if not sum_error <= self.atol * episode.steps:
+        if not math.isclose(episode.discounted, telescoped, rel_tol=REL_TOL, abs_tol=self.atol * episode.steps):
             self.fail(episode, f"the discounted sum of shaping terms {episode.discounted!r} != gamma^T*Phi(s_T) - "
                       f"Phi(s_0) = {telescoped!r} (T={episode.steps})", step=episode.steps - 1)
         self.max_sum_error = max(self.max_sum_error, sum_error)
@@ -178,7 +180,8 @@ def check_shaping(
     Args:
         episodes: finished episodes to check (a vector env finishes at least this many).
         seed: seeds the env's first reset and the random actions.
-        atol: tolerance per step (and `atol * T` for an episode's sum of T terms).
+        atol: absolute tolerance per step (and `atol * T` for an episode's sum of T terms), on top of a relative
+            `REL_TOL` = 1e-9.
         eos_probability: chance of EOS at each step, so episodes both terminate and truncate.
     """
     base = env.unwrapped
