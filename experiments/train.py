@@ -17,6 +17,9 @@ same seeded SFT and the main process's weights are then broadcast, so all start 
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,58 +186,73 @@ class Trainer:
             unit="update",
             disable=not (c.logging.progress and self.is_main),
         )
+        stop = _StopRequest(bar.write)
+        hard_stop = False
         try:
-            while self.agent.num_updates < c.train.num_updates:
-                metrics = self.agent.step()
-                update = self.agent.num_updates
-                row = {
-                    "update": update,
-                    "episodes": self.agent.num_episodes,
-                    "reward_calls": self.agent.num_reward_calls,
-                    "wall_time_s": time.perf_counter() - start,
-                    **metrics,
-                    **reward_stats(self.reward),
-                }
-                if self.is_main:
-                    self.run.append_jsonl(self.run.metrics, [row])
-                self._log_tensorboard(row, update)
-                result.history.append(row)
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{metrics['env/reward_mean']:.3f}",
-                    kl=f"{metrics['objective/kl']:.2f}",
-                    tok_s=f"{metrics['time/tokens_per_s']:.0f}",
-                )
-                if c.train.eval_every and update % c.train.eval_every == 0:
-                    self._log_samples(update)
-                if c.train.checkpoint_every and update % c.train.checkpoint_every == 0:
-                    self._checkpoint()
-        except KeyboardInterrupt:
-            result.interrupted = True
-            bar.write(f"interrupted: saving a checkpoint at update {self.agent.num_updates} ...")
+            with stop.on_sigint():
+                while self.agent.num_updates < c.train.num_updates:
+                    metrics = self.agent.step()
+                    update = self.agent.num_updates
+                    row = {
+                        "update": update,
+                        "episodes": self.agent.num_episodes,
+                        "reward_calls": self.agent.num_reward_calls,
+                        "wall_time_s": time.perf_counter() - start,
+                        **metrics,
+                        **reward_stats(self.reward),
+                    }
+                    if self.is_main:
+                        self.run.append_jsonl(self.run.metrics, [row])
+                    self._log_tensorboard(row, update)
+                    result.history.append(row)
+                    bar.update(1)
+                    bar.set_postfix(
+                        reward=f"{metrics['env/reward_mean']:.3f}",
+                        kl=f"{metrics['objective/kl']:.2f}",
+                        tok_s=f"{metrics['time/tokens_per_s']:.0f}",
+                    )
+                    if c.train.eval_every and update % c.train.eval_every == 0:
+                        self._log_samples(update)
+                    if c.train.checkpoint_every and update % c.train.checkpoint_every == 0:
+                        self._checkpoint()
+                    if self.parallel.sum_float(float(stop.requested))[0] > 0:  # every process stops at this update
+                        result.interrupted = True
+                        break
+        except KeyboardInterrupt:  # a second Ctrl-C (or one outside the main thread): the update was cut short
+            result.interrupted = hard_stop = True
+            bar.write(
+                f"stopped during update {self.agent.num_updates + 1}: no checkpoint of that half-done update is "
+                f"written; --resume continues from the newest checkpoint"
+            )
         finally:
             bar.close()
         evaluated_last = c.train.eval_every and self.agent.num_updates % c.train.eval_every == 0
         if not result.interrupted and not evaluated_last:
             self._log_samples(self.agent.num_updates)
-        self._checkpoint(check_sync=not result.interrupted)  # after Ctrl-C the processes may be mid-update
+        if not hard_stop:
+            self._checkpoint()
         result.wall_time_s = time.perf_counter() - start
         if self.is_main:
             self.finish(result)
         return result
 
-    def _checkpoint(self, check_sync: bool = True) -> Path:
+    def _checkpoint(self) -> Path:
         """Save the agent (main process only), after checking that every process holds the same weights."""
         path = self.run.checkpoints / f"step_{self.agent.num_updates:06d}"
-        if check_sync:
-            self.parallel.check_in_sync(self.policy)
+        self.parallel.check_in_sync(self.policy)
         if not self.is_main or (path.exists() and (path / "meta.json").exists()):
             return path
         return self.agent.save(path, keep_last=self.config.train.keep_last)
 
     def _log_samples(self, update: int) -> None:
+        """Sample and log the fixed tasks' edits. Their renders and scores leave the training reward's caches and
+        statistics as they were, so training (and a resume) computes the same whether or not an evaluation ran."""
         if self.fixed_tasks and self.is_main:
-            self.run.append_jsonl(self.run.samples, sample_rows(self.agent, self.fixed_tasks, update, self.config))
+            reward = self.agent.env.reward
+            state = reward.state_dict()
+            rows = sample_rows(self.agent, self.fixed_tasks, update, self.config)
+            reward.load_state_dict(state)
+            self.run.append_jsonl(self.run.samples, rows)
 
     def _log_tensorboard(self, row: dict[str, Any], update: int) -> None:
         if self.writer is None:
@@ -307,6 +325,33 @@ class Trainer:
                 "The tiny reward stack's image scores exercise the pipeline and say nothing about image quality.",
             ]
         return "\n".join(lines) + "\n"
+
+
+class _StopRequest:
+    """Ctrl-C during training: the first one asks to stop after the running update (its checkpoint then holds
+    exactly the state an uninterrupted run has there); a second one stops at once, without a checkpoint."""
+
+    def __init__(self, say) -> None:
+        self.requested = False
+        self.say = say
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say("Ctrl-C: finishing this update, then saving a checkpoint (Ctrl-C again to stop at once)")
+
+    @contextlib.contextmanager
+    def on_sigint(self):
+        """Install the handler for the duration (main thread only: elsewhere Ctrl-C stays a KeyboardInterrupt)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self.handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def before_after_table(samples: list[dict[str, Any]], first: int, last: int) -> list[str]:

@@ -16,9 +16,9 @@ Scorer failures follow `on_error`: "raise" stops with the scorer's name and the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -62,6 +62,9 @@ def _names(flag: bool | Iterable[str], terms: Mapping[str, object], arg: str) ->
     if unknown:
         raise ValueError(f"{arg}={sorted(names)} names unknown terms {unknown}; terms are {sorted(terms)}")
     return names
+
+
+STATE_FORMAT = 2  # of CompositeReward.state_dict: statistics and caches (1, unmarked: statistics alone)
 
 
 class CompositeReward:
@@ -165,12 +168,41 @@ class CompositeReward:
         return scores.masked_fill(bad, 0.0), bad
 
     def state_dict(self) -> dict:
-        """Running normalisation statistics (for checkpoints)."""
-        return {name: vars(stat).copy() for name, stat in self.stats.items()}
+        """Everything a later reward depends on, for checkpoints: the running normalisation statistics, and the
+        render and score caches with their counters. Renders depend slightly on which prompts share a batch, and
+        the caches decide the batches, so a resumed run scores bit for bit as an uninterrupted one only with them.
+        """
+        return {
+            "format": STATE_FORMAT,
+            "stats": {name: vars(stat).copy() for name, stat in self.stats.items()},
+            "caches": {name: save() for name, (save, _) in self._cache_parts().items()},
+        }
 
-    def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
-        for name, values in state.items():
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()`; a state without "format" is an older checkpoint's statistics alone."""
+        stats = state["stats"] if state.get("format") == STATE_FORMAT else state
+        for name, values in stats.items():
             self.stats[name] = RunningMeanStd(**values)
+        parts = self._cache_parts()
+        for name, saved in (state.get("caches", {}) if state.get("format") == STATE_FORMAT else {}).items():
+            if name in parts:  # a cache this reward no longer has is skipped
+                parts[name][1](saved)
+
+    def _cache_parts(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
+        """{stable name: (save, load)} for every score cache and every distinct renderer of the terms and monitors
+        (a renderer shared by several scorers appears once, under the first scorer's name)."""
+        parts: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+        seen: set[int] = set()
+        scorers = {**{name: scorer for name, (scorer, _) in self.terms.items()}, **self.monitors}
+        for name, scorer in scorers.items():
+            cache = getattr(scorer, "score_cache", None)
+            if cache is not None and hasattr(cache, "state"):
+                parts[f"{name}/scores"] = (cache.state, cache.load_state)
+            renderer = getattr(scorer, "renderer", None)
+            if renderer is not None and hasattr(renderer, "cache_state") and id(renderer) not in seen:
+                seen.add(id(renderer))
+                parts[f"{name}/renders"] = (renderer.cache_state, renderer.load_cache_state)
+        return parts
 
 
 class RewardWrapper:

@@ -16,15 +16,15 @@ rescaled by 1/255 a second time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from cachetools import LRUCache
 from torch import nn
 
 from promptgym.rewards.base import EditResult, check_scores
+from promptgym.rewards.cache import LRU
 from promptgym.rewards.render import DiffusersRenderer, clip_style_tokenizer, explain_missing_checkpoint
 
 __all__ = [
@@ -175,7 +175,7 @@ class ScoreCache:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"score_cache_size must be an int >= 0 (0 disables the cache), got {size!r}")
         self.size = size
-        self._scores: LRUCache[tuple[str, str, str], float] = LRUCache(maxsize=max(size, 1))
+        self._scores = LRU(size)  # (renderer fingerprint, prompt, text) -> score
         self.hits = 0
         self.misses = 0
 
@@ -205,8 +205,17 @@ class ScoreCache:
         return torch.tensor([known[key] for key in keys], dtype=torch.float32)
 
     def _store(self, key: tuple[str, str, str], value: float) -> None:
-        if self.size:
-            self._scores[key] = value  # evicts the least recently used score beyond size
+        self._scores.put(key, value)  # evicts the least recently used score beyond size
+
+    def state(self) -> dict[str, Any]:
+        """Entries (in recency order) and counters, exactly, for checkpoints; `load_state` restores them."""
+        items = self._scores.items()
+        return {"keys": [list(key) for key, _ in items], "values": [value for _, value in items],
+                "hits": self.hits, "misses": self.misses}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._scores.load((tuple(key), float(value)) for key, value in zip(state["keys"], state["values"], strict=True))
+        self.hits, self.misses = int(state["hits"]), int(state["misses"])
 
 
 # ---------------------------------------------------------------------- aesthetic

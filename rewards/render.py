@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from cachetools import LRUCache
+
+from promptgym.rewards.cache import LRU
 
 __all__ = [
     "CachedRenderer",
@@ -286,6 +287,35 @@ RENDER_SETTINGS = (
 TINY_SETTINGS = {"num_inference_steps": 4, "guidance_scale": 7.5, "height": 32, "width": 32, "images_per_prompt": 2}
 
 
+def pipeline_weights_digest(pipeline: Any) -> str:
+    """blake2b over the name, dtype, shape and bytes of every tensor of the pipeline's modules (its `components`)
+    and the vocabulary of its tokenizers: equal for equal weights, in any process."""
+    digest = hashlib.blake2b(digest_size=16)
+    components = getattr(pipeline, "components", None) or {"model": pipeline}
+    for name in sorted(components):
+        component = components[name]
+        if isinstance(component, torch.nn.Module):
+            for key, tensor in sorted(component.state_dict().items()):
+                digest.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                if tensor.device.type != "meta":
+                    digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        elif hasattr(component, "get_vocab"):
+            digest.update(json.dumps(sorted(component.get_vocab().items())).encode())
+    return digest.hexdigest()
+
+
+def _pack_images(items: Sequence[tuple[tuple[str, int, str], torch.Tensor]]) -> dict[str, Any]:
+    """Cache entries as one stacked tensor plus their keys (one tensor file entry, not one per image)."""
+    items = list(items)
+    images = torch.stack([image for _, image in items]) if items else torch.zeros(0)
+    return {"keys": [list(key) for key, _ in items], "images": images}
+
+
+def _unpack_images(packed: Mapping[str, Any]) -> list[tuple[tuple[str, int, str], torch.Tensor]]:
+    images = packed["images"]
+    return [((str(p), int(k), str(f)), images[i].clone()) for i, (p, k, f) in enumerate(packed["keys"])]
+
+
 @contextlib.contextmanager
 def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
     """Raise logger `name`'s level for the duration (restored after, also on error)."""
@@ -323,7 +353,7 @@ class CachedRenderer:
             raise ValueError(f"cache_size must be an int >= 0 (0 disables the cache), got {cache_size!r}")
         self.cache_size = int(cache_size)
         self.batch_size = _check_positive_int("batch_size", batch_size)
-        self._cache: LRUCache[tuple[str, int, str], torch.Tensor] = LRUCache(maxsize=max(self.cache_size, 1))
+        self._cache = LRU(self.cache_size)  # (prompt, k, fingerprint) -> image [3, H, W]
         self._last_batch: dict[tuple[str, int, str], torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
@@ -353,14 +383,32 @@ class CachedRenderer:
         self._cache.clear()
         self._last_batch = {}
         self.hits = self.misses = self.pipeline_calls = self.images_rendered = self.prompts_truncated = 0
+        self._digest = None  # weights may have changed in place
 
     def _lookup(self, key: tuple[str, int, str]) -> torch.Tensor | None:
         image = self._cache.get(key)  # a hit makes the key the most recently used
         return image if image is not None else self._last_batch.get(key)
 
     def _store(self, key: tuple[str, int, str], image: torch.Tensor) -> None:
-        if self.cache_size:
-            self._cache[key] = image  # evicts the least recently used image beyond cache_size
+        self._cache.put(key, image)  # evicts the least recently used image beyond cache_size
+
+    COUNTERS = ("hits", "misses", "pipeline_calls", "images_rendered", "prompts_truncated")
+
+    def cache_state(self) -> dict[str, Any]:
+        """The cache, the last-batch memo and the counters, exactly (for checkpoints): a renderer restored with
+        `load_cache_state` renders and counts from then on as this one would. Images are kept as float32."""
+        return {
+            "cache": _pack_images(self._cache.items()),
+            "last_batch": _pack_images(self._last_batch.items()),
+            "counters": {name: int(getattr(self, name)) for name in self.COUNTERS},
+        }
+
+    def load_cache_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what `cache_state` saved (entries of other renderer settings are kept; they never match)."""
+        self._cache.load(_unpack_images(state["cache"]))
+        self._last_batch = dict(_unpack_images(state["last_batch"]))
+        for name in self.COUNTERS:
+            setattr(self, name, int(state["counters"].get(name, 0)))
 
     def render(self, prompts: Sequence[str]) -> torch.Tensor:
         """Images `[N, K, 3, H, W]` (float32, CPU, in [0, 1]) for `prompts`; image k of each uses noise (seed, k).
@@ -443,6 +491,7 @@ class DiffusersRenderer(CachedRenderer):
             raise TypeError(f"pipeline must be a callable diffusers pipeline, got {type(pipeline).__name__}")
         super().__init__(height, width, images_per_prompt, seed, cache_size, batch_size)
         self.pipeline = pipeline
+        self._digest: tuple[Any, str] | None = None  # (pipeline object, its weights digest)
         self.num_inference_steps = _check_positive_int("num_inference_steps", num_inference_steps)
         self.guidance_scale = float(guidance_scale)
         self.call_kwargs = dict(call_kwargs or {})
@@ -509,10 +558,12 @@ class DiffusersRenderer(CachedRenderer):
         return {
             "pipeline": type(pipeline).__name__,
             "name_or_path": str(getattr(pipeline, "name_or_path", "") or ""),
-            "pipeline_id": id(pipeline),  # in-process only: swapping `self.pipeline` never serves stale images
+            "weights": self.weights_digest(),  # another pipeline (or a reloaded one) never serves stale images
             "dtype": str(getattr(pipeline, "dtype", "")),
             "scheduler": type(scheduler).__name__,
-            "scheduler_config": dict(getattr(scheduler, "config", {}) or {}),
+            # diffusers' own "_" keys are bookkeeping (`_use_default_values` lists a set, in a per-process order)
+            "scheduler_config": {k: v for k, v in dict(getattr(scheduler, "config", {}) or {}).items()
+                                 if not k.startswith("_")},
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "height": self.height,
@@ -520,6 +571,14 @@ class DiffusersRenderer(CachedRenderer):
             "seed": self.seed,
             "call_kwargs": self.call_kwargs,
         }
+
+    def weights_digest(self) -> str:
+        """A hash of every weight and the tokenizer's vocabulary of the pipeline, computed once per pipeline object
+        (`clear_cache()` after changing weights in place recomputes it). The same weights give the same digest in
+        any process, so a checkpoint's cached renders stay valid after resume."""
+        if self._digest is None or self._digest[0] is not self.pipeline:
+            self._digest = (self.pipeline, pipeline_weights_digest(self.pipeline))
+        return self._digest[1]
 
     def latent_shape(self) -> tuple[int, int, int] | None:
         """Shape `(C, h, w)` of one image's initial latents for UNet pipelines (SD 1.x/2.x, SDXL); None otherwise."""

@@ -299,3 +299,30 @@ def test_truncated_prompts_are_counted_and_announced_once(pipeline, caplog):
     assert not [r for r in caplog.records if "truncated" in r.getMessage()]  # no per-prompt diffusers log
     renderer.clear_cache()
     assert renderer.prompts_truncated == 0
+
+
+def test_fingerprint_names_the_weights_not_the_object_or_the_process(tokenizer):
+    """Cache keys hold the fingerprint and checkpoints hold the caches, so it must be the same for the same weights
+    in another process (another str hash seed), and differ for other weights."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from promptgym.rewards import build_reward; from promptgym.envs import default_tokenizer; "
+        "print(build_reward('tiny', tokenizer=default_tokenizer()).terms['aesthetic'][0].renderer.fingerprint())"
+    )
+    printed = {
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
+                       capture_output=True, text=True).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(printed) == 1
+    first = DiffusersRenderer(build_tiny_sd_pipeline(tokenizer, seed=0), height=32, width=32)
+    again = DiffusersRenderer(build_tiny_sd_pipeline(tokenizer, seed=0), height=32, width=32)
+    other = DiffusersRenderer(build_tiny_sd_pipeline(tokenizer, seed=1), height=32, width=32)
+    assert first.fingerprint() == again.fingerprint() != other.fingerprint()
+    with torch.no_grad():
+        next(first.pipeline.unet.parameters()).add_(1.0)  # weights changed in place: clear_cache says so
+    first.clear_cache()
+    assert first.fingerprint() != again.fingerprint()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import signal
 
 import pytest
 import torch
@@ -67,22 +68,46 @@ def test_resume_continues_without_gap_or_repeat(run_dir, tmp_path):
     assert updates == [1, 2, 3, 4] and len(result.history) == 2
 
 
-def test_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
-    trainer = Trainer(load_config("tiny", SMALL), tmp_path)
+def _interrupt_during_update(trainer, monkeypatch, update: int, times: int) -> None:
+    """Press Ctrl-C `times` times in the middle of update `update` (after its rollout has started)."""
+    original = trainer.agent.step
     calls = []
 
     def step():
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
+        if len(calls) == update:
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
         return original()
 
-    original = trainer.agent.step
     monkeypatch.setattr(trainer.agent, "step", step)
+
+
+def test_ctrl_c_finishes_the_update_and_checkpoints_what_an_uninterrupted_run_has(tmp_path, monkeypatch):
+    config = load_config("tiny", [*SMALL, "train.checkpoint_every=100", "logging.plots=false"])
+    trainer = Trainer(config, tmp_path / "interrupted")
+    _interrupt_during_update(trainer, monkeypatch, update=2, times=1)
     result = trainer.run_updates()
-    assert result.interrupted
+    assert result.interrupted and [row["update"] for row in result.history] == [1, 2]
+    assert (tmp_path / "interrupted" / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    assert "interrupted" in (tmp_path / "interrupted" / "summary.md").read_text()
+
+    resumed = Trainer(config, tmp_path / "interrupted", resume=True).run_updates()
+    straight = train(config, tmp_path / "straight")
+    timing = ("time/", "wall_time")
+    for a, b in zip(straight.history, result.history + resumed.history, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith(timing)} == {
+            k: v for k, v in b.items() if not k.startswith(timing)
+        }
+
+
+def test_a_second_ctrl_c_stops_at_once_without_checkpointing_the_half_done_update(tmp_path, monkeypatch):
+    trainer = Trainer(load_config("tiny", [*SMALL, "train.checkpoint_every=1", "logging.plots=false"]), tmp_path)
+    _interrupt_during_update(trainer, monkeypatch, update=2, times=2)
+    result = trainer.run_updates()
+    assert result.interrupted and [row["update"] for row in result.history] == [1]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000001"
-    assert "interrupted" in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "checkpoints" / "step_000002").exists()
 
 
 def test_eval_edit_render_on_the_run(run_dir, tmp_path, capsys):
