@@ -54,6 +54,9 @@ GOLD_AESTHETIC = {
 _LUMA = (0.299, 0.587, 0.114)
 
 
+STATISTICS = ("exposure", "contrast", "colourfulness", "focus", "clipped", "noise")  # of `aesthetic_statistics`
+
+
 def aesthetic_statistics(images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image statistics `gold_aesthetic` uses, for `images[..., 3, H, W]` in [0, 1]; each `[...]`."""
     if images.ndim < 3 or images.shape[-3] != 3:
@@ -61,6 +64,8 @@ def aesthetic_statistics(images: torch.Tensor) -> dict[str, torch.Tensor]:
     x = images.float()
     lead = x.shape[:-3]
     x = x.reshape(-1, *x.shape[-3:])
+    if x.shape[0] == 0:  # no images: empty statistics (torch's reductions warn on an empty batch)
+        return {name: torch.zeros(lead) for name in STATISTICS}
     lum = torch.einsum("nchw,c->nhw", x, torch.tensor(_LUMA))
     rg = x[:, 0] - x[:, 1]
     yb = 0.5 * (x[:, 0] + x[:, 1]) - x[:, 2]
@@ -79,7 +84,7 @@ def aesthetic_statistics(images: torch.Tensor) -> dict[str, torch.Tensor]:
         "clipped": ((x < 0.02) | (x > 0.98)).any(1).flatten(1).float().mean(1),
         "noise": flat(lap).median(1).values,
     }
-    return {name: value.reshape(lead) for name, value in stats.items()}
+    return {name: stats[name].reshape(lead) for name in STATISTICS}
 
 
 def gold_aesthetic(images: torch.Tensor) -> torch.Tensor:

@@ -266,3 +266,11 @@ def test_judge_saves_and_loads(tmp_path):
     for name in ATTRIBUTES:
         torch.testing.assert_close(judge(images)[name], loaded(images)[name])
     assert set(judge.read(images)) == set(ATTRIBUTES)
+
+
+def test_gold_aesthetic_of_no_images_is_empty_and_silent():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gold_aesthetic(torch.zeros(0, 2, 3, 32, 32)).shape == (0,)
