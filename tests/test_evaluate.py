@@ -263,7 +263,7 @@ def test_evaluate_run_reads_config_and_latest_checkpoint(policy, tok, tasks, rew
     from promptgym.experiments.config import load_config, save_config
 
     run = tmp_path / "run"
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no intact checkpoint under"):
         run_policy_dir(run)
     with pytest.raises(FileNotFoundError, match="config.yaml does not exist"):
         evaluate_run(run)
