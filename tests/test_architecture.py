@@ -1,6 +1,7 @@
 """The layering DESIGN.md promises, checked on the code itself (promptgym.experiments.architecture)."""
 
 import networkx as nx
+import pytest
 
 from promptgym.experiments.architecture import cycles, draw, import_graph, layer_violations, main, nested_imports
 
@@ -24,6 +25,7 @@ def test_the_checks_find_what_they_look_for():
     assert nested_imports(graph) == [("promptgym.experiments.c", "promptgym.experiments.d")]
 
 
+@pytest.mark.slow
 def test_main_prints_the_counts_and_draws_the_graph(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "graph.png")]) == 0
     out = capsys.readouterr().out

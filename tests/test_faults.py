@@ -72,6 +72,7 @@ def _one_error_line(err: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ one writer per run
+@pytest.mark.slow
 def test_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
     run = tmp_path / "run"
     holder = _hold_lock(run)
@@ -88,6 +89,7 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path, capsys):
     run = tmp_path / "run"
     holder = _hold_lock(run)

@@ -301,6 +301,7 @@ def test_truncated_prompts_are_counted_and_announced_once(pipeline, caplog):
     assert renderer.prompts_truncated == 0
 
 
+@pytest.mark.slow
 def test_fingerprint_names_the_weights_not_the_object_or_the_process(tokenizer):
     """Cache keys hold the fingerprint and checkpoints hold the caches, so it must be the same for the same weights
     in another process (another str hash seed), and differ for other weights."""
