@@ -614,11 +614,13 @@ def build_world(out: Path, stages: Sequence[str] = STAGES, cfg: BuildConfig | No
 
 
 def file_hashes(out: Path) -> dict[str, str]:
-    """sha256 of every built file under `out` (relative POSIX paths), checkpoints and build.json excluded."""
+    """sha256 of every built file under `out` (relative POSIX paths); checkpoints, build.json and logs (`*.log`, e.g.
+    a `nohup ... > OUT/sd.log` of the build itself) excluded."""
     return {
         path.relative_to(out).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(out.rglob("*"))
         if path.is_file() and "_work" not in path.relative_to(out).parts and path.name != "build.json"
+        and path.suffix != ".log"
     }
 
 
