@@ -318,6 +318,7 @@ def test_trl_runs_to_its_budget_and_leaves_the_policy_alone(algorithm, tmp_path,
     assert list(tmp_path.iterdir()) == [scratch] and list(scratch.iterdir()) == []  # nothing left anywhere
 
 
+@pytest.mark.slow
 def test_trl_writes_only_under_output_dir(tmp_path, monkeypatch, tokenizer, tasks):
     pytest.importorskip("trl")
     monkeypatch.chdir(tmp_path)

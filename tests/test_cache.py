@@ -31,6 +31,7 @@ def _results(tasks, start, n):
     return [EditResult(task, f"{task.source}, edited {i}") for i, task in enumerate(tasks[start : start + n])]
 
 
+@pytest.mark.slow
 def test_a_reward_restored_from_its_state_scores_and_counts_as_the_original():
     tokenizer, tasks = default_tokenizer(), load_tasks("demo", split="test")
     original = build_reward("tiny", tokenizer=tokenizer, normalize=True, renderer={"images_per_prompt": 1})

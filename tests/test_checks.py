@@ -77,6 +77,7 @@ def test_content_integrity_passes_in_each_mode(scorer, results):
     assert report.max_batch_deviation == 0.0  # a per-row function: bitwise batch invariant
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("term", ["aesthetic", "pickscore"])
 def test_tiny_image_scorers_pass(tiny, results, term):
     scorer = tiny.terms[term][0]
@@ -89,6 +90,7 @@ def test_tiny_image_scorers_pass(tiny, results, term):
     assert failed.value.property == "batch_invariance" and failed.value.rows
 
 
+@pytest.mark.slow
 def test_tiny_composite_reward_and_its_counting_wrapper_pass(tiny, results):
     expected = ("total", "aesthetic/source", "aesthetic/delta", "aesthetic", "pickscore/source", "pickscore/delta",
                 "pickscore", "integrity")

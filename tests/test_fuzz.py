@@ -156,6 +156,7 @@ def run_vector(env: PromptEditVectorEnv, seed: int, script) -> list:
 @FUZZ
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1), num_envs=st.integers(1, 3),
        max_new_tokens=st.sampled_from(MAX_NEW_TOKENS), autoreset_mode=st.sampled_from(["next_step", "disabled"]))
+@pytest.mark.slow
 def test_vector_env_fuzz(data, seed, num_envs, max_new_tokens, autoreset_mode):
     env = vector_env(num_envs, max_new_tokens, autoreset_mode)
     script = data.draw(vector_actions(num_envs))

@@ -205,6 +205,7 @@ def test_target_scene_differs_from_source_exactly_as_the_kind_says(demo):
                 assert target[attribute] is not None, r
 
 
+@pytest.mark.slow
 def test_beautify_targets_add_the_best_modifiers_by_gold_aesthetic(demo):
     """A beautify target keeps the source's content and adds the 1-2 modifiers of highest gold aesthetic: never worse
     than the source, better for most; on the test split, no other subset of one or two modifiers scores higher."""

@@ -61,6 +61,7 @@ def test_vector_env_equals_single_envs_with_the_same_seeds():
     run_side_by_side(lambda n: PromptEditVectorEnv(n, **kwargs), lambda: PromptEditEnv(**kwargs))
 
 
+@pytest.mark.slow
 def test_vector_env_with_image_rewards_matches_single_envs_up_to_batch_numerics():
     # renders and CLIP scores of a batch differ from one-by-one ones only by float rounding (~1e-5 per pixel)
     run_side_by_side(
