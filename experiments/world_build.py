@@ -380,9 +380,11 @@ def build_sd(data: WorldData, cfg: BuildConfig, out: Path, work: Path) -> Path:
 # ------------------------------------------------------------------------------------------- judge
 
 
-def augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Make the judge robust to a generator's imperfections: blur half the batch (sigma 0.3-1.0 px), add pixel
-    noise (sigma up to 0.04) and a brightness change of up to 8%."""
+def augment(images: torch.Tensor, rng: np.random.Generator, speckle: bool = False) -> torch.Tensor:
+    """Make a model robust to a generator's imperfections: blur half the batch (sigma 0.3-1.0 px), add pixel
+    noise (sigma up to 0.04) and a brightness change of up to 8%. `speckle` (the judge's) also adds, on a random
+    half of the images, a sparse zero-mean colour speckle like a few-step sampler's leftover noise (3-15% of the
+    pixels, sigma 0.05-0.2), so that residual noise is not read as snowflakes (which are pure white)."""
     from promptgym.rewards.scene_render import gaussian_kernel
 
     n = images.shape[0]
@@ -396,18 +398,39 @@ def augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     images = torch.cat([blurred, images[n // 2 :]])
     noise = torch.from_numpy(rng.standard_normal(images.shape).astype(np.float32)) * float(rng.uniform(0, 0.04))
     gain = torch.from_numpy(rng.uniform(0.92, 1.08, (n, 1, 1, 1)).astype(np.float32))
-    return (images * gain + noise).clamp(0, 1)
+    images = images * gain + noise
+    if speckle:
+        images = images + speckle_noise(images.shape, rng)
+    return images.clamp(0, 1)
 
 
-def judge_accuracy(judge: nn.Module, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
-    """Per-attribute accuracy of `judge` on `images[M, 3, H, W]` with known `scenes`, plus `all` (every attribute right)."""
+def speckle_noise(shape: torch.Size, rng: np.random.Generator) -> torch.Tensor:
+    """Sparse colour noise for a random half of the images of `shape` [B, 3, H, W] (zero elsewhere)."""
+    n, _, h, w = shape
+    density = rng.uniform(0.03, 0.15, (n, 1, 1, 1))
+    sigma = rng.uniform(0.05, 0.2, (n, 1, 1, 1)) * (rng.random((n, 1, 1, 1)) < 0.5)
+    mask = rng.random((n, 1, h, w)) < density
+    return torch.from_numpy((rng.standard_normal(shape) * sigma * mask).astype(np.float32))
+
+
+def judge_targets(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
+    """The judge's class index per attribute for each scene, -100 (ignored by the loss) where not drawn."""
     from promptgym.rewards.gold import scene_labels
     from promptgym.rewards.scene import ATTRIBUTES
 
-    read = judge.read(images)
     labels = [scene_labels(s) for s in scenes]
-    right = {name: read[name] == torch.tensor([label[name] for label in labels]) for name in ATTRIBUTES}
-    acc = {name: float(r.float().mean()) for name, r in right.items()}
+    return {name: torch.tensor([label[name] if name in s.drawn_attributes() else -100 for s, label in zip(scenes, labels)])
+            for name in ATTRIBUTES}
+
+
+def judge_accuracy(judge: nn.Module, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
+    """Per-attribute accuracy of `judge` on `images[M, 3, H, W]` with known `scenes`, over the scenes that draw the
+    attribute (`Scene.drawn_attributes`), plus `all` (every drawn attribute of an image right)."""
+    read = judge.read(images)
+    targets = judge_targets(scenes)
+    drawn = {name: t != -100 for name, t in targets.items()}
+    right = {name: (read[name] == t) | ~drawn[name] for name, t in targets.items()}
+    acc = {name: float(right[name][drawn[name]].float().mean()) for name in targets}
     acc["all"] = float(torch.stack(list(right.values())).all(0).float().mean())
     return acc
 
@@ -415,12 +438,12 @@ def judge_accuracy(judge: nn.Module, images: torch.Tensor, scenes: Sequence[Scen
 def build_judge(cfg: BuildConfig, out: Path, work: Path) -> dict[str, float]:
     """The `judge` stage: train `SceneJudge` on renders of every scene (held-out pairs and no-subject scenes
     included), with `augment`; report its accuracy on fresh renders. Writes `out/judge`."""
-    from promptgym.rewards.gold import SceneJudge, scene_labels
+    from promptgym.rewards.gold import SceneJudge
     from promptgym.rewards.scene import ATTRIBUTES
 
     data = load_or_render(work, "judge", cfg.scaled("data_images") // 2, stage_seed(cfg.seed, "judge-data"),
                           subject=False, held_out="any")
-    labels = {name: torch.tensor([scene_labels(s)[name] for s in data.scenes]) for name in ATTRIBUTES}
+    labels = judge_targets(data.scenes)
     with seeded(stage_seed(cfg.seed, "judge")):
         judge = SceneJudge()
         steps, batch = cfg.scaled("judge_steps"), cfg.judge_batch
@@ -432,7 +455,7 @@ def build_judge(cfg: BuildConfig, out: Path, work: Path) -> dict[str, float]:
 
         def loss_at() -> torch.Tensor:
             index = rng.integers(0, len(data.images), batch)
-            logits = judge(augment(data.batch(index), rng))
+            logits = judge(augment(data.batch(index), rng, speckle=True))
             return sum(nn.functional.cross_entropy(logits[name], labels[name][index]) for name in ATTRIBUTES)
 
         run_steps("judge", steps, parts, Checkpointer(work / "judge.pt", cfg.checkpoint_every), loss_at)

@@ -150,7 +150,8 @@ class SceneJudge(nn.Module, PyTorchModelHubMixin):
 
 
 def gold_content(images: torch.Tensor, scenes: Sequence[Scene | None], judge: SceneJudge) -> torch.Tensor:
-    """Fraction of each scene's content attributes the judge reads off its images, `[N]` float32, mean over K.
+    """Fraction of each scene's drawn content attributes (`Scene.drawn_attributes`) the judge reads off its images,
+    `[N]` float32, mean over K.
 
     `images[N, K, 3, H, W]`; `scenes[i]` is the target scene of row i, or None (no known target): NaN."""
     check_images(images, len(scenes))
@@ -160,11 +161,13 @@ def gold_content(images: torch.Tensor, scenes: Sequence[Scene | None], judge: Sc
     if not rows:
         return out
     read = judge.read(images[rows].flatten(0, 1))
-    correct = torch.zeros(len(rows), k)
+    correct, counted = torch.zeros(len(rows), k), torch.zeros(len(rows), 1)
     for name in ATTRIBUTES:
+        drawn = torch.tensor([name in scenes[i].drawn_attributes() for i in rows], dtype=torch.float32)[:, None]
         labels = torch.tensor([scene_labels(scenes[i])[name] for i in rows]).repeat_interleave(k)
-        correct += (read[name] == labels).float().reshape(len(rows), k)
-    out[rows] = (correct / len(ATTRIBUTES)).mean(1)
+        correct += (read[name] == labels).float().reshape(len(rows), k) * drawn
+        counted += drawn
+    out[rows] = (correct / counted).mean(1)
     return out
 
 

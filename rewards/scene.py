@@ -33,6 +33,7 @@ __all__ = [
     "HELD_OUT_PAIRS",
     "MODIFIERS",
     "STYLES",
+    "SUBJECT_ATTRIBUTES",
     "SUBJECTS",
     "WEATHERS",
     "ParsedScene",
@@ -61,6 +62,8 @@ GRAMMAR_WORDS = ("a", "an", "and", "at", "by", "in", "of", "on", "the", "with", 
 
 # The content attributes a judge reads off an image (modifiers are not content: they change how it looks).
 ATTRIBUTES = ("subject", "count", "colour", "accessory", "background", "weather", "style")
+# The attributes that only exist on a subject: invisible in a scene without one.
+SUBJECT_ATTRIBUTES = ("count", "colour", "accessory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +92,13 @@ class Scene:
     def content(self) -> dict[str, object]:
         """The content attributes (`ATTRIBUTES`) as a dict: what `gold_content` compares."""
         return {name: getattr(self, name) for name in ATTRIBUTES}
+
+    def drawn_attributes(self) -> tuple[str, ...]:
+        """The content attributes a picture of this scene shows: all of `ATTRIBUTES`, except that a scene without
+        a subject has no count, colour or accessory to draw (the judge is neither trained nor scored on them)."""
+        if self.subject is not None:
+            return ATTRIBUTES
+        return tuple(name for name in ATTRIBUTES if name not in SUBJECT_ATTRIBUTES)
 
 
 def attribute_values() -> dict[str, tuple]:

@@ -232,6 +232,18 @@ def test_gold_content_is_the_fraction_of_attributes_read_and_nan_without_target(
     assert math.isnan(gold_content(images[:1], [None], judge)[0])
 
 
+def test_gold_content_of_a_scene_without_subject_counts_only_what_is_drawn():
+    empty = Scene(subject=None, count=2, colour="red", accessory="hat", background="beach", weather="night")
+    assert empty.drawn_attributes() == ("subject", "background", "weather", "style")
+    assert FULL.drawn_attributes() == ATTRIBUTES
+    # the judge reads count, colour and accessory wrong, which a picture without a subject cannot show anyway
+    read_as = dataclasses.replace(empty, count=1, colour=None, accessory=None)
+    assert gold_content(torch.rand(1, 1, 3, 32, 32), [empty], OracleJudge([read_as])).item() == 1.0
+    # a wrong weather costs one of the four drawn attributes
+    read_as = dataclasses.replace(read_as, weather="foggy")
+    assert gold_content(torch.rand(1, 1, 3, 32, 32), [empty], OracleJudge([read_as])).item() == pytest.approx(3 / 4)
+
+
 def test_gold_scorers_are_monitors_beside_the_reward():
     renderer = SceneRenderer(images_per_prompt=1)
     target = describe(FULL)

@@ -100,3 +100,43 @@ def test_promptgym_world_build_command_takes_its_own_arguments(capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["world", "build", "--out", "x", "--stages", "nope"])
     assert stopped.value.code == 2 and "unknown stages ['nope']" in capsys.readouterr().err
+
+
+def test_judge_targets_ignore_what_a_scene_without_subject_cannot_show():
+    from promptgym.rewards.scene import Scene
+
+    scenes = [Scene(subject="dog", count=2, colour="red"), Scene(subject=None, count=3, colour="blue", weather="night")]
+    targets = world_build.judge_targets(scenes)
+    assert targets["count"].tolist() == [1, -100] and targets["colour"].tolist() == [1, -100]
+    assert targets["accessory"].tolist() == [0, -100] and targets["weather"].tolist() == [0, 2]
+
+
+def test_judge_accuracy_counts_each_attribute_over_the_scenes_that_draw_it():
+    from promptgym.rewards.gold import SceneJudge, scene_labels
+    from promptgym.rewards.scene import ATTRIBUTES, Scene
+
+    scenes = [Scene(subject="dog", colour="red"), Scene(subject="cat", colour="blue"), Scene(subject=None, colour="red")]
+    read_as = [scenes[0], Scene(subject="cat", colour="green"), Scene(subject=None, colour=None, weather="night")]
+
+    class Fixed(SceneJudge):
+        def read(self, images, batch_size=512):
+            return {name: torch.tensor([scene_labels(s)[name] for s in read_as]) for name in ATTRIBUTES}
+
+    acc = world_build.judge_accuracy(Fixed(width=4, hidden=8), torch.rand(3, 3, 32, 32), scenes)
+    assert acc["colour"] == 0.5  # the scene without a subject does not count: 1 of 2
+    assert acc["weather"] == pytest.approx(2 / 3) and acc["subject"] == 1.0
+    assert acc["all"] == pytest.approx(1 / 3)
+
+
+def test_speckle_is_sparse_zero_mean_and_seeded():
+    import numpy as np
+
+    shape = torch.Size((64, 3, 32, 32))
+    first = world_build.speckle_noise(shape, np.random.default_rng(0))
+    assert torch.equal(first, world_build.speckle_noise(shape, np.random.default_rng(0)))
+    touched = (first != 0).any(1).float().mean((1, 2))
+    assert 0 < (touched > 0).float().mean() < 1  # about half the images get speckle
+    assert touched.max() <= 0.2 and abs(float(first.mean())) < 0.01
+    images = torch.full((4, 3, 32, 32), 0.5)
+    plain = world_build.augment(images, np.random.default_rng(1))
+    assert plain.shape == images.shape and 0 <= plain.min() and plain.max() <= 1
