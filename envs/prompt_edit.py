@@ -30,13 +30,14 @@ from promptgym.rewards.scene import parse_scene
 OPTION_KEYS = ("task", "task_index")
 
 
-def default_reward(tokenizer: PreTrainedTokenizerBase | None = None) -> CompositeReward:
-    """The offline default reward: `build_reward("tiny")` — tiny SD renders scored for aesthetics and
-    PickScore (delta against the source prompt) plus content integrity — with `tokenizer` in the tiny
-    text encoders."""
+def default_reward() -> CompositeReward:
+    """The offline default reward: `build_reward("synth")` — the synth world's trained tiny SD renders scored by
+    its trained aesthetic MLP and PickScore CLIP (delta against the source prompt) plus content integrity, with
+    the gold content and aesthetic as monitors beside them. `build_reward("tiny", tokenizer=...)` is the fast random
+    stack (unit tests)."""
     from promptgym.rewards import build_reward
 
-    return build_reward("tiny", tokenizer=tokenizer)
+    return build_reward("synth")
 
 
 class EditEpisodes:
@@ -160,7 +161,7 @@ def build_episodes(
 
         tokenizer = default_tokenizer()
     episodes = EditEpisodes(tasks, tokenizer, template or EditTemplate(), max_new_tokens, max_context_tokens)
-    return episodes, as_composite(reward if reward is not None else default_reward(tokenizer))
+    return episodes, as_composite(reward if reward is not None else default_reward())
 
 
 class PromptEditEnv(gym.Env):
@@ -169,8 +170,9 @@ class PromptEditEnv(gym.Env):
     Args:
         tasks: `EditTask`s or a `load_tasks` spec (default: the bundled demo train split).
         tokenizer: any Hugging Face tokenizer with EOS and pad tokens (default: the embedded BPE tokenizer).
-        reward: a `CompositeReward` or a single `Scorer` (default: `build_reward("tiny")`, image terms and
-            content integrity; pass `ContentIntegrityScorer()` for a render-free reward).
+        reward: a `CompositeReward` or a single `Scorer` (default: `build_reward("synth")`, the synth
+            world's image terms, content integrity and gold monitors; `build_reward("tiny", tokenizer=...)` is the
+            fast random stack; pass `ContentIntegrityScorer()` for a render-free reward).
         template: how a task becomes the policy's context.
         max_new_tokens: episode length limit (truncation).
         max_context_tokens: room for the templated context; longer contexts are an error.

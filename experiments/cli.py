@@ -1,14 +1,14 @@
 """The `promptgym` command line.
 
-    promptgym train [--config tiny|NAME|PATH] [--out DIR] [--overwrite] [--set key=value ...] | --resume DIR
+    promptgym train [--config synth|NAME|PATH] [--out DIR] [--overwrite] [--set key=value ...] | --resume DIR
     promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N]
     promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR (default: the newest under runs/)] [-n 4]
                    [--render OUT.png]
-    promptgym render --prompt TEXT [--preset tiny|synth|scene|diffchat-sd15] --out FILE.png
+    promptgym render --prompt TEXT [--preset synth|scene|tiny|diffchat-sd15] --out FILE.png
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
     promptgym bench [--variants sft,ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
-    promptgym config show [tiny|NAME|PATH] [--set key=value ...]
+    promptgym config show [synth|NAME|PATH] [--set key=value ...]
 
 `train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
 the user-facing feature (edited prompts for one prompt and instruction); `render` renders a prompt; `demo` plays
@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+from promptgym.experiments import DEFAULT_CONFIG
 
 POLICIES = ("target", "source", "random")
 
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="data-parallel: accelerate launch --multi_gpu --num_processes N -m promptgym.experiments train [ARGS] "
         "(ppo.n_episodes is the global batch; on CPUs the processes use gloo)",
     )
-    train.add_argument("--config", default="tiny", help="a preset name (tiny, diffchat-sd15, ppo, ...) or a YAML path")
+    train.add_argument("--config", default=DEFAULT_CONFIG,
+                       help=f"a preset name ({DEFAULT_CONFIG}, tiny, synth-gold, ppo, ...; default: {DEFAULT_CONFIG}) or a YAML path")
     train.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="dotted override, e.g. --set ppo.learning_rate=1e-4 (repeatable)")
@@ -87,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", parents=[debug], help="render a prompt with a preset's renderer")
     render.add_argument("--prompt", required=True, help="the prompt to render")
-    render.add_argument("--preset", default="tiny", choices=("tiny", "synth", "scene", "diffchat-sd15"),
-                        help="tiny, synth (the world's trained SD), scene (the world's exact procedural renderer) or "
-                        "diffchat-sd15 (default: tiny)")
+    render.add_argument("--preset", default="synth", choices=("synth", "scene", "tiny", "diffchat-sd15"),
+                        help="synth (the world's trained SD; the default), scene (the world's exact procedural "
+                        "renderer), tiny (random tiny SD) or diffchat-sd15")
     render.add_argument("--out", required=True, metavar="FILE.png", help="where to save the image(s)")
     render.set_defaults(handler=run_render)
 
@@ -129,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND")
     show = config_commands.add_parser("show", parents=[debug],
                                       help="print a config fully resolved, as YAML with each key's doc")
-    show.add_argument("config", nargs="?", default="tiny", metavar="PRESET_OR_PATH",
-                      help="a preset name (tiny, diffchat-sd15, ppo, ...; default: tiny) or a YAML path")
+    show.add_argument("config", nargs="?", default=DEFAULT_CONFIG, metavar="PRESET_OR_PATH",
+                      help=f"a preset name ({DEFAULT_CONFIG}, tiny, diffchat-sd15, ppo, ...; default: {DEFAULT_CONFIG}) or a YAML path")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="dotted override, e.g. --set ppo.learning_rate=1e-4 (repeatable)")
     show.set_defaults(handler=run_config_show)

@@ -55,6 +55,7 @@ from promptgym.agents.validation import (
     rename_owner,
     unknown_key_message,
 )
+from promptgym.experiments import DEFAULT_CONFIG
 
 __all__ = [
     "ConfigError", "DataConfig", "EnvConfig", "ExperimentConfig", "LoggingConfig", "PolicyConfig", "RewardConfig",
@@ -326,13 +327,14 @@ def _section_keys(name: str, cls: type) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- load / save
+
 def list_presets() -> list[str]:
     """Names of the bundled presets (YAML files in promptgym/experiments/configs/)."""
     folder = importlib.resources.files(PRESET_PACKAGE) / PRESET_DIR
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
-def load_config(name_or_path: str | os.PathLike = "tiny", overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """A preset name or YAML path, its `base` chain merged under it, then `overrides` ("section.key=value")."""
     if isinstance(overrides, str):
         raise ConfigError(f"overrides={overrides!r}: expected a list of 'key=value' strings, not one string")

@@ -36,7 +36,7 @@ def edit_prompt(
     """`n` edited prompts for `prompt` under `instruction`, sampled from the run's latest policy.
 
     Without `run_dir` an untrained tiny policy is used (its edits are noise: train first). With `render`, the
-    source and every edit are rendered with the run's renderer (tiny by default) into one PNG.
+    source and every edit are rendered with the run's renderer (without a run: the synth world's) into one PNG.
     """
     if not prompt.strip() or not instruction.strip():
         raise ValueError(f"prompt={prompt!r} and instruction={instruction!r} must both be non-empty")
@@ -74,7 +74,7 @@ def _context_length(tokenizer, task: EditTask) -> int:
 
 def _run_renderer(config, tokenizer) -> DiffusersRenderer:
     if config is None:
-        return preset_renderer("tiny", tokenizer=tokenizer)
+        return preset_renderer("synth")
     return preset_renderer(config.reward.preset, tokenizer=tokenizer, seed=config.reward.seed,
                            settings=config.reward.renderer, device=config.reward.device)
 
@@ -104,7 +104,7 @@ def check_image_path(path: str | os.PathLike, argument: str, formats) -> None:
         )
 
 
-def render_prompt(prompt: str, out: str | os.PathLike, preset: str = "tiny") -> Path:
+def render_prompt(prompt: str, out: str | os.PathLike, preset: str = "synth") -> Path:
     """Render `prompt` with the preset's renderer and save its K images side by side as a PNG."""
     if not prompt.strip():
         raise ValueError("prompt is empty; expected the text to render")

@@ -1,6 +1,6 @@
 """`promptgym train`: SFT warm start, then DiffChat PPO, logged into a run directory (see `rundir.py`).
 
-    promptgym train [--config tiny] [--out runs/NAME] [--set ppo.learning_rate=1e-4 ...]
+    promptgym train [--config synth] [--out runs/NAME] [--set ppo.learning_rate=1e-4 ...]
     promptgym train --resume runs/NAME [--set train.num_updates=80]
     accelerate launch --num_processes 2 -m promptgym.experiments train [same arguments]
 
@@ -309,6 +309,9 @@ class Trainer:
         if samples:
             first_u, last_u = min(r["update"] for r in samples), max(r["update"] for r in samples)
             lines += ["", *before_after_table(samples, first_u, last_u)]
+            verdict = gold_verdict(samples, first_u, last_u)
+            if verdict:
+                lines += ["", verdict]
             lines += [
                 "",
                 "## Samples at the last evaluation",
@@ -375,6 +378,43 @@ def before_after_table(samples: list[dict[str, Any]], first: int, last: int) -> 
         change, low, high = mean_ci(b - a)
         lines.append(f"| {name} | {a.mean():.3f} | {b.mean():.3f} | {change:+.3f} [{low:+.3f}, {high:+.3f}] |")
     return lines
+
+
+GOLD_TERMS = ("gold/content", "gold/aesthetic")
+
+
+def _direction(low: float, high: float) -> str:
+    return "rose" if low > 0 else "fell" if high < 0 else "did not clearly move"
+
+
+def gold_verdict(samples: list[dict[str, Any]], first: int, last: int) -> str | None:
+    """One sentence on whether the gold metrics followed the proxy reward between two evaluations of the fixed
+    test tasks, read off the paired 95% CIs (a change counts only when its CI excludes 0); None without gold."""
+    before = {r["task_id"]: r for r in samples if r["update"] == first}
+    after = {r["task_id"]: r for r in samples if r["update"] == last}
+    tasks = [t for t in before if t in after]
+    moves = {}
+    for name in ("reward", *GOLD_TERMS):
+        a = np.array([_sample_value(before[t], name) for t in tasks])
+        b = np.array([_sample_value(after[t], name) for t in tasks])
+        finite = np.isfinite(a) & np.isfinite(b)
+        if finite.sum() >= 2:
+            _, low, high = mean_ci(b[finite] - a[finite])
+            moves[name] = _direction(low, high)
+    gold = {name: move for name, move in moves.items() if name in GOLD_TERMS}
+    if not gold or "reward" not in moves:
+        return None
+    told = "; ".join(f"{name} {move}" for name, move in gold.items())
+    if moves["reward"] != "rose":
+        reading = "the proxy did not clearly rise, so there is nothing for gold to follow"
+    elif any(move == "fell" for move in gold.values()):
+        reading = "**over-optimisation**: the proxy rose while gold fell"
+    elif all(move == "rose" for move in gold.values()):
+        reading = "gold followed the proxy"
+    else:
+        reading = "the proxy rose; gold did not clearly follow"
+    return (f"Did gold follow the proxy? The proxy reward {moves['reward']}; {told} (paired 95% CIs over "
+            f"{len(tasks)} tasks): {reading}.")
 
 
 def _sample_value(row: dict[str, Any], name: str) -> float:

@@ -50,8 +50,13 @@ def test_every_preset_parses_and_is_named_after_itself(name):
     assert config.ppo.seed == config.seed == config.sft.seed == config.policy.seed
 
 
-def test_default_is_tiny():
-    assert load_config() == load_config("tiny")
+def test_default_is_the_synth_world_on_tinys_settings():
+    default = load_config()
+    assert default == load_config("synth") and default.reward.preset == "synth"
+    tiny = load_config("tiny")
+    assert (default.policy.num_layers, default.sft.num_epochs) == (4, 10.0)  # a start that can copy (README)
+    same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft}
+    assert dataclasses.replace(default, **same) == tiny
 
 
 def test_tiny_lists_every_key_so_it_documents_the_schema():
@@ -502,8 +507,8 @@ def test_config_show_prints_the_resolved_config_with_every_doc(capsys, tmp_path)
             assert docs[key] in comments, f"{section}.{key}"
 
 
-def test_config_show_defaults_to_tiny_and_reports_a_bad_key(capsys):
+def test_config_show_defaults_to_the_default_config_and_reports_a_bad_key(capsys):
     assert main(["config", "show"]) == 0
-    assert capsys.readouterr().out == config_yaml(load_config("tiny"))
+    assert capsys.readouterr().out == config_yaml(load_config("synth"))
     assert main(["config", "show", "--set", "ppo.learning_rat=1"]) == 2
     assert "promptgym config: error: unknown key 'ppo.learning_rat'; did you mean" in capsys.readouterr().err

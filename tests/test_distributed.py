@@ -142,7 +142,7 @@ def test_accelerate_launch_matches_one_process(tmp_path):
     launch = [
         shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        "-m", "promptgym.experiments", "train", "--out", str(out), *overrides,
+        "-m", "promptgym.experiments", "train", "--config", "tiny", "--out", str(out), *overrides,
     ]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)

@@ -302,8 +302,8 @@ FAST = [
     "train.num_updates=6", "train.checkpoint_every=2", "train.eval_every=2", "sft.max_steps=5",
     "ppo.n_episodes=8", "ppo.batch_size=4", "ppo.n_epochs=1", "data.num_eval_tasks=2", "env.max_new_tokens=12",
     "reward.renderer={images_per_prompt: 1}", "logging.progress=false", "logging.plots=false",
-]  # the default tiny reward, image terms included: 16 prompts a call render in 2 batches whose make-up the caches
-# decide, so an exact resume needs the checkpointed caches (CompositeReward.state_dict)
+]  # the default synth reward, image terms and gold monitors included: 16 prompts a call render in 2 batches whose
+# make-up the caches decide, so an exact resume needs the checkpointed caches (CompositeReward.state_dict)
 
 
 def _sets(overrides: list[str]) -> list[str]:

@@ -141,6 +141,30 @@ def test_train_runs_on_the_gpu(tmp_path):
     assert main(["eval", str(tmp_path), "--samples", "2", "--max-tasks", "3"]) == 0
 
 
+def _gold_samples(reward_changes, content_changes, aesthetic_changes=None):
+    rows = []
+    for i, (dr, dc) in enumerate(zip(reward_changes, content_changes)):
+        da = 0.0 if aesthetic_changes is None else aesthetic_changes[i]
+        for update, sign in ((0, 0), (60, 1)):
+            components = {"gold/content": 0.5 + sign * dc, "gold/aesthetic": 0.5 + sign * da, "integrity": 1.0}
+            rows.append({"update": update, "task_id": f"t{i}", "reward": sign * dr, "components": components})
+    return rows
+
+
+def test_gold_verdict_reads_the_paired_cis():
+    from promptgym.experiments.train import gold_verdict
+
+    up, down, noise = [1.0, 1.2, 0.9, 1.1], [-0.2, -0.1, -0.3, -0.2], [0.1, -0.1, 0.2, -0.2]
+    hacked = gold_verdict(_gold_samples(up, down, noise), 0, 60)
+    assert "The proxy reward rose; gold/content fell; gold/aesthetic did not clearly move" in hacked
+    assert "over-optimisation" in hacked and "4 tasks" in hacked
+    assert gold_verdict(_gold_samples(up, [0.1, 0.2, 0.1, 0.3], up), 0, 60).endswith("gold followed the proxy.")
+    assert gold_verdict(_gold_samples(up, noise, noise), 0, 60).endswith("gold did not clearly follow.")
+    assert "nothing for gold to follow" in gold_verdict(_gold_samples(noise, down), 0, 60)
+    no_gold = [{**r, "components": {"integrity": 1.0}} for r in _gold_samples(up, down)]
+    assert gold_verdict(no_gold, 0, 60) is None  # the tiny stack has no gold: no sentence
+
+
 def test_before_after_table_pairs_each_task_with_itself():
     from promptgym.experiments.train import before_after_table
 
