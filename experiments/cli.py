@@ -1,7 +1,7 @@
 """The `promptgym` command line.
 
     promptgym train [--config synth|NAME|PATH] [--out DIR] [--overwrite] [--set key=value ...] | --resume DIR
-    promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N]
+    promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N] [--checkpoint C] [--against start]
     promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR (default: the newest under runs/)] [-n 4]
                    [--render OUT.png]
     promptgym render --prompt TEXT [--preset synth|scene|tiny|diffchat-sd15] --out FILE.png
@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=_positive_int, default=4, help="edited prompts per task (default: 4)")
     evaluate.add_argument("--max-tasks", type=_positive_int, default=None, help="evaluate only the first N tasks")
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed")
+    evaluate.add_argument("--checkpoint", default=None,
+                          help="checkpoint to evaluate: a name under RUN/checkpoints, a path, or 'start' (the policy "
+                          "after SFT); default: the latest")
+    evaluate.add_argument("--against", default=None, metavar="CHECKPOINT",
+                          help="also evaluate this checkpoint (e.g. 'start') on the same tasks and seed and print the "
+                          "paired per-task change of every metric with its bootstrap CI (-> eval/paired_SPLIT.md)")
     evaluate.set_defaults(handler=run_eval)
 
     edit = commands.add_parser("edit", parents=[debug], help="print N edited prompts for a prompt and an instruction")
@@ -220,10 +226,30 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.max_tasks is not None:
         config = load_run_config(args.run_dir)
         tasks = load_tasks(config.data.tasks, split=args.split)[: args.max_tasks]
-    result = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks)
+    result = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks,
+                          checkpoint=args.checkpoint)
     print(format_eval_table(result))
     print(f"written to {args.run_dir}/eval/eval_{args.split}.csv and .md")
+    if args.against is not None:
+        print(write_paired(args, result, tasks))
     return 0
+
+
+def write_paired(args: argparse.Namespace, result, tasks) -> str:
+    """`eval --against`: evaluate the other checkpoint like `result` and write the paired table; returns its text."""
+    from pathlib import Path
+
+    from promptgym.experiments.evaluate import evaluate_run, format_paired_table, paired_changes
+
+    against = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks,
+                           checkpoint=args.against, write=False)
+    after = args.checkpoint or "latest"
+    table = format_paired_table(paired_changes(against, result), args.against, after)
+    heading = (f"# {args.run_dir}: {args.against} vs {after} on {args.split}, {result.settings['num_tasks']} tasks x "
+               f"{args.samples} samples, seed {args.seed}\n\n")
+    path = Path(args.run_dir) / "eval" / f"paired_{args.split}.md"
+    path.write_text(heading + table)
+    return f"{heading}{table}\nwritten to {path}"
 
 
 def run_edit(args: argparse.Namespace) -> int:

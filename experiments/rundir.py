@@ -246,8 +246,17 @@ def load_run_config(run_dir: str | os.PathLike) -> Any:
     return load_config(path)
 
 
+START = "start"  # the checkpoint name of a run's starting policy (after SFT, before PPO): RUN/sft_policy
+
+
 def run_policy_dir(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
-    """The policy directory of `checkpoint` (a path or a name under `run_dir/checkpoints`), default the latest."""
+    """The policy directory of `checkpoint` (a path or a name under `run_dir/checkpoints`, or `"start"`: the policy
+    PPO started from, `RUN/sft_policy`), default the latest."""
+    if checkpoint == START:
+        start = Path(run_dir) / "sft_policy"
+        if not (start / "config.json").is_file():
+            raise FileNotFoundError(f"{start} holds no policy; is {run_dir} a run directory written by promptgym train?")
+        return start
     checkpoints = Path(run_dir) / "checkpoints"
     if checkpoint is None:
         found = intact_checkpoint(checkpoints)

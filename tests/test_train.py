@@ -54,6 +54,32 @@ def test_train_writes_every_artifact(run_dir):
     assert "finished after 3 of 3 updates" in (run_dir / "summary.md").read_text()
 
 
+def test_eval_against_the_start_pairs_each_task_with_itself(run_dir, capsys):
+    import shutil
+
+    from promptgym.experiments.evaluate import evaluate_run, paired_changes
+
+    start = evaluate_run(run_dir, samples_per_task=2, checkpoint="start", write=False, tasks=_eval_tasks(run_dir, 3))
+    again = evaluate_run(run_dir, samples_per_task=2, checkpoint="start", write=False, tasks=_eval_tasks(run_dir, 3))
+    changes = {c.name: c for c in paired_changes(start, again)}
+    assert {"reward", "integrity", "integrity_ratio"} <= set(changes)
+    assert all(c.change == c.low == c.high == 0 and c.n == 3 for c in changes.values())  # same policy, same seed
+    assert main(["eval", str(run_dir), "--samples", "2", "--max-tasks", "3", "--against", "start"]) == 0
+    out = capsys.readouterr().out
+    assert "start vs latest on test, 3 tasks x 2 samples" in out and "| integrity_ratio |" in out
+    assert (run_dir / "eval" / "paired_test.md").read_text().startswith(f"# {run_dir}: start vs latest")
+    moved = run_dir.parent / "no_start"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("sft_policy"))
+    assert main(["eval", str(moved), "--max-tasks", "1", "--checkpoint", "start"]) == 2
+    assert "sft_policy holds no policy" in capsys.readouterr().err
+
+
+def _eval_tasks(run_dir, n):
+    from promptgym.envs import load_tasks
+
+    return load_tasks(load_config(run_dir / "config.yaml").data.tasks, split="test")[:n]
+
+
 def test_resume_continues_without_gap_or_repeat(run_dir, tmp_path):
     import shutil
 
