@@ -239,12 +239,13 @@ def write_paired(args: argparse.Namespace, result, tasks) -> str:
     """`eval --against`: evaluate the other checkpoint like `result` and write the paired table; returns its text."""
     from pathlib import Path
 
-    from promptgym.experiments.evaluate import evaluate_run, format_paired_table, paired_changes
+    from promptgym.experiments.evaluate import evaluate_run
+    from promptgym.experiments.stats import format_paired_table, paired_changes
 
     against = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks,
                            checkpoint=args.against, write=False)
     after = args.checkpoint or "latest"
-    table = format_paired_table(paired_changes(against, result), args.against, after)
+    table = "\n".join(format_paired_table(paired_changes(against.samples, result.samples), args.against, after)) + "\n"
     heading = (f"# {args.run_dir}: {args.against} vs {after} on {args.split}, {result.settings['num_tasks']} tasks x "
                f"{args.samples} samples, seed {args.seed}\n\n")
     path = Path(args.run_dir) / "eval" / f"paired_{args.split}.md"

@@ -53,10 +53,7 @@ __all__ = [
     "EvalResult",
     "Metric",
     "SemanticModel",
-    "PairedChange",
     "evaluate_policy",
-    "format_paired_table",
-    "paired_changes",
     "evaluate_run",
     "format_eval_table",
     "sample_edits",
@@ -337,60 +334,6 @@ def _sample_records(tasks, prompts, totals, components, source_total, details, k
             }
         )
     return records
-
-
-# ============================================================================================== paired
-@dataclass(frozen=True)
-class PairedChange:
-    """One metric of two evaluations on the same tasks: each mean, and the mean per-task change (after minus
-    before) with its bootstrap CI over the tasks both evaluations scored."""
-
-    name: str
-    before: float
-    after: float
-    change: float
-    low: float
-    high: float
-    n: int
-
-
-def _per_task_values(result: EvalResult, name: str) -> dict[str, float]:
-    """Mean over a task's samples of the total reward (`"reward"`), a sample field or a reward component."""
-    values: dict[str, list[float]] = {}
-    for record in result.samples:
-        value = record["reward"] if name == "reward" else record.get(name, record["components"].get(name, math.nan))
-        values.setdefault(record["task_id"], []).append(float(value))
-    return {task: float(np.mean(v)) for task, v in values.items()}
-
-
-def paired_changes(before: EvalResult, after: EvalResult, names: Sequence[str] | None = None,
-                   confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> list[PairedChange]:
-    """Paired per-task changes from `before` to `after` (e.g. a run's start and its final policy, evaluated with the
-    same tasks and seed): for the total reward, every reward component but the sources' and the integrity ratio by
-    default. Tasks missing from either, or NaN in either (no target scene), are left out of that metric."""
-    if names is None:
-        components = [c for c in (after.samples[0]["components"] if after.samples else {}) if not c.endswith("/source")]
-        names = ["reward", *components, "integrity_ratio"]
-    changes = []
-    for name in names:
-        a, b = _per_task_values(before, name), _per_task_values(after, name)
-        tasks = [t for t in a if t in b and math.isfinite(a[t]) and math.isfinite(b[t])]
-        if not tasks:
-            continue
-        diff = np.array([b[t] - a[t] for t in tasks])
-        change, low, high = mean_ci(diff, confidence, n_resamples, seed) if len(tasks) > 1 else (diff[0],) * 3
-        changes.append(PairedChange(name, float(np.mean([a[t] for t in tasks])), float(np.mean([b[t] for t in tasks])),
-                                    float(change), float(low), float(high), len(tasks)))
-    return changes
-
-
-def format_paired_table(changes: Sequence[PairedChange], before: str, after: str, confidence: float = 0.95) -> str:
-    """Markdown: metric | before | after | change [CI] | tasks."""
-    lines = [f"| metric | {before} | {after} | change ({int(100 * confidence)}% CI over tasks) | tasks |",
-             "|---|---|---|---|---|"]
-    for c in changes:
-        lines.append(f"| {c.name} | {c.before:.3f} | {c.after:.3f} | {c.change:+.3f} [{c.low:+.3f}, {c.high:+.3f}] | {c.n} |")
-    return "\n".join(lines) + "\n"
 
 
 # ============================================================================================== output

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.stats
 import torch
 
-__all__ = ["bootstrap_ci", "diversity", "mean_ci", "task_diversities", "win_indicators", "win_rate"]
+__all__ = [
+    "PairedChange", "bootstrap_ci", "diversity", "format_paired_table", "mean_ci", "paired_changes",
+    "task_diversities", "win_indicators", "win_rate",
+]
 
 
 def _as_1d(name: str, values: Any) -> np.ndarray:
@@ -132,3 +136,61 @@ def mean_ci(
     """`(mean, low, high)`: the mean of `values` and its percentile-bootstrap confidence interval."""
     low, high = bootstrap_ci(values, np.mean, confidence, n_resamples, seed)
     return float(np.mean(_as_1d("values", values))), low, high
+
+
+# ------------------------------------------------------------------------------------------- paired changes
+@dataclass(frozen=True)
+class PairedChange:
+    """One metric of two sets of samples of the same tasks: each mean, and the mean per-task change (after minus
+    before) with its bootstrap CI over the tasks both scored."""
+
+    name: str
+    before: float
+    after: float
+    change: float
+    low: float
+    high: float
+    n: int
+
+
+def _task_means(samples: Sequence[Mapping[str, Any]], name: str) -> dict[str, float]:
+    """Mean over each task's samples of the total reward (`"reward"`), a sample field or a reward component."""
+    values: dict[str, list[float]] = {}
+    for record in samples:
+        value = record["reward"] if name == "reward" else record.get(name, record["components"].get(name, math.nan))
+        values.setdefault(record["task_id"], []).append(float(value))
+    return {task: float(np.mean(v)) for task, v in values.items()}
+
+
+def paired_changes(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]],
+                   names: Sequence[str] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> list[PairedChange]:
+    """Paired per-task changes between two lists of sample records (`{"task_id", "reward", "components", ...}`, as
+    `samples.jsonl` and `EvalResult.samples` hold them; several samples of a task are averaged first). Default
+    metrics: the total reward, every component but the sources' (constant), and `integrity_ratio` where recorded.
+    Tasks missing from either side, or NaN on either (no target scene), are left out of that metric; a metric no
+    task has is left out of the list."""
+    if names is None:
+        first = after[0] if after else {"components": {}}
+        names = ["reward", *sorted(c for c in first["components"] if not c.endswith("/source")),
+                 *(["integrity_ratio"] if "integrity_ratio" in first else [])]
+    changes = []
+    for name in names:
+        a, b = _task_means(before, name), _task_means(after, name)
+        tasks = [t for t in a if t in b and math.isfinite(a[t]) and math.isfinite(b[t])]
+        if not tasks:
+            continue
+        diff = np.array([b[t] - a[t] for t in tasks])
+        change, low, high = mean_ci(diff, confidence, n_resamples, seed) if len(tasks) > 1 else (diff[0],) * 3
+        changes.append(PairedChange(name, float(np.mean([a[t] for t in tasks])), float(np.mean([b[t] for t in tasks])),
+                                    float(change), float(low), float(high), len(tasks)))
+    return changes
+
+
+def format_paired_table(changes: Sequence[PairedChange], before: str, after: str, confidence: float = 0.95) -> list[str]:
+    """Markdown lines: metric | before | after | change [CI] | tasks."""
+    lines = [f"| metric | {before} | {after} | change ({int(100 * confidence)}% CI over tasks) | tasks |",
+             "|---|---|---|---|---|"]
+    for c in changes:
+        lines.append(f"| {c.name} | {c.before:.3f} | {c.after:.3f} | {c.change:+.3f} [{c.low:+.3f}, {c.high:+.3f}] | {c.n} |")
+    return lines

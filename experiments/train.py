@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers.utils import logging as hf_logging
 
 from promptgym.agents import DataParallel, PolicyWithValue, PPOAgent, sft_warm_start
@@ -44,7 +43,7 @@ from promptgym.experiments.builders import (
 from promptgym.experiments.config import ConfigError, save_config
 from promptgym.experiments.plots import plot_image_grid, plot_training
 from promptgym.experiments.rundir import RunDir, intact_checkpoint, read_run_jsonl
-from promptgym.experiments.stats import mean_ci
+from promptgym.experiments.stats import PairedChange, format_paired_table, paired_changes
 from promptgym.rewards import CompositeReward, reward_stats
 
 SAMPLE_SEED = 20241113  # every evaluation samples with the same seed, so sample changes reflect the policy
@@ -357,50 +356,35 @@ class _StopRequest:
             signal.signal(signal.SIGINT, previous)
 
 
+def _two_evaluations(samples: list[dict[str, Any]], first: int, last: int) -> tuple[list[dict], list[dict]]:
+    return [r for r in samples if r["update"] == first], [r for r in samples if r["update"] == last]
+
+
 def before_after_table(samples: list[dict[str, Any]], first: int, last: int) -> list[str]:
     """Markdown: reward and each component on the fixed test tasks at two evaluations, with the paired change
     (last minus first, per task) and its 95% percentile-bootstrap CI over the tasks."""
-    before = {r["task_id"]: r for r in samples if r["update"] == first}
-    after = {r["task_id"]: r for r in samples if r["update"] == last}
-    tasks = [t for t in before if t in after]
-    names = ["reward", *sorted(before[tasks[0]]["components"])] if tasks else []
-    lines = [
+    before, after = _two_evaluations(samples, first, last)
+    tasks = {r["task_id"] for r in before} & {r["task_id"] for r in after}
+    return [
         f"## Fixed test tasks: update {first} vs update {last} ({len(tasks)} tasks, one sample each)",
         "",
-        f"| term | update {first} | update {last} | change (95% CI over tasks) |",
-        "|---|---|---|---|",
+        *format_paired_table(paired_changes(before, after), f"update {first}", f"update {last}"),
     ]
-    for name in names:
-        a = np.array([_sample_value(before[t], name) for t in tasks])
-        b = np.array([_sample_value(after[t], name) for t in tasks])
-        if not (np.isfinite(a).all() and np.isfinite(b).all()):
-            continue
-        change, low, high = mean_ci(b - a)
-        lines.append(f"| {name} | {a.mean():.3f} | {b.mean():.3f} | {change:+.3f} [{low:+.3f}, {high:+.3f}] |")
-    return lines
 
 
 GOLD_TERMS = ("gold/content", "gold/aesthetic")
 
 
-def _direction(low: float, high: float) -> str:
-    return "rose" if low > 0 else "fell" if high < 0 else "did not clearly move"
+def _direction(change: PairedChange) -> str:
+    return "rose" if change.low > 0 else "fell" if change.high < 0 else "did not clearly move"
 
 
 def gold_verdict(samples: list[dict[str, Any]], first: int, last: int) -> str | None:
     """One sentence on whether the gold metrics followed the proxy reward between two evaluations of the fixed
     test tasks, read off the paired 95% CIs (a change counts only when its CI excludes 0); None without gold."""
-    before = {r["task_id"]: r for r in samples if r["update"] == first}
-    after = {r["task_id"]: r for r in samples if r["update"] == last}
-    tasks = [t for t in before if t in after]
-    moves = {}
-    for name in ("reward", *GOLD_TERMS):
-        a = np.array([_sample_value(before[t], name) for t in tasks])
-        b = np.array([_sample_value(after[t], name) for t in tasks])
-        finite = np.isfinite(a) & np.isfinite(b)
-        if finite.sum() >= 2:
-            _, low, high = mean_ci(b[finite] - a[finite])
-            moves[name] = _direction(low, high)
+    before, after = _two_evaluations(samples, first, last)
+    changes = [c for c in paired_changes(before, after, ["reward", *GOLD_TERMS]) if c.n >= 2]
+    moves = {c.name: _direction(c) for c in changes}
     gold = {name: move for name, move in moves.items() if name in GOLD_TERMS}
     if not gold or "reward" not in moves:
         return None
@@ -414,12 +398,7 @@ def gold_verdict(samples: list[dict[str, Any]], first: int, last: int) -> str | 
     else:
         reading = "the proxy rose; gold did not clearly follow"
     return (f"Did gold follow the proxy? The proxy reward {moves['reward']}; {told} (paired 95% CIs over "
-            f"{len(tasks)} tasks): {reading}.")
-
-
-def _sample_value(row: dict[str, Any], name: str) -> float:
-    """A samples.jsonl row's total reward (`name="reward"`) or one of its components (nan if missing)."""
-    return float(row["reward"] if name == "reward" else row["components"].get(name, float("nan")))
+            f"{changes[0].n} tasks): {reading}.")
 
 
 def _renderer_of(reward: CompositeReward):

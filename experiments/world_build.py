@@ -413,22 +413,14 @@ def speckle_noise(shape: torch.Size, rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy((rng.standard_normal(shape) * sigma * mask).astype(np.float32))
 
 
-def judge_targets(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
-    """The judge's class index per attribute for each scene, -100 (ignored by the loss) where not drawn."""
-    from promptgym.rewards.gold import scene_labels
-    from promptgym.rewards.scene import ATTRIBUTES
-
-    labels = [scene_labels(s) for s in scenes]
-    return {name: torch.tensor([label[name] if name in s.drawn_attributes() else -100 for s, label in zip(scenes, labels)])
-            for name in ATTRIBUTES}
-
-
 def judge_accuracy(judge: nn.Module, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
     """Per-attribute accuracy of `judge` on `images[M, 3, H, W]` with known `scenes`, over the scenes that draw the
     attribute (`Scene.drawn_attributes`), plus `all` (every drawn attribute of an image right)."""
+    from promptgym.rewards.gold import NOT_DRAWN, drawn_labels
+
     read = judge.read(images)
-    targets = judge_targets(scenes)
-    drawn = {name: t != -100 for name, t in targets.items()}
+    targets = drawn_labels(scenes)
+    drawn = {name: t != NOT_DRAWN for name, t in targets.items()}
     right = {name: (read[name] == t) | ~drawn[name] for name, t in targets.items()}
     acc = {name: float(right[name][drawn[name]].float().mean()) for name in targets}
     acc["all"] = float(torch.stack(list(right.values())).all(0).float().mean())
@@ -438,12 +430,12 @@ def judge_accuracy(judge: nn.Module, images: torch.Tensor, scenes: Sequence[Scen
 def build_judge(cfg: BuildConfig, out: Path, work: Path) -> dict[str, float]:
     """The `judge` stage: train `SceneJudge` on renders of every scene (held-out pairs and no-subject scenes
     included), with `augment`; report its accuracy on fresh renders. Writes `out/judge`."""
-    from promptgym.rewards.gold import SceneJudge
+    from promptgym.rewards.gold import SceneJudge, drawn_labels
     from promptgym.rewards.scene import ATTRIBUTES
 
     data = load_or_render(work, "judge", cfg.scaled("data_images") // 2, stage_seed(cfg.seed, "judge-data"),
                           subject=False, held_out="any")
-    labels = judge_targets(data.scenes)
+    labels = drawn_labels(data.scenes)
     with seeded(stage_seed(cfg.seed, "judge")):
         judge = SceneJudge()
         steps, batch = cfg.scaled("judge_steps"), cfg.judge_batch

@@ -29,8 +29,10 @@ __all__ = [
     "GOLD_AESTHETIC",
     "GoldAestheticScorer",
     "GoldContentScorer",
+    "NOT_DRAWN",
     "SceneJudge",
     "aesthetic_statistics",
+    "drawn_labels",
     "gold_aesthetic",
     "gold_content",
     "scene_labels",
@@ -109,6 +111,18 @@ def scene_labels(scene: Scene) -> dict[str, int]:
     return {name: values[name].index(getattr(scene, name)) for name in ATTRIBUTES}
 
 
+NOT_DRAWN = -100  # the label of an attribute a picture cannot show (cross_entropy's default ignore_index)
+
+
+def drawn_labels(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
+    """`{attribute: LongTensor[len(scenes)]}` of class indices, `NOT_DRAWN` where the scene does not draw the
+    attribute (`Scene.drawn_attributes`): what the judge is trained on and scored against."""
+    labels = [scene_labels(s) for s in scenes]
+    drawn = [s.drawn_attributes() for s in scenes]
+    return {name: torch.tensor([lab[name] if name in d else NOT_DRAWN for lab, d in zip(labels, drawn)], dtype=torch.long)
+            for name in ATTRIBUTES}
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
@@ -162,10 +176,9 @@ def gold_content(images: torch.Tensor, scenes: Sequence[Scene | None], judge: Sc
         return out
     read = judge.read(images[rows].flatten(0, 1))
     correct, counted = torch.zeros(len(rows), k), torch.zeros(len(rows), 1)
-    for name in ATTRIBUTES:
-        drawn = torch.tensor([name in scenes[i].drawn_attributes() for i in rows], dtype=torch.float32)[:, None]
-        labels = torch.tensor([scene_labels(scenes[i])[name] for i in rows]).repeat_interleave(k)
-        correct += (read[name] == labels).float().reshape(len(rows), k) * drawn
+    for name, labels in drawn_labels([scenes[i] for i in rows]).items():
+        drawn = (labels != NOT_DRAWN).float()[:, None]
+        correct += (read[name].reshape(len(rows), k) == labels[:, None]).float() * drawn
         counted += drawn
     out[rows] = (correct / counted).mean(1)
     return out

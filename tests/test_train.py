@@ -57,11 +57,12 @@ def test_train_writes_every_artifact(run_dir):
 def test_eval_against_the_start_pairs_each_task_with_itself(run_dir, capsys):
     import shutil
 
-    from promptgym.experiments.evaluate import evaluate_run, paired_changes
+    from promptgym.experiments.evaluate import evaluate_run
+    from promptgym.experiments.stats import paired_changes
 
     start = evaluate_run(run_dir, samples_per_task=2, checkpoint="start", write=False, tasks=_eval_tasks(run_dir, 3))
     again = evaluate_run(run_dir, samples_per_task=2, checkpoint="start", write=False, tasks=_eval_tasks(run_dir, 3))
-    changes = {c.name: c for c in paired_changes(start, again)}
+    changes = {c.name: c for c in paired_changes(start.samples, again.samples)}
     assert {"reward", "integrity", "integrity_ratio"} <= set(changes)
     assert all(c.change == c.low == c.high == 0 and c.n == 3 for c in changes.values())  # same policy, same seed
     assert main(["eval", str(run_dir), "--samples", "2", "--max-tasks", "3", "--against", "start"]) == 0

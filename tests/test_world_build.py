@@ -102,11 +102,12 @@ def test_promptgym_world_build_command_takes_its_own_arguments(capsys):
     assert stopped.value.code == 2 and "unknown stages ['nope']" in capsys.readouterr().err
 
 
-def test_judge_targets_ignore_what_a_scene_without_subject_cannot_show():
+def test_judge_labels_ignore_what_a_scene_without_subject_cannot_show():
+    from promptgym.rewards.gold import drawn_labels
     from promptgym.rewards.scene import Scene
 
     scenes = [Scene(subject="dog", count=2, colour="red"), Scene(subject=None, count=3, colour="blue", weather="night")]
-    targets = world_build.judge_targets(scenes)
+    targets = drawn_labels(scenes)
     assert targets["count"].tolist() == [1, -100] and targets["colour"].tolist() == [1, -100]
     assert targets["accessory"].tolist() == [0, -100] and targets["weather"].tolist() == [0, 2]
 
