@@ -1,7 +1,7 @@
-"""`promptgym bench`: PPO variants and baselines trained for the same budget of reward calls, over several seeds.
+"""`promptgym bench`: PPO variants, baselines and an oracle trained for the same budget of reward calls, over seeds.
 
-    promptgym bench [--variants sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo] [--seeds 3]
-                    [--budget 4096] [--reward config|integrity] [--out runs/bench] [--set key=value ...]
+    promptgym bench [--config synth] [--variants sft,ppo,...,oracle] [--seeds 5] [--budget 1024]
+                    [--reward config|integrity] [--out runs/bench] [--resume] [--set key=value ...]
 
 The rules that make the comparison fair:
 
@@ -9,25 +9,30 @@ The rules that make the comparison fair:
   negatives count too: `PPOAgent.num_reward_calls`). Every variant trains until it has used at least `budget`
   reward calls and stops at the first update / rollout / generation batch at or past it (so it uses between
   `budget` and `budget + batch - 1`; the table reports the calls actually used).
-- **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO) starts from a
-  deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table says so). The
-  `sft` row is that start evaluated with no RL; the "reward vs SFT" column pairs each variant's seed with it.
-- **Config.** Every variant of a seed uses the tiny preset (for the baselines) or its own ablation preset, with the
-  same `--set` overrides and `seed`; the presets differ only in their `ppo` section (checked: the shared SFT start
-  would be wrong otherwise). Baselines use the config's env sizes, task splits, `ppo.n_episodes` (episodes per
-  batch), `ppo.learning_rate` and `ppo.kl_coef` (as TRL's `beta`).
-- **Final score.** The same evaluation for every variant, not counted in the budget: mean reward (and each
-  component) of `eval_episodes` fresh episodes on the config's eval split (`data.eval_split`), sampled with the
-  same seed from the full policy distribution at temperature 1 (`agents.baselines.evaluate_lm` for the LM
-  variants, `evaluate_sb3` for SB3).
-- **Reward.** `--reward config` (default) is the config's reward (tiny preset: tiny-model aesthetic and PickScore
-  deltas plus binary content integrity; its image terms exercise the pipeline and say nothing about image quality).
-  `--reward integrity` scores content integrity only, as a ratio (the share of the task's key words the edited
-  prompt keeps): no renders, so several times faster, and the one term that means something on the tiny stack.
+- **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO, the oracle)
+  starts from a deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table
+  says so). The `sft` row is that start evaluated with no RL.
+- **Config.** Every variant of a seed runs on `--config` (default: the synth world, as `promptgym train`) with the
+  same `--set` overrides and seed. A PPO variant lays its ablation preset's `ppo` section over it (`ppo`: no
+  DiffChat refinement; `ppo+adm`, `ppo+neg`, `ppo+civalue`: one each; `diffchat`: all three); the reference and
+  the baselines use the config as it is (baselines: its env sizes, task splits, `ppo.n_episodes` as the batch,
+  `ppo.learning_rate`, `ppo.kl_coef` as TRL's `beta`). The `oracle` is the config's own PPO trained on the
+  *gold* reward (`synth-gold`: gold content + gold aesthetic), the upper bound of what a proxy could give; it
+  needs a synth-world config. Variants may differ in nothing else (checked).
+- **Final score.** The same evaluation for every variant, not counted in the budget and always with the config's
+  (proxy) reward, whose outputs carry the gold metrics on the synth world: `eval_episodes` fresh episodes on the
+  eval split (`data.eval_split`), sampled with one seed from the full policy distribution at temperature 1, and,
+  for a language model, their KL to the seed's SFT start (k1, nats per episode).
+- **Aggregates.** Per variant and metric, the interquartile mean (IQM) over seeds with a 95% stratified-bootstrap
+  CI (rliable's recipe, `stats.iqm_ci`); "vs SFT" is the mean over seeds of the per-seed change from the `sft`
+  row, and each DiffChat refinement gets its per-seed paired change against plain `ppo` (mean [95% CI]).
+- **Reward.** `--reward config` (default) is the config's reward; `--reward integrity` scores content integrity
+  only, as a ratio (no renders, several times faster).
 
-Outputs in OUT: `bench.md` and `bench.csv` (per variant: mean and 95% bootstrap CI over seeds of the final eval
-reward and each component, mean wall time, reward calls), `learning_curves.png` (x = reward calls, one line per
-variant) and `bench.json` (every run's raw numbers: curves, eval scores, timings).
+Outputs in OUT: `bench.md` and `bench.csv` (the tables), `bench.json` (every run's raw numbers: curves, eval
+scores, KL, timings; rewritten after each run, so `--resume` continues an interrupted bench where it stopped),
+`curves.png` (proxy reward and gold metrics against reward calls, mean over seeds with 95% CI bands) and
+`gold_vs_kl.png` (each gold metric against the KL to the start: the over-optimisation picture).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from tqdm.auto import tqdm
 
 from promptgym.agents import PPOAgent, sft_warm_start
 from promptgym.envs import load_tasks
+from promptgym.experiments import DEFAULT_CONFIG
 from promptgym.experiments.builders import (
     build_policy,
     build_run_reward,
@@ -58,9 +64,9 @@ from promptgym.experiments.builders import (
     build_vector_env,
     seed_everything,
 )
-from promptgym.experiments.config import load_config
-from promptgym.experiments.plots import plot_learning_curves
-from promptgym.experiments.stats import mean_ci
+from promptgym.experiments.config import load_config, preset_layer
+from promptgym.experiments.plots import plot_curve_panels, plot_gold_vs_kl
+from promptgym.experiments.stats import iqm_ci, mean_ci
 from promptgym.rewards import clear_reward_caches
 
 if TYPE_CHECKING:  # agents.baselines imports stable-baselines3 and trl (seconds): loaded when a run needs it
@@ -68,8 +74,12 @@ if TYPE_CHECKING:  # agents.baselines imports stable-baselines3 and trl (seconds
 
 REFERENCE = "sft"  # the shared SFT start itself, evaluated without any RL: what every LM variant has to beat
 PPO_VARIANTS = ("ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
+PAIRED_BASE = "ppo"  # each DiffChat refinement is paired against plain PPO
+REFINEMENTS = ("ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
 BASELINES = ("sb3-ppo", "grpo", "rloo")
-VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES
+ORACLE = "oracle"  # the config's PPO on the gold reward: the upper bound of a proxy
+ORACLE_PRESET = "synth-gold"
+VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES + (ORACLE,)
 REWARDS = ("config", "integrity")
 # --reward integrity: content integrity only, as a ratio (no image terms, so no renders)
 INTEGRITY_OVERRIDES = (
@@ -78,10 +88,13 @@ INTEGRITY_OVERRIDES = (
     "reward.integrity={mode: ratio}",
 )
 SHARED_SECTIONS = ("data", "env", "policy", "reward", "sft")  # must agree across variants of a seed
+GOLD = ("gold/content", "gold/aesthetic")
 EVAL_SEED = 12345
 # A run's entry in bench.json: these fields of its RunResult, in this order
-RUN_FIELDS = ("variant", "seed", "curve", "eval_reward", "eval_components", "reward_calls", "budget", "wall_time_s",
-              "start", "start_sha256", "info")
+RUN_FIELDS = ("variant", "seed", "curve", "curve_components", "eval_reward", "eval_components", "eval_kl",
+              "reward_calls", "budget", "wall_time_s", "start", "start_sha256", "info")
+# Settings a resumed bench must share with the runs it finds in bench.json
+RESUME_KEYS = ("config", "budget", "reward", "overrides", "eval_episodes", "eval_seed")
 
 
 @dataclass
@@ -97,9 +110,15 @@ class BenchResult:
     eval_episodes: int
     sft_wall_time_s: dict[int, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    config: str = DEFAULT_CONFIG
 
     def of(self, variant: str) -> list[RunResult]:
         return [run for run in self.runs if run.variant == variant]
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed bench must match (see RESUME_KEYS)."""
+        return {"config": self.config, "budget": self.budget, "reward": self.reward, "overrides": self.overrides,
+                "eval_episodes": self.eval_episodes, "eval_seed": EVAL_SEED}
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -115,24 +134,39 @@ def parse_variants(text: str | Sequence[str]) -> list[str]:
     return names
 
 
-def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = (), reward: str = "config"):
-    """The config a variant runs with on `seed` (None: the config's): its preset (baselines: tiny), `overrides`,
-    the reward choice."""
+def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = (), reward: str = "config",
+                   config: str | os.PathLike = DEFAULT_CONFIG):
+    """The config a variant runs with on `seed` (None: the config's): `config` with the variant's layer (a PPO
+    variant's ablation `ppo` section; the oracle's gold reward), then `overrides` and the reward choice."""
 
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
     if reward not in REWARDS:
         raise ValueError(f"reward={reward!r}; expected one of {list(REWARDS)}")
-    preset = variant if variant in PPO_VARIANTS else "tiny"  # the reference and the baselines: the tiny preset
     extra = list(INTEGRITY_OVERRIDES) if reward == "integrity" else []
-    return load_config(preset, [*overrides, *extra, *([f"seed={seed}"] if seed is not None else [])])
+    settings = [*overrides, *extra, *([f"seed={seed}"] if seed is not None else [])]
+    if variant == ORACLE:
+        base = load_config(config, settings)
+        if reward != "config" or base.reward.preset != "synth":
+            raise ValueError(
+                f"the {ORACLE!r} variant trains on the synth world's gold metrics, so it needs a config whose reward "
+                f"preset is 'synth' and --reward config; got preset {base.reward.preset!r} with --reward {reward}"
+            )
+        return load_config(config, [*overrides, *([f"seed={seed}"] if seed is not None else [])],
+                           layer=preset_layer(ORACLE_PRESET))
+    layer = {"ppo": preset_layer(variant)["ppo"]} if variant in PPO_VARIANTS else None
+    return load_config(config, settings, layer=layer)
 
 
 def _check_shared(configs: dict[str, Any]) -> None:
-    """The variants of a seed must agree on everything but `ppo` (they share one SFT start and one reward)."""
-    first_name, first = next(iter(configs.items()))
+    """The variants of a seed must agree on everything but `ppo` (they share one SFT start and one reward); the
+    oracle differs in its training reward too."""
+    first_name, first = next((name, c) for name, c in configs.items() if name != ORACLE) if any(
+        name != ORACLE for name in configs) else next(iter(configs.items()))
     for name, config in configs.items():
         for section in SHARED_SECTIONS:
+            if name == ORACLE and section == "reward":
+                continue
             if getattr(config, section) != getattr(first, section):
                 raise ValueError(
                     f"variant {name!r} has a different {section!r} section than {first_name!r}; bench variants may "
@@ -151,182 +185,210 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- runs
-def run_ppo_variant(
-    variant: str,
-    config: Any,
-    policy: Any,
-    tokenizer: Any,
-    reward: Any,
-    budget: int,
-    eval_tasks: Sequence[Any],
-    eval_episodes: int,
-    eval_seed: int = EVAL_SEED,
-) -> RunResult:
-    """Our PPO (`config.ppo`) on `policy` (trained in place) until `PPOAgent.num_reward_calls >= budget`."""
-    from promptgym.agents.baselines import RunResult, evaluate_lm
+@dataclass
+class SeedContext:
+    """What every variant of one seed shares: tokenizer, SFT start, rewards, eval tasks."""
+
+    tokenizer: Any
+    start: Any  # the SFT'd PolicyWithValue (None when only SB3 runs)
+    reward: Any  # the config's reward: every variant's evaluation, and the training reward but the oracle's
+    eval_tasks: list[Any]
+    eval_episodes: int
+    oracle_reward: Any = None
+
+
+def _evaluate(config: Any, model: Any, ctx: SeedContext, eval_seed: int = EVAL_SEED) -> tuple[float, dict, float]:
+    """The final score of a trained LM: eval reward, components and KL to the seed's start."""
+    from promptgym.agents.baselines import evaluate_lm_with_kl
+
+    env = build_vector_env(config, ctx.eval_tasks, ctx.tokenizer, ctx.reward, ctx.eval_episodes)
+    return evaluate_lm_with_kl(model, env, eval_seed, ctx.start.model)
+
+
+def run_ppo_variant(variant: str, config: Any, policy: Any, ctx: SeedContext, budget: int) -> RunResult:
+    """Our PPO (`config.ppo`) on `policy` (trained in place) until `PPOAgent.num_reward_calls >= budget`; the
+    oracle trains on the gold reward and is scored like every other variant."""
+    from promptgym.agents.baselines import RunResult
 
     start_sha = weights_sha256(policy)
     train_tasks = load_tasks(config.data.tasks, split=config.data.train_split)
-    env = build_vector_env(config, train_tasks, tokenizer, reward, config.ppo.n_episodes)
+    reward = ctx.oracle_reward if variant == ORACLE else ctx.reward
+    env = build_vector_env(config, train_tasks, ctx.tokenizer, reward, config.ppo.n_episodes)
     agent = PPOAgent(policy, env, config.ppo)
     curve: list[tuple[int, float]] = []
+    components: list[dict[str, float]] = []
     last: dict[str, float] = {}
     start = time.perf_counter()
     while agent.num_reward_calls < budget:
         last = agent.step()
         curve.append((agent.num_reward_calls, float(last["env/reward_mean"])))
+        components.append({key[len("env/"):]: float(value) for key, value in last.items()
+                           if key.startswith("env/") and not key.startswith("env/reward")}
+                          | {"kl": float(last["objective/kl"])})
     wall_time_s = time.perf_counter() - start
-    eval_env = _eval_env(config, eval_tasks, eval_episodes, tokenizer, reward)
-    eval_reward, eval_components = evaluate_lm(policy.model, eval_env, eval_seed)
+    eval_reward, eval_components, eval_kl = _evaluate(config, policy.model, ctx)
     info = {
         "updates": agent.num_updates,
         "episodes": agent.num_episodes,
         "last_kl": last.get("objective/kl"),
         "ppo": {k: v for k, v in dataclasses.asdict(config.ppo).items()},
+        **({"training_reward": ORACLE_PRESET} if variant == ORACLE else {}),
     }
     return RunResult(variant, config.seed, curve, eval_reward, eval_components, agent.num_reward_calls, budget,
-                     wall_time_s, "sft", start_sha, info)
+                     wall_time_s, "sft", start_sha, info, curve_components=components, eval_kl=eval_kl)
 
 
-def run_reference(
-    config: Any, policy: Any, tokenizer: Any, reward: Any, budget: int, eval_tasks: Sequence[Any], eval_episodes: int,
-    eval_seed: int = EVAL_SEED,
-) -> RunResult:
+def run_reference(config: Any, policy: Any, ctx: SeedContext, budget: int) -> RunResult:
     """The `sft` row: the seed's SFT policy evaluated as every variant is, with no training (0 reward calls)."""
-    from promptgym.agents.baselines import RunResult, evaluate_lm
+    from promptgym.agents.baselines import RunResult
 
-    start_sha = weights_sha256(policy)
-    eval_reward, eval_components = evaluate_lm(policy.model, _eval_env(config, eval_tasks, eval_episodes, tokenizer,
-                                                                       reward), eval_seed)
-    return RunResult(REFERENCE, config.seed, [], eval_reward, eval_components, 0, budget, 0.0, "sft", start_sha, {})
-
-
-def _eval_env(config: Any, eval_tasks: Sequence[Any], eval_episodes: int, tokenizer: Any, reward: Any):
-    return build_vector_env(config, eval_tasks, tokenizer, reward, eval_episodes)
+    eval_reward, eval_components, eval_kl = _evaluate(config, policy.model, ctx)
+    return RunResult(REFERENCE, config.seed, [], eval_reward, eval_components, 0, budget, 0.0, "sft",
+                     weights_sha256(policy), {}, eval_kl=eval_kl)
 
 
-def run_baseline(
-    variant: str,
-    config: Any,
-    policy: Any,
-    tokenizer: Any,
-    reward: Any,
-    budget: int,
-    eval_tasks: Sequence[Any],
-    eval_episodes: int,
-    eval_seed: int = EVAL_SEED,
-    num_generations: int = 4,
-) -> RunResult:
+def run_baseline(variant: str, config: Any, policy: Any, ctx: SeedContext, budget: int,
+                 num_generations: int = 4) -> RunResult:
     """SB3 PPO (from scratch) or TRL GRPO / RLOO (on a copy of `policy`) with the config's env, tasks and sizes."""
     from promptgym.agents.baselines import run_sb3_ppo, run_trl
 
     tasks = load_tasks(config.data.tasks, split=config.data.train_split)
-    common = dict(
-        max_new_tokens=config.env.max_new_tokens,
-        max_context_tokens=config.env.max_context_tokens,
-        eval_tasks=list(eval_tasks),
-        eval_episodes=eval_episodes,
-        eval_seed=eval_seed,
-    )
+    common = dict(max_new_tokens=config.env.max_new_tokens, max_context_tokens=config.env.max_context_tokens)
+    eval_kl = None
     if variant == "sb3-ppo":
-        result = run_sb3_ppo(tasks, tokenizer, reward, budget, config.seed, n_envs=config.ppo.n_episodes, **common)
+        result = run_sb3_ppo(tasks, ctx.tokenizer, ctx.reward, budget, config.seed, n_envs=config.ppo.n_episodes,
+                             eval_tasks=list(ctx.eval_tasks), eval_episodes=ctx.eval_episodes, eval_seed=EVAL_SEED,
+                             **common)
         start, start_sha = "scratch", None
     else:
         start, start_sha = "sft", weights_sha256(policy)
-        result = run_trl(
-            variant,
-            policy,
-            tokenizer,
-            tasks,
-            reward,
-            budget,
-            config.seed,
-            batch_size=config.ppo.n_episodes,
-            num_generations=num_generations,
-            learning_rate=config.ppo.learning_rate,
-            beta=config.ppo.kl_coef,
-            **common,
-        )
+        result = run_trl(variant, policy, ctx.tokenizer, tasks, ctx.reward, budget, config.seed,
+                         batch_size=config.ppo.n_episodes, num_generations=num_generations,
+                         learning_rate=config.ppo.learning_rate, beta=config.ppo.kl_coef, **common)
+        result.eval_reward, result.eval_components, eval_kl = _evaluate(config, result.trained.to("cpu"), ctx)
     info = {k: v for k, v in result.info.items() if k != "last_log"}
     return dataclasses.replace(result, variant=variant, curve=[(int(x), float(y)) for x, y in result.curve],
                                eval_reward=float(result.eval_reward), eval_components=dict(result.eval_components),
-                               budget=budget, start=start, start_sha256=start_sha, info=info, trained=None)
+                               eval_kl=eval_kl, budget=budget, start=start, start_sha256=start_sha, info=info,
+                               trained=None)
+
+
+def _seed_context(seed: int, configs: dict[str, Any], variants: Sequence[str], eval_episodes: int,
+                  result: BenchResult, bar: Any) -> SeedContext:
+    base = next(c for v, c in configs.items() if v != ORACLE) if any(v != ORACLE for v in configs) else configs[ORACLE]
+    seed_everything(seed)
+    tokenizer = build_tokenizer(base)
+    eval_tasks = load_tasks(base.data.tasks, split=base.data.eval_split)
+    start_policy = None
+    if any(v != "sb3-ppo" for v in variants):
+        bar.set_postfix_str(f"seed {seed}: SFT")
+        start_policy = build_policy(base, tokenizer)
+        start = time.perf_counter()
+        if base.sft.enabled:
+            train_tasks = load_tasks(base.data.tasks, split=base.data.train_split)
+            sft_warm_start(start_policy, tokenizer, [t for t in train_tasks if t.target is not None],
+                           [t for t in eval_tasks if t.target is not None][:256], config=base.sft, progress=False)
+        result.sft_wall_time_s[seed] = time.perf_counter() - start
+    if variants == [ORACLE]:  # evaluated with the proxy reward the other variants would have used
+        base = variant_config(REFERENCE, seed, result.overrides, result.reward, result.config)
+    ctx = SeedContext(tokenizer, start_policy, build_run_reward(base, tokenizer), eval_tasks, eval_episodes)
+    if ORACLE in variants:
+        ctx.oracle_reward = build_run_reward(configs[ORACLE], tokenizer)
+    return ctx
+
+
+def _run_variant(variant: str, config: Any, ctx: SeedContext, budget: int) -> RunResult:
+    for reward in (ctx.reward, ctx.oracle_reward):
+        if reward is not None:
+            clear_reward_caches(reward)  # no variant profits from renders cached by an earlier one
+    seed_everything(config.seed)
+    policy = copy.deepcopy(ctx.start) if ctx.start is not None and variant != "sb3-ppo" else None
+    if variant == REFERENCE:
+        return run_reference(config, policy, ctx, budget)
+    if variant in PPO_VARIANTS or variant == ORACLE:
+        return run_ppo_variant(variant, config, policy, ctx, budget)
+    return run_baseline(variant, config, policy, ctx, budget)
+
+
+def load_bench(out: str | os.PathLike) -> tuple[dict[str, Any], list[RunResult]]:
+    """The settings and runs a bench wrote to `out/bench.json` (for `--resume` and for reading results)."""
+    from promptgym.agents.baselines import RunResult
+
+    path = Path(out) / "bench.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no bench.json in {str(out)!r}; nothing to resume (run without --resume)")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    settings = {key: raw.get(key) for key in RESUME_KEYS}
+    return settings, [RunResult.from_dict(run) for run in raw["runs"]]
+
+
+def _resumed_runs(result: BenchResult, out: Path) -> list[RunResult]:
+    settings, runs = load_bench(out)
+    if settings != result.settings():
+        differing = {k: (settings[k], result.settings()[k]) for k in RESUME_KEYS if settings[k] != result.settings()[k]}
+        raise ValueError(f"--resume: {out}/bench.json was written with other settings {differing} "
+                         "(found, asked); resume with the same ones or use another --out")
+    raw = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    result.sft_wall_time_s.update({int(k): v for k, v in raw.get("sft_wall_time_s", {}).items()
+                                   if int(k) in result.seeds})
+    return [run for run in runs if run.variant in result.variants and run.seed in result.seeds]
 
 
 def run_bench(
     variants: Sequence[str] = VARIANTS,
-    seeds: int = 3,
-    budget: int = 4096,
+    seeds: int = 5,
+    budget: int = 1024,
     out: str | os.PathLike = "runs/bench",
     overrides: Sequence[str] = (),
     reward: str = "config",
     eval_episodes: int = 64,
     progress: bool = True,
     on_run: Callable[[RunResult], Any] | None = None,
+    config: str | os.PathLike = DEFAULT_CONFIG,
+    resume: bool = False,
 ) -> BenchResult:
-    """Train every variant on `seeds` seeds (config seed, +1, ...) for `budget` reward calls; write the table, plot
-    and raw numbers into `out` (see the module doc). `on_run(run)` is called after each run."""
-
+    """Train every variant on `seeds` seeds (config seed, +1, ...) for `budget` reward calls; write the tables,
+    plots and raw numbers into `out` after every run (see the module doc). `resume` keeps the runs `out/bench.json`
+    already has (same settings, checked) and runs the rest. `on_run(run)` is called after each new run."""
 
     variants = parse_variants(variants)
     for name, value in (("seeds", seeds), ("budget", budget), ("eval_episodes", eval_episodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}; expected a positive integer")
-    first_seed = variant_config(variants[0], None, overrides, reward).seed  # --set seed=S starts from S
+    first_seed = variant_config(variants[0], None, overrides, reward, config).seed  # --set seed=S starts from S
     seed_list = [first_seed + i for i in range(seeds)]
     out = Path(out)
+    result = BenchResult([], variants, seed_list, budget, reward, list(overrides), eval_episodes,
+                         config=os.fspath(config))
+    if resume:
+        result.runs = _resumed_runs(result, out)
     out.mkdir(parents=True, exist_ok=True)
-    result = BenchResult([], variants, seed_list, budget, reward, list(overrides), eval_episodes)
-    bar = tqdm(total=len(variants) * len(seed_list), desc="bench", unit="run", disable=not progress)
+    done = {(run.variant, run.seed) for run in result.runs}
+    bar = tqdm(total=len(variants) * len(seed_list), initial=len(done), desc="bench", unit="run",
+               disable=not progress)
     try:
         for seed in seed_list:
-            configs = {v: variant_config(v, seed, overrides, reward) for v in variants}
+            todo = [v for v in variants if (v, seed) not in done]
+            if not todo:
+                continue
+            configs = {v: variant_config(v, seed, overrides, reward, config) for v in variants}
             _check_shared(configs)
-            base = next(iter(configs.values()))
-            seed_everything(seed)
-            tokenizer = build_tokenizer(base)
-            eval_tasks = load_tasks(base.data.tasks, split=base.data.eval_split)
-            sft_policy = None
-            if any(v != "sb3-ppo" for v in variants):
-                bar.set_postfix_str(f"seed {seed}: SFT")
-                sft_policy = build_policy(base, tokenizer)
-                start = time.perf_counter()
-                if base.sft.enabled:
-                    train_tasks = load_tasks(base.data.tasks, split=base.data.train_split)
-                    sft_warm_start(
-                        sft_policy,
-                        tokenizer,
-                        [t for t in train_tasks if t.target is not None],
-                        [t for t in eval_tasks if t.target is not None][:256],
-                        config=base.sft,
-                        progress=False,
-                    )
-                result.sft_wall_time_s[seed] = time.perf_counter() - start
-            reward_fn = build_run_reward(base, tokenizer)
-            for variant in variants:
+            ctx = _seed_context(seed, {v: configs[v] for v in todo}, todo, eval_episodes, result, bar)
+            for variant in todo:
                 bar.set_postfix_str(f"seed {seed}: {variant}")
-                config = configs[variant]
-                clear_reward_caches(reward_fn)  # no variant profits from renders cached by an earlier one
-                seed_everything(seed)
-                policy = copy.deepcopy(sft_policy) if sft_policy is not None and variant != "sb3-ppo" else None
-                if variant == REFERENCE:
-                    run = run_reference(config, policy, tokenizer, reward_fn, budget, eval_tasks, eval_episodes)
-                elif variant in PPO_VARIANTS:
-                    run = run_ppo_variant(variant, config, policy, tokenizer, reward_fn, budget, eval_tasks,
-                                          eval_episodes)
-                else:
-                    run = run_baseline(variant, config, policy, tokenizer, reward_fn, budget, eval_tasks,
-                                       eval_episodes)
+                run = _run_variant(variant, configs[variant], ctx, budget)
                 result.runs.append(run)
+                result.files = write_bench(result, out)
                 if on_run is not None:
                     on_run(run)
                 bar.update(1)
-                bar.write(
-                    f"{variant:>12} seed {seed}: eval reward {run.eval_reward:.3f}, {run.reward_calls} reward calls, "
-                    f"{run.wall_time_s:.0f} s"
-                )
+                kl = "" if run.eval_kl is None else f", KL {run.eval_kl:.2f}"
+                gold = "".join(f", {k} {run.eval_components[k]:.3f}" for k in GOLD if k in run.eval_components)
+                bar.write(f"{variant:>12} seed {seed}: eval reward {run.eval_reward:.3f}{gold}{kl}, "
+                          f"{run.reward_calls} reward calls, {run.wall_time_s:.0f} s")
     finally:
         bar.close()
+    result.runs.sort(key=lambda run: (variants.index(run.variant), run.seed))
     result.files = write_bench(result, out)
     return result
 
@@ -337,11 +399,23 @@ def display_components(names: Sequence[str]) -> list[str]:
     the gold metrics (`gold/...`) of the synth world beside them."""
     names = list(names)
     terms = [n for n in names if "/" not in n or n.startswith("gold/")]
+    terms = [n for n in terms if not n.startswith("gold/")] + [n for n in GOLD if n in terms]
     return [f"{n}/delta" if f"{n}/delta" in names else n for n in terms]
 
 
+def _metric_values(runs: Sequence[RunResult], key: str) -> list[float]:
+    if key == "reward":
+        values = [r.eval_reward for r in runs]
+    elif key == "kl":
+        values = [r.eval_kl for r in runs]
+    else:
+        values = [r.eval_components.get(key) for r in runs]
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
 def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str, Any]]:
-    """Per variant: mean and 95% bootstrap CI over seeds of the eval reward and each component; means of the rest."""
+    """Per variant: IQM and 95% stratified-bootstrap CI over seeds of the eval reward, each component and the KL to
+    the start; the mean change from the same seed's `sft` row; means of wall time and reward calls."""
 
     components = display_components(sorted({n for run in result.runs for n in run.eval_components}))
     rows = []
@@ -350,15 +424,14 @@ def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str,
         if not runs:
             continue
         row: dict[str, Any] = {"variant": variant, "start": runs[0].start, "seeds": len(runs)}
-        for key, values in [("reward", [r.eval_reward for r in runs])] + [
-            (name, [r.eval_components.get(name, math.nan) for r in runs]) for name in components
-        ]:
-            finite = [v for v in values if math.isfinite(v)]
-            mean, low, high = mean_ci(finite, n_resamples=n_resamples) if finite else (math.nan,) * 3
-            row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = mean, low, high
-        row["reward_vs_sft"], row["reward_vs_sft_ci_low"], row["reward_vs_sft_ci_high"] = _paired_change(
-            result, runs, n_resamples
-        )
+        for key in ["reward", *components, "kl"]:
+            values = _metric_values(runs, key)
+            value, low, high = iqm_ci(values, n_resamples=n_resamples) if values else (math.nan,) * 3
+            row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = value, low, high
+        for key in ["reward", *[k for k in GOLD if k in components]]:
+            name = "reward_vs_sft" if key == "reward" else f"{key}_vs_sft"
+            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _paired_change(result, runs, key, REFERENCE,
+                                                                                     n_resamples)
         row["wall_time_s"] = float(np.mean([r.wall_time_s for r in runs]))
         row["reward_calls"] = float(np.mean([r.reward_calls for r in runs]))
         row["reward_calls_min"] = min(r.reward_calls for r in runs)
@@ -367,25 +440,48 @@ def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str,
     return rows
 
 
-def _paired_change(result: BenchResult, runs: list[RunResult], n_resamples: int) -> tuple[float, float, float]:
-    """Mean and 95% bootstrap CI over seeds of (eval reward - the same seed's SFT reference), for a variant that
-    starts from SFT; nan when there is no reference row (or for SB3, which does not start from SFT)."""
+def _paired_change(result: BenchResult, runs: list[RunResult], key: str, against: str,
+                   n_resamples: int) -> tuple[float, float, float]:
+    """Mean and 95% bootstrap CI over seeds of (a variant's eval `key` - the same seed's `against` run's), for a
+    variant that starts from SFT; nan without such pairs (SB3, which does not start from SFT; `against` itself)."""
 
-    reference = {run.seed: run.eval_reward for run in result.of(REFERENCE)}
-    changes = [run.eval_reward - reference[run.seed] for run in runs if run.start == "sft" and run.seed in reference]
-    if not changes or all(run.variant == REFERENCE for run in runs):
+    other = {run.seed: _metric_values([run], key) for run in result.of(against)}
+    changes = [_metric_values([run], key)[0] - other[run.seed][0] for run in runs
+               if run.start == "sft" and other.get(run.seed) and _metric_values([run], key)]
+    if not changes or all(run.variant == against for run in runs):
         return (math.nan,) * 3
     return mean_ci(changes, n_resamples=n_resamples)
+
+
+def refinement_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str, Any]]:
+    """Per DiffChat refinement that ran beside plain `ppo`: its per-seed paired change against `ppo` in the eval
+    reward, each gold metric and the KL (mean [95% CI] over the seeds both ran)."""
+    if not result.of(PAIRED_BASE):
+        return []
+    keys = ["reward", *[k for k in GOLD if any(k in r.eval_components for r in result.runs)], "kl"]
+    rows = []
+    for variant in REFINEMENTS:
+        runs = result.of(variant)
+        if not runs:
+            continue
+        row: dict[str, Any] = {"variant": variant, "seeds": len({r.seed for r in runs} & {r.seed for r in
+                                                                                           result.of(PAIRED_BASE)})}
+        for key in keys:
+            row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = _paired_change(result, runs, key, PAIRED_BASE,
+                                                                                   n_resamples)
+        rows.append(row)
+    return rows
 
 
 def _value_keys(rows: list[dict[str, Any]]) -> list[str]:
     keys = list(rows[0]) if rows else []
     return [k for k in keys if k not in ("variant", "start", "seeds") and not k.endswith(("_ci_low", "_ci_high"))
-            and not k.startswith(("wall_time", "reward_calls", "reward_vs_sft"))]
+            and not k.startswith(("wall_time", "reward_calls")) and not k.endswith("_vs_sft")]
 
 
-def _has_reference(rows: list[dict[str, Any]]) -> bool:
-    return any(math.isfinite(row["reward_vs_sft"]) for row in rows)
+def _vs_sft_keys(rows: list[dict[str, Any]]) -> list[str]:
+    keys = [k for k in (list(rows[0]) if rows else []) if k.endswith("_vs_sft") and not k.endswith("_ci_low")]
+    return [k for k in keys if any(math.isfinite(row[k]) for row in rows)]
 
 
 def _signed_ci_text(row: dict[str, Any], key: str) -> str:
@@ -401,26 +497,38 @@ def _ci_text(row: dict[str, Any], key: str) -> str:
 
 
 START_TEXT = {"sft": "SFT", "scratch": "scratch (no LM)"}
+COLUMN_TEXT = {"reward": "proxy reward", "kl": "KL to start", "gold/content": "gold content",
+               "gold/aesthetic": "gold aesthetic"}
 
 
-def markdown_table(result: BenchResult, rows: list[dict[str, Any]]) -> str:
-    keys = _value_keys(rows)
-    paired = ["reward vs SFT (95% CI)"] if _has_reference(rows) else []
-    header = ["variant", "start", "seeds", *[f"eval {k} (95% CI)" for k in keys], *paired, "wall time (s)",
-              "reward calls"]
+def _column(key: str) -> str:
+    if key.endswith("_vs_sft"):
+        return f"{COLUMN_TEXT.get(key[:-len('_vs_sft')], key[:-len('_vs_sft')])} vs SFT"
+    return COLUMN_TEXT.get(key, key)
+
+
+def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
+                   refinements: list[dict[str, Any]] | None = None) -> str:
+    keys, paired = _value_keys(rows), _vs_sft_keys(rows)
+    header = ["variant", "start", "seeds", *[_column(k) for k in keys], *[_column(k) for k in paired],
+              "wall time (s)", "reward calls"]
     lines = [
         "# promptgym bench",
         "",
-        f"- budget: {result.budget} reward calls per run; seeds {result.seeds}; reward: `{result.reward}`"
-        + (" (content integrity ratio only)" if result.reward == "integrity" else " (the config's reward)"),
+        f"- config `{result.config}`; budget {result.budget} reward calls per run; seeds {result.seeds}; reward: "
+        f"`{result.reward}`" + (" (content integrity ratio only)" if result.reward == "integrity" else
+                                " (the config's reward)")
+        + ("; the oracle trains on the gold reward and is scored by the config's, as every variant"
+           if result.of(ORACLE) else ""),
         f"- overrides: {result.overrides or 'none'}",
-        f"- final score: mean over seeds of the eval reward of {result.eval_episodes} fresh episodes on the eval "
-        "split (seeded, not counted in the budget); [95% percentile-bootstrap CI over seeds]",
-        "- start: SFT = a copy of the seed's SFT'd tiny policy (shared by every LM variant of the seed); "
-        "scratch = SB3 PPO, which has no language model",
+        f"- cells: interquartile mean over seeds [95% stratified-bootstrap CI] of the final evaluation: "
+        f"{result.eval_episodes} fresh episodes on the eval split (seeded, not counted in the budget); KL to start: "
+        "nats per episode (k1) against the seed's SFT start",
+        "- start: SFT = a copy of the seed's SFT'd policy (shared by every LM variant of the seed); scratch = SB3 "
+        "PPO, which has no language model",
         "- wall time: training only (mean over seeds; SFT and evaluation excluded)",
-        *(["- sft: the SFT start evaluated with no RL; reward vs SFT: eval reward minus the same seed's sft row, "
-           "mean [95% CI] over seeds"] if paired else []),
+        *(["- vs SFT: the variant's eval minus the same seed's sft row, mean [95% bootstrap CI] over seeds"]
+          if paired else []),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -429,10 +537,19 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]]) -> str:
         calls = (f"{row['reward_calls']:.0f}" if row["reward_calls_min"] == row["reward_calls_max"]
                  else f"{row['reward_calls_min']}–{row['reward_calls_max']}")
         cells = [row["variant"], START_TEXT.get(row["start"], row["start"]), str(row["seeds"]),
-                 *[_ci_text(row, k) for k in keys], *([_signed_ci_text(row, "reward_vs_sft")] if paired else []),
+                 *[_ci_text(row, k) for k in keys], *[_signed_ci_text(row, k) for k in paired],
                  f"{row['wall_time_s']:.1f}", calls]
         lines.append("| " + " | ".join(cells) + " |")
-    if result.reward == "config":
+    if refinements:
+        rkeys = [k for k in refinements[0] if k not in ("variant", "seeds") and not k.endswith(("_ci_low", "_ci_high"))]
+        lines += ["", f"## DiffChat refinements against plain `{PAIRED_BASE}` (same seed and start; mean change "
+                      "[95% bootstrap CI] over seeds)", "",
+                  "| variant | seeds | " + " | ".join(f"Δ {_column(k)}" for k in rkeys) + " |",
+                  "|" + "---|" * (len(rkeys) + 2)]
+        for row in refinements:
+            lines.append(f"| {row['variant']} | {row['seeds']} | "
+                         + " | ".join(_signed_ci_text(row, k) for k in rkeys) + " |")
+    if result.reward == "config" and load_config(result.config, list(result.overrides)).reward.preset == "tiny":
         lines += ["", "On the tiny stack the image terms come from random tiny models: they exercise the pipeline "
                       "and say nothing about image quality."]
     return "\n".join(lines) + "\n"
@@ -443,26 +560,28 @@ def print_table(result: BenchResult, rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys = _value_keys(rows)
-    paired = ["reward vs SFT [95% CI]"] if _has_reference(rows) else []
-    table = Table(title=f"bench: {result.budget} reward calls, {len(result.seeds)} seed(s), reward={result.reward}")
-    for column in ["variant", "start", *[f"{k} [95% CI]" for k in keys], *paired, "wall s", "reward calls"]:
+    keys, paired = _value_keys(rows), _vs_sft_keys(rows)
+    table = Table(title=f"bench on {result.config}: {result.budget} reward calls, {len(result.seeds)} seed(s), "
+                        f"reward={result.reward}; IQM [95% CI] over seeds")
+    for column in ["variant", "start", *[_column(k) for k in keys], *[_column(k) for k in paired], "wall s",
+                   "reward calls"]:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["variant"], START_TEXT.get(row["start"], row["start"]), *[_ci_text(row, k) for k in keys],
-                      *([_signed_ci_text(row, "reward_vs_sft")] if paired else []), f"{row['wall_time_s']:.1f}",
+                      *[_signed_ci_text(row, k) for k in paired], f"{row['wall_time_s']:.1f}",
                       f"{row['reward_calls']:.0f}")
     Console(width=max(160, Console().width)).print(table)
 
 
 def write_bench(result: BenchResult, out: str | os.PathLike) -> list[Path]:
-    """bench.md, bench.csv, bench.json and learning_curves.png in `out`."""
+    """bench.md, bench.csv, bench.json, curves.png and gold_vs_kl.png (when there is something to plot) in `out`."""
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(result)
+    refinements = refinement_rows(result)
     md = out / "bench.md"
-    md.write_text(markdown_table(result, rows), encoding="utf-8")
+    md.write_text(markdown_table(result, rows, refinements), encoding="utf-8")
     csv_path = out / "bench.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["variant"])
@@ -471,23 +590,48 @@ def write_bench(result: BenchResult, out: str | os.PathLike) -> list[Path]:
     raw = {
         "variants": result.variants,
         "seeds": result.seeds,
-        "budget": result.budget,
-        "reward": result.reward,
-        "overrides": result.overrides,
-        "eval_episodes": result.eval_episodes,
-        "eval_seed": EVAL_SEED,
+        **result.settings(),
         "sft_wall_time_s": {str(k): v for k, v in result.sft_wall_time_s.items()},
         "summary": rows,
+        "refinements_vs_ppo": refinements,
         "runs": [run.to_dict(RUN_FIELDS) for run in result.runs],
     }
     json_path = out / "bench.json"
-    json_path.write_text(json.dumps(raw, indent=2, default=_json_default), encoding="utf-8")
-    curves = {v: [run.curve for run in result.of(v)] for v in result.variants if result.of(v) and v != REFERENCE}
-    if not curves:  # only the reference was run: nothing trained, no curve
-        return [md, csv_path, json_path]
-    plot = plot_learning_curves(curves, out / "learning_curves.png",
-                                title=f"Learning curves, reward={result.reward} (mean over seeds)")
-    return [md, csv_path, json_path, plot]
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(raw, indent=2, default=_json_default), encoding="utf-8")
+    tmp.replace(json_path)  # atomic: an interrupted bench leaves a readable bench.json to resume from
+    return [md, csv_path, json_path, *write_plots(result, out)]
+
+
+def write_plots(result: BenchResult, out: Path) -> list[Path]:
+    """`curves.png` (reward and gold against reward calls) and `gold_vs_kl.png`, for the variants that have them."""
+    trained = [v for v in result.variants if v != REFERENCE and result.of(v)]
+    files = []
+    if trained:
+        metrics = ["reward", *[k for k in GOLD if any(k in c for r in result.runs for c in r.curve_components)]]
+        panels = {}
+        for metric in metrics:
+            label = "training reward (the variant's own)" if metric == "reward" else f"{metric} (training episodes)"
+            panels[label] = {v: [_curve(run, metric) for run in result.of(v)] for v in trained}
+            panels[label] = {v: c for v, c in panels[label].items() if all(c)}
+        panels = {k: v for k, v in panels.items() if v}
+        if panels:
+            files.append(plot_curve_panels(panels, out / "curves.png", band="ci",
+                                           title=f"bench on {result.config}, {result.budget} reward calls"))
+    finals = {v: [(r.eval_kl, r.eval_components) for r in result.of(v) if r.eval_kl is not None]
+              for v in result.variants}
+    finals = {v: p for v, p in finals.items() if p}
+    if finals and any(k in c for p in finals.values() for _, c in p for k in GOLD):
+        trajectories = {v: [[(c["kl"], c) for c in r.curve_components if "kl" in c] for r in result.of(v)]
+                        for v in finals}
+        files.append(plot_gold_vs_kl(finals, out / "gold_vs_kl.png", metrics=GOLD, trajectories=trajectories))
+    return files
+
+
+def _curve(run: RunResult, metric: str) -> list[tuple[float, float]]:
+    if metric == "reward":
+        return [(float(x), float(y)) for x, y in run.curve]
+    return [(float(x), float(c[metric])) for (x, _), c in zip(run.curve, run.curve_components) if metric in c]
 
 
 def _json_default(value: Any) -> Any:

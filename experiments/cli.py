@@ -6,7 +6,7 @@
                    [--render OUT.png]
     promptgym render --prompt TEXT [--preset synth|scene|tiny|diffchat-sd15] --out FILE.png
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
-    promptgym bench [--variants sft,ppo,grpo,...] [--seeds 3] [--budget 4096] [--reward config|integrity] [--out DIR]
+    promptgym bench [--config synth] [--variants sft,ppo,grpo,...,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
 
@@ -104,10 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", parents=[debug],
                                 help="train PPO variants and baselines for the same reward-call budget")
-    bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo",
-                       help="comma-separated variants (default: all; sft = the SFT start without RL, the reference)")
-    bench.add_argument("--seeds", type=_positive_int, default=3, help="seeds per variant (default: 3)")
-    bench.add_argument("--budget", type=_positive_int, default=4096, help="reward calls per run (default: 4096)")
+    bench.add_argument("--config", default=DEFAULT_CONFIG,
+                       help=f"base config of every variant: a preset name or a YAML path (default: {DEFAULT_CONFIG})")
+    bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo,oracle",
+                       help="comma-separated variants (default: all; sft = the SFT start without RL, the reference; "
+                       "oracle = PPO on the gold reward, synth configs only)")
+    bench.add_argument("--seeds", type=_positive_int, default=5, help="seeds per variant (default: 5)")
+    bench.add_argument("--budget", type=_positive_int, default=1024, help="reward calls per run (default: 1024)")
+    bench.add_argument("--resume", action="store_true",
+                       help="keep the runs OUT/bench.json already has (same settings) and run only the rest")
     bench.add_argument("--reward", choices=("config", "integrity"), default="config",
                        help="config: the config's reward (default); integrity: content-integrity ratio only (faster)")
     bench.add_argument("--eval-episodes", type=_positive_int, default=64,
@@ -292,9 +297,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     variants = bench.parse_variants(args.variants)  # a ValueError is the user's: one line, exit code 2
-    result = bench.run_bench(
-        variants, args.seeds, args.budget, args.out, args.overrides, args.reward, args.eval_episodes
-    )
+    result = bench.run_bench(variants, args.seeds, args.budget, args.out, args.overrides, args.reward,
+                             args.eval_episodes, config=args.config, resume=args.resume)
     bench.print_table(result, bench.summary_rows(result))
     print(f"written to {args.out}: " + ", ".join(path.name for path in result.files))
     return 0

@@ -60,7 +60,7 @@ from promptgym.experiments import DEFAULT_CONFIG
 __all__ = [
     "ConfigError", "DataConfig", "EnvConfig", "ExperimentConfig", "LoggingConfig", "PolicyConfig", "RewardConfig",
     "SFTStageConfig", "TrainConfig", "apply_overrides", "config_from_dict", "config_to_dict", "config_yaml",
-    "list_presets", "load_config", "parse_override", "save_config",
+    "list_presets", "load_config", "parse_override", "preset_layer", "save_config",
 ]  # fmt: skip
 
 PRESET_PACKAGE = "promptgym.experiments"
@@ -334,17 +334,34 @@ def list_presets() -> list[str]:
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
-def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """A preset name or YAML path, its `base` chain merged under it, then `overrides` ("section.key=value")."""
+def load_config(
+    name_or_path: str | os.PathLike = DEFAULT_CONFIG,
+    overrides: Sequence[str] = (),
+    layer: Mapping[str, Any] | None = None,
+) -> ExperimentConfig:
+    """A preset name or YAML path, its `base` chain merged under it, then `layer` (a mapping of sections, merged as
+    a YAML file's own keys are over its base), then `overrides` ("section.key=value")."""
     if isinstance(overrides, str):
         raise ConfigError(f"overrides={overrides!r}: expected a list of 'key=value' strings, not one string")
     values, default_name = _load_layers(name_or_path, chain=())
     if "name" not in values:  # a preset's own name, never one inherited from its base
         values["name"] = default_name
+    if layer is not None:
+        _check_mapping("layer", layer)
+        values = _deep_merge(values, _plain(layer))
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(values, key, value, override)
     return config_from_dict(values)
+
+
+def preset_layer(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The keys a preset or YAML file sets itself, without its `base` chain and its `name` (e.g. the `ppo` section
+    that makes the `ppo+adm` ablation), to lay over another config with `load_config(..., layer=...)`."""
+    text, where, _, _ = _read_source(name_or_path, chain=())
+    values = yaml.load(text, Loader=_Loader) or {}
+    _check_mapping(f"config {where!r}", values)
+    return {key: value for key, value in values.items() if key not in ("base", "name")}
 
 
 def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:

@@ -26,6 +26,9 @@ from promptgym.rewards.jsonl import read_jsonl  # noqa: E402
 
 __all__ = [
     "KL_ENTROPY_KEYS",
+    "bootstrap_mean_band",
+    "plot_curve_panels",
+    "plot_gold_vs_kl",
     "plot_gold_vs_proxy",
     "plot_image_grid",
     "plot_learning_curves",
@@ -290,7 +293,9 @@ def _wrap(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- curves
-BANDS = ("minmax", "std", "none")
+BANDS = ("minmax", "std", "ci", "none")
+BAND_TEXT = {"minmax": "band: min–max over seeds", "std": "band: ± 1 std over seeds",
+             "ci": "band: 95% bootstrap CI of the mean over seeds", "none": "no band"}
 
 
 def plot_learning_curves(
@@ -306,31 +311,111 @@ def plot_learning_curves(
     `curves[variant]` is a list of per-seed curves, each a list of `(x, y)` points (or a single curve of points).
     Seeds are linearly interpolated onto the union of their x values inside the range they all cover, so seeds
     logged at slightly different reward-call counts still average point by point. `band`: "minmax" (range over
-    seeds), "std" (mean ± one std over seeds) or "none".
+    seeds), "std" (mean ± one std over seeds), "ci" (95% percentile-bootstrap CI of the mean over seeds) or "none".
     """
+    return plot_curve_panels({ylabel: curves}, path, band, xlabel, title)
+
+
+def plot_curve_panels(
+    panels: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike,
+    band: str = "ci",
+    xlabel: str = "reward calls",
+    title: str = "Learning curves (mean over seeds)",
+) -> Path:
+    """`plot_learning_curves` for several metrics side by side: `panels[ylabel][variant]` = per-seed curves; each
+    variant keeps its colour in every panel, and the legend is in the first."""
     if band not in BANDS:
         raise ValueError(f"band={band!r}; expected one of {list(BANDS)}")
-    if not isinstance(curves, Mapping) or not curves:
-        raise ValueError(f"curves={curves!r:.80}; expected a non-empty mapping {{variant: per-seed curves}}")
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
-    for i, (variant, data) in enumerate(curves.items()):
-        seeds = _seed_curves(variant, data)
-        grid, ys = _common_grid(variant, seeds)
-        mean = ys.mean(0)
-        color = f"C{i % 10}"
-        ax.plot(
-            grid, mean, color=color, linewidth=2.0, label=f"{variant} (n={len(seeds)} seed{'s' * (len(seeds) > 1)})"
-        )
-        if band != "none" and len(seeds) > 1:
-            low, high = (ys.min(0), ys.max(0)) if band == "minmax" else (mean - ys.std(0), mean + ys.std(0))
-            ax.fill_between(grid, low, high, color=color, alpha=0.18, linewidth=0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    band_text = {"minmax": "band: min–max over seeds", "std": "band: ± 1 std over seeds", "none": "no band"}[band]
-    ax.set_title(f"{title}; {band_text}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    if not isinstance(panels, Mapping) or not panels:
+        raise ValueError(f"panels={panels!r:.80}; expected a non-empty mapping {{ylabel: {{variant: curves}}}}")
+    colors = {}
+    for curves in panels.values():
+        if not isinstance(curves, Mapping) or not curves:
+            raise ValueError(f"curves={curves!r:.80}; expected a non-empty mapping {{variant: per-seed curves}}")
+        for variant in curves:
+            colors.setdefault(variant, f"C{len(colors) % 10}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4.4), layout="constrained",
+                             squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels.items()):
+        for variant, data in curves.items():
+            _draw_curve(ax, variant, data, band, colors[variant])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best", framealpha=0.85)
+    fig.suptitle(f"{title}; {BAND_TEXT[band]}", fontsize=10)
     return _save(fig, Path(path))
+
+
+def _draw_curve(ax: Any, variant: str, data: Any, band: str, color: str) -> None:
+    seeds = _seed_curves(variant, data)
+    grid, ys = _common_grid(variant, seeds)
+    mean = ys.mean(0)
+    ax.plot(grid, mean, color=color, linewidth=2.0, label=f"{variant} (n={len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    if band != "none" and len(seeds) > 1:
+        low, high = {"minmax": lambda: (ys.min(0), ys.max(0)), "std": lambda: (mean - ys.std(0), mean + ys.std(0)),
+                     "ci": lambda: bootstrap_mean_band(ys)}[band]()
+        ax.fill_between(grid, low, high, color=color, alpha=0.18, linewidth=0)
+
+
+def bootstrap_mean_band(ys: np.ndarray, confidence: float = 0.95, n_resamples: int = 1000,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise percentile-bootstrap CI of the mean over seeds of `ys [seeds, points]` (seeds resampled whole)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, ys.shape[0], size=(n_resamples, ys.shape[0]))
+    means = ys[rows].mean(1)
+    alpha = (1.0 - confidence) / 2
+    return np.quantile(means, alpha, axis=0), np.quantile(means, 1.0 - alpha, axis=0)
+
+
+def plot_gold_vs_kl(
+    finals: Mapping[str, Sequence[tuple[float, Mapping[str, float]]]],
+    path: str | os.PathLike,
+    metrics: Sequence[str] = ("gold/content", "gold/aesthetic"),
+    trajectories: Mapping[str, Sequence[Sequence[tuple[float, Mapping[str, float]]]]] | None = None,
+    title: str = "Gold against KL to the start",
+) -> Path:
+    """Over-optimisation: one panel per gold metric against the KL to the start (nats per episode).
+
+    `finals[variant]` = per-seed `(kl, {metric: value})` of the final evaluation (small dots; the large marker is
+    their mean); `trajectories[variant]` = per-seed training curves of `(kl, {metric: value})` points, drawn as the
+    mean over seeds point by point (seeds with fewer points are cut to the shortest). A variant whose points have
+    no KL (NaN) is left out of the plot."""
+    if not finals:
+        raise ValueError("finals is empty; expected {variant: [(kl, {metric: value}), ...]}")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.4 * len(metrics) + 1.5, 4.4), layout="constrained",
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (variant, points) in enumerate(finals.items()):
+            color = f"C{i % 10}"
+            pts = np.array([(kl, values.get(metric, math.nan)) for kl, values in points], dtype=np.float64)
+            pts = pts[np.isfinite(pts).all(1)] if len(pts) else pts
+            if len(pts) == 0:
+                continue
+            ax.scatter(pts[:, 0], pts[:, 1], color=color, s=14, alpha=0.45, linewidths=0)
+            ax.scatter([pts[:, 0].mean()], [pts[:, 1].mean()], color=color, s=70, edgecolors="black",
+                       linewidths=0.6, label=variant, zorder=3)
+            curve = _mean_trajectory((trajectories or {}).get(variant, []), metric)
+            if curve is not None:
+                ax.plot(curve[:, 0], curve[:, 1], color=color, linewidth=1.2, alpha=0.8)
+        ax.set_xlabel("KL to the start (nats per episode)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best", framealpha=0.85)
+    fig.suptitle(f"{title}: dots = seeds' final evaluations, large = their mean, lines = training episodes "
+                 "(mean over seeds)", fontsize=9)
+    return _save(fig, Path(path))
+
+
+def _mean_trajectory(seeds: Sequence[Sequence[tuple[float, Mapping[str, float]]]], metric: str) -> np.ndarray | None:
+    rows = [np.array([(kl, values.get(metric, math.nan)) for kl, values in points], dtype=np.float64)
+            for points in seeds if points]
+    rows = [r for r in rows if len(r) and np.isfinite(r).all()]
+    if not rows:
+        return None
+    shortest = min(len(r) for r in rows)
+    return np.mean([r[:shortest] for r in rows], axis=0)
 
 
 def _is_point(item: Any) -> bool:

@@ -17,7 +17,7 @@ import scipy.stats
 import torch
 
 __all__ = [
-    "PairedChange", "bootstrap_ci", "diversity", "format_paired_table", "mean_ci", "paired_changes",
+    "PairedChange", "bootstrap_ci", "diversity", "format_paired_table", "iqm", "iqm_ci", "mean_ci", "paired_changes",
     "task_diversities", "win_indicators", "win_rate",
 ]
 
@@ -136,6 +136,49 @@ def mean_ci(
     """`(mean, low, high)`: the mean of `values` and its percentile-bootstrap confidence interval."""
     low, high = bootstrap_ci(values, np.mean, confidence, n_resamples, seed)
     return float(np.mean(_as_1d("values", values))), low, high
+
+
+# ------------------------------------------------------------------------------ aggregates over runs (rliable)
+def _as_runs_by_tasks(scores: Any) -> np.ndarray:
+    """`scores` as a finite float64 array [runs, tasks] (a 1-D sequence is one task)."""
+    array = np.asarray(scores.detach().cpu().double().numpy() if isinstance(scores, torch.Tensor) else scores,
+                       dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"scores has shape {array.shape}; expected a non-empty [runs] or [runs, tasks] array")
+    if not np.isfinite(array).all():
+        raise ValueError(f"scores has non-finite entries {array[~np.isfinite(array)][:3].tolist()}; expected finite")
+    return array
+
+
+def iqm(scores: Any) -> float:
+    """Interquartile mean: the mean of the middle 50% of all scores (`scipy.stats.trim_mean(..., 0.25)` of the
+    flattened [runs, tasks] array, as rliable's `aggregate_iqm`); robust to one outlying seed, less noisy than
+    the median. With 5 runs it is the mean of the middle 3."""
+    return float(scipy.stats.trim_mean(_as_runs_by_tasks(scores), 0.25, axis=None))
+
+
+def iqm_ci(scores: Any, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """`(iqm, low, high)`: the IQM of `scores` [runs] or [runs, tasks] and its stratified-bootstrap percentile CI.
+
+    Stratified as in rliable (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"): each
+    resample draws runs with replacement *within each task* (column), so every task keeps its weight. (rliable
+    itself was tried: it installs here, but its `arch` dependency fails to import with pandas 3.)
+    """
+    array = _as_runs_by_tasks(scores)
+    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence={confidence!r}; expected a number in (0, 1)")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples!r}; expected a positive integer")
+    runs, tasks = array.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, runs, size=(int(n_resamples), runs, tasks))
+    resampled = array[rows, np.arange(tasks)[None, None, :]].reshape(int(n_resamples), -1)
+    stats = scipy.stats.trim_mean(resampled, 0.25, axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return iqm(array), float(low), float(high)
 
 
 # ------------------------------------------------------------------------------------------- paired changes

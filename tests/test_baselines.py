@@ -366,3 +366,42 @@ def test_preserved_global_rngs_restores_every_stream():
         random.random(), np.random.rand(), torch.rand(1)
     assert_same_rng_states(states, rng_states())
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest keeps every test offline
+
+
+# ------------------------------------------------------------------------------- evaluation and records
+def test_evaluate_lm_with_kl_is_zero_against_itself_and_matches_a_by_hand_log_ratio(tokenizer, tasks, small_env):
+    from promptgym.agents.baselines import evaluate_lm, evaluate_lm_with_kl
+    from promptgym.agents.rollout import sample_episodes
+
+    policy = PolicyWithValue.tiny(tokenizer, seed=0, hidden_size=16)
+    other = PolicyWithValue.tiny(tokenizer, seed=1, hidden_size=16)
+    reward, components = evaluate_lm(policy.model, small_env, seed=5)
+    same = evaluate_lm_with_kl(policy.model, small_env, 5, policy.model)
+    assert same[:2] == (reward, components) and same[2] == pytest.approx(0.0, abs=1e-6)
+    _, _, kl = evaluate_lm_with_kl(policy.model, small_env, 5, other.model)
+    batch = sample_episodes(policy, small_env, 5)  # the same episodes, scored by hand token by token
+    expected = []
+    with torch.no_grad():
+        for i in range(len(batch)):
+            total = 0.0
+            for t in range(int(batch.mask[i].sum())):
+                ids = batch.input_ids[i : i + 1, : batch.context_length + t]
+                attention = batch.attention_mask[i : i + 1, : batch.context_length + t]
+                action = batch.actions[i, t]
+                logp = torch.log_softmax(policy.model(input_ids=ids, attention_mask=attention).logits[0, -1].float(), -1)
+                logq = torch.log_softmax(other.model(input_ids=ids, attention_mask=attention).logits[0, -1].float(), -1)
+                total += float(logp[action] - logq[action])
+            expected.append(total)
+    assert kl == pytest.approx(float(np.mean(expected)), abs=1e-4)
+
+
+def test_window_means_and_run_records_round_trip():
+    from promptgym.agents.baselines.common import window_means
+
+    rows = [{"a": 1.0}, {"a": 3.0, "b": 1.0}, {"a": 5.0}, {}]
+    assert window_means(rows, [2, 4]) == [{"a": 2.0, "b": 1.0}, {"a": 5.0}]
+    run = RunResult("ppo", 1, [(8, 0.5), (16, 0.7)], 0.7, {"integrity": 0.7}, 16, 16, 2.0, "sft",
+                    curve_components=[{"kl": 0.1}, {"kl": 0.2}], eval_kl=0.3)
+    assert RunResult.from_dict(run.to_dict()) == run
+    with pytest.raises(ValueError, match="unknown field"):
+        RunResult.from_dict({**run.to_dict(), "nope": 1})

@@ -32,8 +32,8 @@ BATCH = 8  # ppo.n_episodes: every variant's batch of reward calls
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--variants", "sft,ppo,grpo", "--seeds", "1", "--budget", str(BUDGET), "--reward", "integrity",
-            "--eval-episodes", "8", "--out", str(out)]
+    argv = ["bench", "--config", "tiny", "--variants", "sft,ppo,grpo", "--seeds", "1", "--budget", str(BUDGET),
+            "--reward", "integrity", "--eval-episodes", "8", "--out", str(out)]
     for override in OVERRIDES:
         argv += ["--set", override]
     assert main(argv) == 0
@@ -41,20 +41,22 @@ def bench_dir(tmp_path_factory):
 
 
 def test_bench_writes_table_csv_json_and_plot(bench_dir):
-    for name in ("bench.md", "bench.csv", "bench.json", "learning_curves.png"):
+    for name in ("bench.md", "bench.csv", "bench.json", "curves.png"):
         assert (bench_dir / name).stat().st_size > 0, name
     md = (bench_dir / "bench.md").read_text()
     assert "| ppo | SFT | 1 |" in md and "| grpo | SFT | 1 |" in md and "| sft | SFT | 1 |" in md
-    assert "reward vs SFT (95% CI)" in md
+    assert "proxy reward vs SFT" in md and "KL to start" in md
     rows = list(csv.DictReader((bench_dir / "bench.csv").open()))
     assert [row["variant"] for row in rows] == ["sft", "ppo", "grpo"]
     raw = json.loads((bench_dir / "bench.json").read_text())
     assert raw["budget"] == BUDGET and raw["reward"] == "integrity" and raw["seeds"] == [0]
     sft = raw["runs"][0]
-    run_keys = ["variant", "seed", "curve", "eval_reward", "eval_components", "reward_calls", "budget", "wall_time_s",
-                "start", "start_sha256", "info"]
+    run_keys = ["variant", "seed", "curve", "curve_components", "eval_reward", "eval_components", "eval_kl",
+                "reward_calls", "budget", "wall_time_s", "start", "start_sha256", "info"]
     assert all(list(run) == run_keys for run in raw["runs"])  # a run's entry: these columns, in this order
     assert sft["variant"] == "sft" and sft["reward_calls"] == 0 and sft["curve"] == []
+    assert sft["eval_kl"] == pytest.approx(0.0, abs=1e-6)  # the start against itself
+    assert all(run["eval_kl"] is not None for run in raw["runs"])  # every LM variant has its KL to the start
     for row, run in zip(rows[1:], raw["runs"][1:]):  # one seed: the change vs SFT is the plain difference
         assert float(row["reward_vs_sft"]) == pytest.approx(run["eval_reward"] - sft["eval_reward"])
     for row, run in zip(rows, raw["runs"]):
@@ -72,6 +74,8 @@ def test_bench_respects_the_budget_and_logs_curves_in_reward_calls(bench_dir):
         xs = [x for x, _ in run["curve"]]
         assert xs == sorted(xs) and xs[-1] == run["reward_calls"]
         assert all(math.isfinite(y) for _, y in run["curve"])
+        assert len(run["curve_components"]) == len(run["curve"])  # one component mean per curve point
+        assert all("integrity" in c for c in run["curve_components"])
 
 
 def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
@@ -79,7 +83,7 @@ def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
     starts = {run["variant"]: run["start_sha256"] for run in raw["runs"]}
     assert starts["ppo"] == starts["grpo"] == starts["sft"] is not None
     # recompute the seed-0 SFT start independently: same hash; an untrained policy has a different one
-    config = bench.variant_config("ppo", 0, OVERRIDES, "integrity")
+    config = bench.variant_config("ppo", 0, OVERRIDES, "integrity", config="tiny")
     seed_everything(0)
     tokenizer = build_tokenizer(config)
     policy = build_policy(config, tokenizer)
@@ -91,39 +95,103 @@ def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
     assert untrained != starts["ppo"]
 
 
-def _run(variant, seed, reward, calls=16):
-    return RunResult(variant, seed, [(8, reward / 2), (calls, reward)], reward, {"integrity": reward, "x/y": 1.0},
-                     calls, 16, 2.0 + seed, "scratch" if variant == "sb3-ppo" else "sft")
+def _run(variant, seed, reward, calls=16, gold=0.5, kl=1.0):
+    components = {"integrity": reward, "x/y": 1.0, "gold/content": gold}
+    return RunResult(variant, seed, [(8, reward / 2), (calls, reward)], reward, components, calls, 16, 2.0 + seed,
+                     "scratch" if variant == "sb3-ppo" else "sft",
+                     curve_components=[{"gold/content": gold, "kl": kl / 2}, {"gold/content": gold, "kl": kl}],
+                     eval_kl=None if variant == "sb3-ppo" else kl)
 
 
-def test_summary_rows_match_an_independent_bootstrap_and_write_bench(tmp_path):
-    rewards = {"ppo": [0.1, 0.4, 0.3], "sb3-ppo": [0.0, 0.05, 0.02]}
+def _reference_iqm(values):
+    """Mean of the middle 50%: drop floor(n/4) from each end of the sorted values."""
+    values, cut = sorted(values), int(0.25 * len(values))
+    return float(np.mean(values[cut:len(values) - cut]))
+
+
+def _reference_iqm_ci(values, n_resamples=2000, seed=0):
+    """Bootstrap of the IQM over runs, one resample at a time (one task: stratified = plain resampling of runs)."""
+    rng = np.random.default_rng(seed)
+    stats = [_reference_iqm(np.asarray(values)[rng.integers(0, len(values), size=(len(values), 1))][:, 0])
+             for _ in range(n_resamples)]
+    return tuple(np.quantile(stats, [0.025, 0.975]))
+
+
+def test_summary_rows_are_iqms_with_an_independent_stratified_bootstrap_and_write_bench(tmp_path):
+    rewards = {"ppo": [0.1, 0.4, 0.3, 0.9, -2.0], "sb3-ppo": [0.0, 0.05, 0.02, 0.01, 0.03]}
     runs = [_run(v, s, r, calls=16 + s) for v, values in rewards.items() for s, r in enumerate(values)]
-    result = bench.BenchResult(runs, ["ppo", "sb3-ppo"], [0, 1, 2], 16, "integrity", [], 8)
+    result = bench.BenchResult(runs, ["ppo", "sb3-ppo"], [0, 1, 2, 3, 4], 16, "integrity", [], 8, config="tiny")
     rows = bench.summary_rows(result)
     for row, (variant, values) in zip(rows, rewards.items()):
-        low, high = bootstrap_ci(values, np.mean, 0.95, 2000, 0)
         assert row["variant"] == variant
-        assert row["reward"] == pytest.approx(np.mean(values))
-        assert (row["reward_ci_low"], row["reward_ci_high"]) == pytest.approx((low, high))
-        assert row["integrity"] == pytest.approx(np.mean(values))
+        assert row["reward"] == pytest.approx(_reference_iqm(values))  # ppo: the outlying -2.0 and 0.9 are cut
+        assert (row["reward_ci_low"], row["reward_ci_high"]) == pytest.approx(_reference_iqm_ci(values))
+        assert row["integrity"] == pytest.approx(_reference_iqm(values))
+        assert row["gold/content"] == pytest.approx(0.5)
         assert "x/y" not in row  # sub-components ("term/source") stay in bench.json, out of the table
-        assert row["wall_time_s"] == pytest.approx(3.0)
-        assert (row["reward_calls_min"], row["reward_calls_max"]) == (16, 18)
+        assert row["wall_time_s"] == pytest.approx(4.0)
+        assert (row["reward_calls_min"], row["reward_calls_max"]) == (16, 20)
+    assert rows[0]["reward"] == pytest.approx(np.mean([0.1, 0.4, 0.3]))
+    assert rows[0]["kl"] == pytest.approx(1.0) and math.isnan(rows[1]["kl"])  # SB3 has no LM: no KL
     files = bench.write_bench(result, tmp_path)
-    assert [f.name for f in files] == ["bench.md", "bench.csv", "bench.json", "learning_curves.png"]
-    assert "scratch (no LM)" in (tmp_path / "bench.md").read_text()
-    assert "16–18" in (tmp_path / "bench.md").read_text()
+    assert [f.name for f in files] == ["bench.md", "bench.csv", "bench.json", "curves.png", "gold_vs_kl.png"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "scratch (no LM)" in md and "16–20" in md and "interquartile mean" in md
 
 
-def test_change_vs_sft_is_paired_by_seed():
-    runs = [_run("sft", 0, 0.5), _run("sft", 1, 0.2), _run("ppo", 1, 0.4), _run("ppo", 0, 0.6), _run("sb3-ppo", 0, 0.1)]
-    rows = {r["variant"]: r for r in bench.summary_rows(bench.BenchResult(runs, ["sft", "ppo", "sb3-ppo"], [0, 1], 16,
-                                                                          "integrity", [], 8))}
+def test_change_vs_sft_and_refinements_vs_ppo_are_paired_by_seed():
+    runs = [_run("sft", 0, 0.5), _run("sft", 1, 0.2), _run("ppo", 1, 0.4, gold=0.6), _run("ppo", 0, 0.6, gold=0.4),
+            _run("sb3-ppo", 0, 0.1), _run("diffchat", 0, 0.9, gold=0.5), _run("diffchat", 1, 0.3, gold=0.9)]
+    result = bench.BenchResult(runs, ["sft", "ppo", "diffchat", "sb3-ppo"], [0, 1], 16, "integrity", [], 8)
+    rows = {r["variant"]: r for r in bench.summary_rows(result)}
     low, high = bootstrap_ci([0.6 - 0.5, 0.4 - 0.2], np.mean, 0.95, 2000, 0)  # per seed: +0.1 and +0.2
     assert rows["ppo"]["reward_vs_sft"] == pytest.approx(0.15)
     assert (rows["ppo"]["reward_vs_sft_ci_low"], rows["ppo"]["reward_vs_sft_ci_high"]) == pytest.approx((low, high))
     assert math.isnan(rows["sft"]["reward_vs_sft"]) and math.isnan(rows["sb3-ppo"]["reward_vs_sft"])  # not paired
+    (refinement,) = bench.refinement_rows(result)
+    assert refinement["variant"] == "diffchat" and refinement["seeds"] == 2
+    assert refinement["reward"] == pytest.approx(np.mean([0.9 - 0.6, 0.3 - 0.4]))  # seed 0: +0.3, seed 1: -0.1
+    assert refinement["gold/content"] == pytest.approx(np.mean([0.5 - 0.4, 0.9 - 0.6]))
+    assert refinement["kl"] == pytest.approx(0.0)
+    assert bench.refinement_rows(bench.BenchResult(runs[:2] + runs[5:], ["sft", "diffchat"], [0, 1], 16,
+                                                   "integrity", [], 8)) == []  # no plain ppo: nothing to pair
+
+
+def test_resume_keeps_finished_runs_and_refuses_other_settings(tmp_path, monkeypatch):
+    runs = [_run("sft", 0, 0.5), _run("ppo", 0, 0.6)]
+    done = bench.BenchResult(runs, ["sft", "ppo"], [0], 16, "integrity", [], 8, config="tiny")
+    bench.write_bench(done, tmp_path)
+    settings, loaded = bench.load_bench(tmp_path)
+    assert settings == done.settings() and [r.to_dict() for r in loaded] == [r.to_dict() for r in runs]
+    ran = []
+    monkeypatch.setattr(bench, "_seed_context", lambda *args: None)
+    monkeypatch.setattr(bench, "_run_variant", lambda variant, config, ctx, budget: ran.append(variant) or _run(
+        variant, config.seed, 0.7))
+    result = bench.run_bench(["sft", "ppo", "grpo"], seeds=1, budget=16, out=tmp_path, reward="integrity",
+                             eval_episodes=8, progress=False, config="tiny", resume=True)
+    assert ran == ["grpo"]  # sft and ppo of seed 0 came from bench.json
+    assert [r.variant for r in result.runs] == ["sft", "ppo", "grpo"]
+    assert [r.variant for r in bench.load_bench(tmp_path)[1]] == ["sft", "ppo", "grpo"]
+    with pytest.raises(ValueError, match="other settings.*budget"):
+        bench.run_bench(["sft"], seeds=1, budget=32, out=tmp_path, reward="integrity", eval_episodes=8,
+                        progress=False, config="tiny", resume=True)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        bench.run_bench(["sft"], seeds=1, budget=16, out=tmp_path / "new", resume=True, config="tiny")
+
+
+def test_variant_configs_lay_the_ablation_and_the_oracle_over_the_base_config():
+    base = bench.variant_config("sft", 3, ["ppo.learning_rate=0.001"], config="synth")
+    plain = bench.variant_config("ppo", 3, ["ppo.learning_rate=0.001"], config="synth")
+    oracle = bench.variant_config("oracle", 3, ["ppo.learning_rate=0.001"], config="synth")
+    assert plain.policy == base.policy and plain.sft == base.sft and plain.reward == base.reward  # synth's, not tiny's
+    assert (plain.ppo.typical_mass, plain.ppo.negative_fraction, plain.ppo.integrity_value_coef) == (None, 0.0, 0.0)
+    assert plain.ppo.learning_rate == 0.001 and plain.seed == 3  # the user's overrides still apply
+    assert oracle.reward.preset == "synth-gold" and oracle.ppo == base.ppo and oracle.sft == base.sft
+    bench._check_shared({"sft": base, "ppo": plain, "oracle": oracle})  # the oracle may differ in its reward
+    with pytest.raises(ValueError, match="oracle.*preset is 'synth'"):
+        bench.variant_config("oracle", 0, config="tiny")
+    with pytest.raises(ValueError, match="oracle.*--reward integrity"):
+        bench.variant_config("oracle", 0, reward="integrity", config="synth")
 
 
 def test_bad_variants_and_mismatched_configs_are_clear_errors():
@@ -134,11 +202,11 @@ def test_bad_variants_and_mismatched_configs_are_clear_errors():
         bench.parse_variants("ppo,ppo")
     with pytest.raises(ValueError, match="reward='images'"):
         bench.variant_config("ppo", 0, [], "images")
-    a = bench.variant_config("ppo", 0)
-    b = bench.variant_config("diffchat", 0, ["sft.max_steps=3"])
+    a = bench.variant_config("ppo", 0, config="tiny")
+    b = bench.variant_config("diffchat", 0, ["sft.max_steps=3"], config="tiny")
     with pytest.raises(ValueError, match="different 'sft' section"):
         bench._check_shared({"ppo": a, "diffchat": b})
-    bench._check_shared({"ppo": a, "diffchat": bench.variant_config("diffchat", 0)})  # differ only in ppo: fine
+    bench._check_shared({"ppo": a, "diffchat": bench.variant_config("diffchat", 0, config="tiny")})  # only ppo
     with pytest.raises(ValueError, match="budget=0"):
         bench.run_bench(["ppo"], seeds=1, budget=0)
 

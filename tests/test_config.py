@@ -512,3 +512,16 @@ def test_config_show_defaults_to_the_default_config_and_reports_a_bad_key(capsys
     assert capsys.readouterr().out == config_yaml(load_config("synth"))
     assert main(["config", "show", "--set", "ppo.learning_rat=1"]) == 2
     assert "promptgym config: error: unknown key 'ppo.learning_rat'; did you mean" in capsys.readouterr().err
+
+
+def test_preset_layer_is_a_presets_own_keys_and_load_config_lays_it_over_a_base():
+    from promptgym.experiments.config import preset_layer
+
+    assert preset_layer("ppo+adm") == {"ppo": {"typical_mass": 0.9, "negative_fraction": 0.0,
+                                                "integrity_value_coef": 0.0}}  # no `base`, nothing inherited
+    config = load_config("synth", ["ppo.learning_rate=0.002"], layer=preset_layer("ppo+adm"))
+    assert config.policy.num_layers == load_config("synth").policy.num_layers  # synth's policy, not tiny's
+    assert (config.ppo.negative_fraction, config.ppo.learning_rate) == (0.0, 0.002)  # overrides come last
+    assert config.name == "synth"
+    with pytest.raises(ConfigError, match="layer"):
+        load_config("synth", layer=["ppo"])

@@ -319,3 +319,27 @@ def test_evaluate_policy_reports_monitors_and_explains_nan_gold(policy, tok, tas
     assert res["gold/content"].value == pytest.approx(len(tasks[0].target) / 100)  # the NaN task is not counted as 0
     assert res["gold/content"].n == 1 and res["gold/content_gain"].value == pytest.approx(0.0)
     assert any("gold/content is NaN for 2 of 4 samples" in note for note in res.notes)
+
+
+def test_iqm_is_the_mean_of_the_middle_half_and_its_ci_is_stratified_by_task():
+    from promptgym.experiments.stats import iqm, iqm_ci
+
+    assert iqm([5.0, 1.0, 3.0, 100.0, -50.0]) == pytest.approx(3.0)  # middle three of five: 1, 3, 5
+    assert iqm([1.0, 2.0, 3.0]) == pytest.approx(2.0)  # floor(3/4) = 0 cut: the mean
+    assert iqm_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # constant: degenerate interval
+    # two tasks on very different scales: a stratified resample keeps one column of each, so every resample holds
+    # 4 runs of task 0 (~0) and 4 of task 1 (~10); the IQM of 8 values cuts 2 from each end, so it stays near 5
+    scores = np.array([[0.0, 10.0], [0.1, 10.1], [-0.1, 9.9], [0.05, 10.05]])
+    value, low, high = iqm_ci(scores, n_resamples=500)
+    assert value == pytest.approx(iqm(scores.ravel())) and 4.0 < low <= value <= high < 6.0
+    rng = np.random.default_rng(0)  # an independent stratified bootstrap, one resample and one task at a time
+    reference = []
+    for _ in range(500):
+        idx = rng.integers(0, 4, size=(4, 2))
+        reference.append(iqm(scores[idx, np.arange(2)]))
+    assert (low, high) == pytest.approx(tuple(np.quantile(reference, [0.025, 0.975])))
+    for bad, match in (([], "non-empty"), ([1.0, float("nan")], "non-finite"), (np.ones((2, 2, 2)), "shape")):
+        with pytest.raises(ValueError, match=match):
+            iqm_ci(bad)
+    with pytest.raises(ValueError, match="confidence"):
+        iqm_ci([1.0, 2.0], confidence=1.5)

@@ -172,8 +172,8 @@ def test_seed_curves_are_averaged_on_a_common_grid():
 
 def test_learning_curves_reject_bad_input(tmp_path):
     out = tmp_path / "c.png"
-    with pytest.raises(ValueError, match="band='ci'"):
-        plot_learning_curves({"a": [(0, 1), (1, 2)]}, out, band="ci")
+    with pytest.raises(ValueError, match="band='iqr'"):
+        plot_learning_curves({"a": [(0, 1), (1, 2)]}, out, band="iqr")
     with pytest.raises(ValueError, match="non-empty mapping"):
         plot_learning_curves({}, out)
     with pytest.raises(ValueError, match=r"curves\['a'\]"):
@@ -195,3 +195,24 @@ def test_plot_training_adds_gold_vs_proxy_when_gold_metrics_are_logged(tmp_path)
     paths = plot_training(metrics, tmp_path / "plots")
     assert [p.name for p in paths] == ["reward_components.png", "kl_entropy.png", "gold_vs_proxy.png"]
     assert_png(paths[-1], min_width=1000, min_height=300)
+
+
+def test_curve_panels_with_ci_bands_and_gold_vs_kl(tmp_path):
+    from promptgym.experiments.plots import bootstrap_mean_band, plot_curve_panels, plot_gold_vs_kl
+
+    curves = {"ppo": [[(0, 0.0), (10, 1.0)], [(0, 1.0), (10, 2.0)], [(0, 0.5), (10, 1.5)]], "grpo": [(0, 0.2), (10, 0.4)]}
+    path = plot_curve_panels({"reward": curves, "gold/content": curves}, tmp_path / "curves.png", band="ci")
+    assert_png(path, min_width=900, min_height=400)
+    ys = np.array([[0.0, 1.0], [1.0, 2.0], [0.5, 1.5]])
+    low, high = bootstrap_mean_band(ys)
+    assert (low <= ys.mean(0)).all() and (ys.mean(0) <= high).all() and (low >= ys.min(0)).all()
+    np.testing.assert_allclose(bootstrap_mean_band(np.ones((4, 3))), (np.ones(3), np.ones(3)))
+    finals = {"sft": [(0.0, {"gold/content": 0.9, "gold/aesthetic": 0.5})],
+              "ppo": [(2.0, {"gold/content": 0.8, "gold/aesthetic": 0.7}), (3.0, {"gold/content": 0.7})]}
+    trajectories = {"ppo": [[(0.5, {"gold/content": 0.9}), (2.0, {"gold/content": 0.8})]]}
+    path = plot_gold_vs_kl(finals, tmp_path / "gold_vs_kl.png", trajectories=trajectories)
+    assert_png(path, min_width=900, min_height=400)
+    with pytest.raises(ValueError, match="finals is empty"):
+        plot_gold_vs_kl({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        plot_curve_panels({}, tmp_path / "x.png")

@@ -9,14 +9,14 @@ since the previous point) per SB3 rollout or TRL generation batch. Each run retu
 
 - `sb3`: `run_sb3_ppo`, SB3's PPO on the token env, from scratch (the "no LM" baseline); `evaluate_sb3`.
 - `trl`: `run_trl("grpo" | "rloo", ...)`, TRL's trainers on a copy of the caller's (SFT'd) policy LM.
-- `evaluate`: `evaluate_lm`, the final evaluation every LM variant gets.
+- `evaluate`: `evaluate_lm`, the final evaluation every LM variant gets (`evaluate_lm_with_kl`: and its KL to the start).
 
 Both runners restore the global RNG states (SB3 and TRL seed `random`, numpy and torch globally) and write nothing
 outside a temporary (or the given) directory.
 """
 
 from promptgym.agents.baselines.common import RunResult, preserved_global_rngs
-from promptgym.agents.baselines.evaluate import evaluate_lm
+from promptgym.agents.baselines.evaluate import evaluate_lm, evaluate_lm_with_kl
 from promptgym.agents.baselines.sb3 import (
     SB3_PPO_DEFAULTS,
     BudgetCallback,
@@ -35,6 +35,7 @@ __all__ = [
     "SB3VecEnv",
     "TokenFeaturesExtractor",
     "evaluate_lm",
+    "evaluate_lm_with_kl",
     "evaluate_sb3",
     "preserved_global_rngs",
     "run_sb3_ppo",

@@ -28,8 +28,12 @@ class RunResult:
     variant: what ran ("sb3-ppo", "trl-grpo", "trl-rloo" from the runners; the bench's variant name in a bench row).
     curve: (reward calls so far, mean total reward of the episodes scored since the previous point) per update /
         rollout / generation batch, x increasing.
+    curve_components: per curve point, the mean of each reward component over the same episodes (gold metrics
+        included on the synth world), and `"kl"` (per-episode KL to the start, nats) where the trainer measures it.
     eval_reward / eval_components: means over `eval_episodes` fresh episodes on the evaluation tasks (None / {} when
         no evaluation was asked for; these calls are not part of the budget).
+    eval_kl: mean over the evaluation episodes of sum_t log pi(a_t|s_t) - log pi_start(a_t|s_t) (k1, nats per episode)
+        for a language model evaluated against its start (`evaluate_lm(..., reference=...)`); None otherwise.
     reward_calls / budget: reward calls used, and the budget they were held to.
     wall_time_s: training time (evaluation excluded).
     start: "sft" (a copy of the seed's SFT'd policy), "scratch" (SB3: no language model) or "policy" (run_trl: a copy
@@ -55,6 +59,8 @@ class RunResult:
     final_components: dict[str, float] = field(default_factory=dict)
     final_episodes: int = 0
     episode_rewards: list[float] = field(default_factory=list)
+    curve_components: list[dict[str, float]] = field(default_factory=list)
+    eval_kl: float | None = None
     trained: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self, fields: Sequence[str] | None = None) -> dict[str, Any]:
@@ -63,6 +69,28 @@ class RunResult:
         del data["trained"]
         data["curve"] = [list(point) for point in self.curve]
         return data if fields is None else {name: data[name] for name in fields}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """The record `to_dict()` wrote (fields it left out take their defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"trained"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"a run record has unknown field(s) {unknown}; expected fields of RunResult {sorted(known)}")
+        values = dict(data)
+        values["curve"] = [(int(x), float(y)) for x, y in values.get("curve", [])]
+        return cls(**values)
+
+
+def window_means(rows: Sequence[dict[str, float]], ends: Sequence[int]) -> list[dict[str, float]]:
+    """Per window `rows[ends[i-1]:ends[i]]` (the first from 0), the mean of each key over the rows that have it."""
+    out, start = [], 0
+    for end in ends:
+        window = rows[start:end]
+        names = sorted({name for row in window for name in row})
+        out.append({name: float(np.mean([row[name] for row in window if name in row])) for name in names})
+        start = end
+    return out
 
 
 def run_result(
@@ -83,6 +111,7 @@ def run_result(
         variant=variant,
         seed=seed,
         curve=curve,
+        curve_components=window_means(counter.components, [int(x) for x, _ in curve]),
         eval_reward=None,
         eval_components={},
         reward_calls=counter.reward_calls,
