@@ -399,7 +399,8 @@ def display_components(names: Sequence[str]) -> list[str]:
     the gold metrics (`gold/...`) of the synth world beside them."""
     names = list(names)
     terms = [n for n in names if "/" not in n or n.startswith("gold/")]
-    terms = [n for n in terms if not n.startswith("gold/")] + [n for n in GOLD if n in terms]
+    gold = [n for n in GOLD if n in terms] + sorted(n for n in terms if n.startswith("gold/") and n not in GOLD)
+    terms = [n for n in terms if not n.startswith("gold/")] + gold
     return [f"{n}/delta" if f"{n}/delta" in names else n for n in terms]
 
 

@@ -9,6 +9,9 @@
   blown-out/crushed pixels and for amplified noise. One or two well-chosen quality modifiers raise it (soft
   lighting for a dark scene, vibrant colours for a washed-out one, depth of field to isolate the subject);
   stacking them clips pixels and amplifies grain, so "add every modifier" scores below the plain render.
+- `text_content(prompts, scenes)`: the same fraction read off the prompt's words (`parse_scene`) instead of its
+  render: what the policy wrote, without the renderer and judge between. The `synth` rewards report it as
+  `gold/text_content` beside `gold/content`.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from torch import nn
 
 from promptgym.rewards.base import EditResult, check_scores
 from promptgym.rewards.image_scorers import check_images
-from promptgym.rewards.scene import ATTRIBUTES, Scene, attribute_values, target_scene
+from promptgym.rewards.scene import ATTRIBUTES, Scene, attribute_values, parse_scene, target_scene
 
 __all__ = [
     "GOLD_AESTHETIC",
     "GoldAestheticScorer",
     "GoldContentScorer",
+    "GoldTextContentScorer",
     "NOT_DRAWN",
     "SceneJudge",
     "aesthetic_statistics",
@@ -37,6 +41,7 @@ __all__ = [
     "gold_content",
     "scene_labels",
     "target_scene",
+    "text_content",
 ]
 
 # gold_aesthetic = mean of the four bumps exp(-((stat - target) / width)^2 / 2)
@@ -201,6 +206,35 @@ class GoldContentScorer:
     def __call__(self, results: Sequence[EditResult]) -> torch.Tensor:
         images = self.renderer.render([r.prompt for r in results])
         scores = gold_content(images, [target_scene(r.task) for r in results], self.judge)
+        return check_scores(self.name, scores, len(results))
+
+
+def text_content(prompts: Sequence[str], scenes: Sequence[Scene | None]) -> torch.Tensor:
+    """Fraction of each target scene's drawn attributes (`Scene.drawn_attributes`) that the prompt itself asks for
+    (its `parse_scene`), `[N]` float32; NaN where the scene is None (no known target).
+
+    What `gold_content` would be with a perfect renderer and judge: no render, no model. Beside `gold/content` it
+    tells what the policy wrote from what the renderer drew (a prompt can lose gold content by writing the wrong
+    colour, or by adding words the renderer draws less legibly)."""
+    if len(prompts) != len(scenes):
+        raise ValueError(f"{len(prompts)} prompts and {len(scenes)} scenes; expected one target scene per prompt")
+    out = torch.full((len(prompts),), math.nan)
+    for i, (prompt, scene) in enumerate(zip(prompts, scenes)):
+        if scene is None:
+            continue
+        asked, wanted, drawn = scene_labels(parse_scene(prompt).scene), scene_labels(scene), scene.drawn_attributes()
+        out[i] = sum(asked[name] == wanted[name] for name in drawn) / len(drawn)
+    return out
+
+
+class GoldTextContentScorer:
+    """`gold/text_content` of edited prompts: `text_content` against the task's target scene (no render). NaN for
+    tasks without a target; a monitor beside `gold/content`."""
+
+    name = "gold/text_content"
+
+    def __call__(self, results: Sequence[EditResult]) -> torch.Tensor:
+        scores = text_content([r.prompt for r in results], [target_scene(r.task) for r in results])
         return check_scores(self.name, scores, len(results))
 
 

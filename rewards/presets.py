@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from promptgym.rewards.composite import CompositeReward
-from promptgym.rewards.gold import GoldAestheticScorer, GoldContentScorer
+from promptgym.rewards.gold import GoldAestheticScorer, GoldContentScorer, GoldTextContentScorer
 from promptgym.rewards.image_scorers import AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer
 from promptgym.rewards.render import DiffusersRenderer
@@ -136,9 +136,11 @@ def synth_renderer(seed: int = 0, overrides: Mapping[str, Any] | None = None) ->
 
 
 def synth_gold_scorers(renderer: Any) -> dict[str, Any]:
-    """{"gold/content": ..., "gold/aesthetic": ...} on `renderer`'s images, judged by the shipped `SceneJudge`."""
+    """{"gold/content": ..., "gold/aesthetic": ...} on `renderer`'s images, judged by the shipped `SceneJudge`, and
+    "gold/text_content" (what the prompt's words ask for against the target scene: no render)."""
     content = GoldContentScorer.from_pretrained(synth_path("judge"), renderer)
-    return {"gold/content": content, "gold/aesthetic": GoldAestheticScorer(renderer)}
+    return {"gold/content": content, "gold/aesthetic": GoldAestheticScorer(renderer),
+            "gold/text_content": GoldTextContentScorer()}
 
 
 def _synth_image_scorers(terms: list[str], renderer: DiffusersRenderer) -> dict:
@@ -172,7 +174,8 @@ def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[st
         delta=[n for n in terms if n == "gold/aesthetic"] if delta is None else delta,
         normalize=False if normalize is None else normalize,
         on_error=on_error,
-        monitors={**_synth_image_scorers(list(IMAGE_TERMS), shared), "integrity": ContentIntegrityScorer()},
+        monitors={**_synth_image_scorers(list(IMAGE_TERMS), shared), "integrity": ContentIntegrityScorer(),
+                  **{name: scorer for name, scorer in gold.items() if name not in terms}},
     )
 
 

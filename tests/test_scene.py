@@ -17,11 +17,13 @@ from promptgym.rewards.gold import (
     GOLD_AESTHETIC,
     GoldAestheticScorer,
     GoldContentScorer,
+    GoldTextContentScorer,
     SceneJudge,
     aesthetic_statistics,
     gold_aesthetic,
     gold_content,
     scene_labels,
+    text_content,
 )
 from promptgym.rewards.scene import (
     ATTRIBUTES,
@@ -242,6 +244,27 @@ def test_gold_content_of_a_scene_without_subject_counts_only_what_is_drawn():
     # a wrong weather costs one of the four drawn attributes
     read_as = dataclasses.replace(read_as, weather="foggy")
     assert gold_content(torch.rand(1, 1, 3, 32, 32), [empty], OracleJudge([read_as])).item() == pytest.approx(3 / 4)
+
+
+def test_text_content_counts_the_drawn_attributes_the_prompt_states():
+    target = Scene(subject="dog", count=2, colour="red", accessory="hat", background="beach", weather="snowy",
+                   style="anime", modifiers=("soft lighting",))
+    prompts = [describe(target),  # everything, and modifiers are not content
+               "two red dogs with hats on a beach in snowy weather, anime, depth of field",
+               "two blue dogs with hats on a beach in snowy weather, anime",  # colour wrong
+               "a red dog with a hat on a beach",  # count, weather and style lost: 4 of 7
+               "two red cats with hats on a beach in snowy weather, anime, dog"]  # a second subject does not count
+    expected = [1.0, 1.0, 6 / 7, 4 / 7, 6 / 7]
+    assert text_content(prompts, [target] * 5).tolist() == pytest.approx(expected)
+    empty = Scene(subject=None, background="beach", weather="night")
+    assert text_content(["a beach at night, red"], [empty]).tolist() == [1.0]  # colour is not drawn without subject
+    assert math.isnan(text_content(["a dog"], [None])[0])
+    with pytest.raises(ValueError, match="one target scene per prompt"):
+        text_content(["a dog"], [])
+    scorer = GoldTextContentScorer()
+    scores = scorer([EditResult(EditTask("a dog", "x", describe(target)), prompts[2]),
+                     EditResult(EditTask("a dog", "x", None), prompts[2])])
+    assert scores[0].item() == pytest.approx(6 / 7) and math.isnan(scores[1])
 
 
 def test_gold_scorers_are_monitors_beside_the_reward():
