@@ -244,7 +244,7 @@ def write_paired(args: argparse.Namespace, result, tasks) -> str:
     """`eval --against`: evaluate the other checkpoint like `result` and write the paired table; returns its text."""
     from pathlib import Path
 
-    from promptgym.experiments.evaluate import evaluate_run
+    from promptgym.experiments.evaluate import evaluate_run, write_samples
     from promptgym.experiments.stats import format_paired_table, paired_changes
 
     against = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks,
@@ -255,7 +255,8 @@ def write_paired(args: argparse.Namespace, result, tasks) -> str:
                f"{args.samples} samples, seed {args.seed}\n\n")
     path = Path(args.run_dir) / "eval" / f"paired_{args.split}.md"
     path.write_text(heading + table)
-    return f"{heading}{table}\nwritten to {path}"
+    samples = write_samples(against.samples, path.parent / f"{Path(args.against).name}_{args.split}_samples.jsonl")
+    return f"{heading}{table}\nwritten to {path} ({args.against}'s samples: {samples.name})"
 
 
 def run_edit(args: argparse.Namespace) -> int:

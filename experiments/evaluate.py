@@ -399,10 +399,18 @@ def write_eval(result: EvalResult, out_dir: str | os.PathLike, split: str | None
         for row in result.rows():
             writer.writerow({**row, **{k: repr(float(row[k])) for k in ("value", "ci_low", "ci_high")}})
     md_path.write_text(_markdown(result), encoding="utf-8")
-    with samples_path.open("w", encoding="utf-8") as f:
-        for record in result.samples:
-            f.write(json.dumps(record) + "\n")
+    write_samples(result.samples, samples_path)
     return [csv_path, md_path, samples_path]
+
+
+def write_samples(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """One JSON object per sample record (`EvalResult.samples`), parent folders made; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return path
 
 
 def _check_split_name(split: str) -> str:

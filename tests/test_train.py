@@ -69,6 +69,8 @@ def test_eval_against_the_start_pairs_each_task_with_itself(run_dir, capsys):
     out = capsys.readouterr().out
     assert "start vs latest on test, 3 tasks x 2 samples" in out and "| integrity_ratio |" in out
     assert (run_dir / "eval" / "paired_test.md").read_text().startswith(f"# {run_dir}: start vs latest")
+    kept = [json.loads(line) for line in (run_dir / "eval" / "start_test_samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in kept] == [r["prompt"] for r in start.samples]  # the start's samples are kept
     moved = run_dir.parent / "no_start"
     shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("sft_policy"))
     assert main(["eval", str(moved), "--max-tasks", "1", "--checkpoint", "start"]) == 2
