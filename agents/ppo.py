@@ -38,7 +38,7 @@ from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions
 from promptgym.agents.validation import ConfigError, config_dataclass
 from promptgym.envs import PromptEditVectorEnv
-from promptgym.rewards import ContentIntegrityScorer
+from promptgym.rewards import ContentIntegrityScorer, reward_seconds
 
 TERM_NAMES = ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clipfrac")
 LOGRATIO_FLOOR = -20.0  # an action outside the current typical set has log-ratio -inf; floor it for the stats
@@ -337,11 +337,28 @@ class PPOAgent:
         return dict(zip(TERM_NAMES, dp.sum_float(*values_now))) | {"grad_norm": float(grad_norm)}
 
     # -- the loop
+    def _profile_counters(self) -> tuple[float, float | None, float | None]:
+        """(reference-pass seconds, reward-call seconds, render seconds) so far (None: not a CompositeReward)."""
+        seconds = reward_seconds(self.env.reward)
+        return (self.collector.reference_seconds, *(seconds if seconds is not None else (None, None)))
+
+    @staticmethod
+    def _collect_profile(collect_s: float, before: tuple, after: tuple) -> dict[str, float]:
+        """Where the collection's time went: `time/reference_s` (the KL reference pass), `time/render_s` (the
+        renderer), `time/score_s` (the reward's scoring on top of the renders), `time/rollout_s` (the rest:
+        sampling, env bookkeeping, negatives' forward passes, integrity prefixes). They add up to collect_s."""
+        reference = after[0] - before[0]
+        if after[1] is None:
+            return {"time/reference_s": reference, "time/rollout_s": collect_s - reference}
+        reward, render = after[1] - before[1], after[2] - before[2]
+        return {"time/reference_s": reference, "time/render_s": render, "time/score_s": reward - render,
+                "time/rollout_s": collect_s - reference - reward}
+
     def step(self) -> dict[str, float]:
         """One PPO update: collect, update, adapt the KL coefficient. Returns metrics (with timings)."""
-        start = time.perf_counter()
+        start, before = time.perf_counter(), self._profile_counters()
         collected = self.collect()
-        collect_end = time.perf_counter()
+        collect_end, after = time.perf_counter(), self._profile_counters()
         metrics = self.update(collected)
         batch = collected.batch
         positives, tokens, calls = self.parallel.sum_float(
@@ -355,6 +372,7 @@ class PPOAgent:
         metrics |= {
             "time/collect_s": collect_end - start,
             "time/update_s": end - collect_end,
+            **self._collect_profile(collect_end - start, before, after),
             "time/tokens_per_s": tokens / max(collect_end - start, 1e-9),
             "counters/updates": float(self.num_updates),
             "counters/episodes": float(self.num_episodes),

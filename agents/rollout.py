@@ -13,6 +13,7 @@ endings (EOS and `max_new_tokens`) deliver the final reward, so no episode needs
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -188,6 +189,7 @@ class RolloutCollector:
         self.env = env
         self.typical_mass = typical_mass
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.reference_seconds = 0.0  # wall time of the reference passes so far (a profile for the PPO metrics)
 
     @torch.no_grad()
     def collect(
@@ -270,7 +272,9 @@ class RolloutCollector:
             components=components,
         )
         if reference:
+            start = time.perf_counter()
             batch.ref_logprobs = reference_logprobs(self.policy, batch)
+            self.reference_seconds += time.perf_counter() - start
         return batch
 
 

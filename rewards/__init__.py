@@ -5,7 +5,14 @@ This package imports nothing from the other promptgym packages (tasks are typed 
 
 from promptgym.rewards.base import EditResult, EditTask, RewardOutput, Scorer, TaskLike
 from promptgym.rewards.checks import ScorerCheckError, ScorerCheckWarning, ScorerReport, check_scorer
-from promptgym.rewards.composite import CompositeReward, RewardWrapper, RunningMeanStd, ScorerError, as_composite
+from promptgym.rewards.composite import (
+    CompositeReward,
+    RewardWrapper,
+    RunningMeanStd,
+    ScorerError,
+    as_composite,
+    reward_seconds,
+)
 from promptgym.rewards.counting import CountingReward
 from promptgym.rewards.image_scorers import AestheticMLP, AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer, IntegrityDetails, integrity_ratio
@@ -50,5 +57,6 @@ __all__ = [
     "integrity_ratio",
     "lemma",
     "prompt_lemmas",
+    "reward_seconds",
     "reward_stats",
 ]

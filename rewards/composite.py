@@ -16,6 +16,7 @@ Scorer failures follow `on_error`: "raise" stops with the scorer's name and the 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -98,6 +99,7 @@ class CompositeReward:
         self.on_error = on_error
         self.stats = {name: RunningMeanStd() for name in self.normalize}
         self.monitors = dict(monitors or {})
+        self.call_seconds = 0.0  # wall time spent in __call__ (a profile, not state: never checkpointed)
         for name, scorer in self.monitors.items():
             if not callable(scorer):
                 raise ValueError(f"monitors[{name!r}]={scorer!r}; expected a Scorer")
@@ -110,6 +112,13 @@ class CompositeReward:
         return f"CompositeReward({parts}{f'; monitors: {watched}' if watched else ''})"
 
     def __call__(self, results: Sequence[EditResult]) -> RewardOutput:
+        start = time.perf_counter()
+        try:
+            return self._call(results)
+        finally:
+            self.call_seconds += time.perf_counter() - start
+
+    def _call(self, results: Sequence[EditResult]) -> RewardOutput:
         n = len(results)
         total = torch.zeros(n, dtype=torch.float32)
         components: dict[str, torch.Tensor] = {}
@@ -223,6 +232,20 @@ class RewardWrapper:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
+
+
+def reward_seconds(reward: Any) -> tuple[float, float] | None:
+    """(seconds spent in the reward's calls, seconds its distinct renderers spent rendering) so far, for a
+    `CompositeReward` (or a wrapper of one); None for another kind of reward. The difference is the scoring
+    overhead on top of the renders."""
+    inner = reward
+    while isinstance(inner, RewardWrapper):
+        inner = inner.inner
+    if not isinstance(inner, CompositeReward):
+        return None
+    renderers = {id(r): r for scorer in [s for s, _ in inner.terms.values()] + list(inner.monitors.values())
+                 if (r := getattr(scorer, "renderer", None)) is not None and hasattr(r, "render_seconds")}
+    return inner.call_seconds, sum(r.render_seconds for r in renderers.values())
 
 
 def as_composite(reward: CompositeReward | RewardWrapper | Scorer) -> CompositeReward | RewardWrapper:

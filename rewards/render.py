@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -360,6 +361,7 @@ class CachedRenderer:
         self.pipeline_calls = 0
         self.images_rendered = 0
         self.prompts_truncated = 0
+        self.render_seconds = 0.0  # wall time spent in render() (a profile, not state: never checkpointed)
 
     def config(self) -> dict[str, Any]:
         """Everything that changes an image besides (prompt, k)."""
@@ -419,8 +421,12 @@ class CachedRenderer:
         (non-inference) tensors even when called under `torch.inference_mode()`, so cached renders can later feed
         a model that is being trained.
         """
-        with torch.inference_mode(False), torch.no_grad():
-            return self._render(prompts)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                return self._render(prompts)
+        finally:
+            self.render_seconds += time.perf_counter() - start
 
     def _render(self, prompts: Sequence[str]) -> torch.Tensor:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):

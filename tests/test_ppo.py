@@ -154,6 +154,32 @@ def test_update_changes_the_policy_and_reports_metrics(tok):
     assert metrics["counters/reward_calls"] == 6 and metrics["negatives/count"] == 2
 
 
+def test_the_time_profile_splits_the_collection_into_its_parts(tok):
+    from promptgym.rewards import CompositeReward
+    from promptgym.rewards.scene_render import SceneRenderer
+
+    plain = make_agent(tok).step()  # content integrity renders nothing
+    assert plain["time/render_s"] == 0
+    assert sum(plain[f"time/{name}_s"] for name in ("reference", "render", "score", "rollout")) == pytest.approx(
+        plain["time/collect_s"])
+
+    class Rendering:  # a scorer that renders, as the image scorers do
+        name = "bright"
+        renderer = SceneRenderer(images_per_prompt=1)
+
+        def __call__(self, results):
+            return self.renderer.render([r.prompt for r in results]).mean((1, 2, 3, 4))
+
+    config = PPOConfig(n_episodes=4, batch_size=2, n_epochs=1, seed=0)
+    reward = CompositeReward({"bright": (Rendering(), 1.0), "integrity": (ContentIntegrityScorer(), 1.0)})
+    env = PromptEditVectorEnv(4, tokenizer=tok, reward=reward, max_new_tokens=10, autoreset_mode="disabled")
+    metrics = PPOAgent(PolicyWithValue.tiny(tok, seed=0), env, config).step()
+    parts = [metrics[f"time/{name}_s"] for name in ("reference", "render", "score", "rollout")]
+    assert all(part >= 0 for part in parts) and metrics["time/render_s"] > 0
+    assert sum(parts) == pytest.approx(metrics["time/collect_s"])
+    assert reward.call_seconds >= metrics["time/render_s"] == Rendering.renderer.render_seconds
+
+
 def test_restricted_old_logprob_mode_runs(tok):
     metrics = make_agent(tok, typical_mass=0.8, old_logprob="restricted", negative_fraction=0.5).step()
     assert math.isfinite(metrics["ppo/policy_loss"]) and math.isfinite(metrics["ppo/approx_kl"])
