@@ -9,7 +9,7 @@ import gymnasium
 from promptgym.envs.checks import ShapingCheckError, ShapingCheckWarning, ShapingReport, check_shaping
 from promptgym.envs.hf import tasks_to_dataset
 from promptgym.envs.prompt_edit import EditEpisodes, PromptEditEnv, default_reward
-from promptgym.envs.tasks import EditTask, load_tasks
+from promptgym.envs.tasks import EditTask, load_tasks, split_by_source
 from promptgym.envs.templates import EditTemplate
 from promptgym.envs.tokenizer import default_tokenizer, train_tokenizer
 from promptgym.envs.vector import PromptEditVectorEnv
@@ -37,6 +37,7 @@ __all__ = [
     "default_reward",
     "default_tokenizer",
     "load_tasks",
+    "split_by_source",
     "tasks_to_dataset",
     "train_tokenizer",
 ]

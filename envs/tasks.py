@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,20 @@ def load_tasks(spec: str | os.PathLike, split: str = "train") -> list[EditTask]:
     text = _read_utf8(path)
     rows = _jsonl_rows(text, str(path)) if suffix == ".jsonl" else _csv_rows(text, str(path))
     return _to_tasks(rows, where=str(path), default_id=path.stem)
+
+
+def split_by_source(tasks: Sequence[EditTask], share: float) -> tuple[list[EditTask], list[EditTask]]:
+    """`(first, rest)`: the tasks whose source prompt hashes into the first `share` of [0, 1), and the others.
+
+    Every task of one source lands on the same side, the assignment depends only on the source text (CRC-32, not
+    the run seed or the order of the file), and `share=1` keeps everything in `first`. Used to train SFT and PPO on
+    different sources (`data.sft_share`)."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 1.0:
+        raise ValueError(f"share={share!r}; expected a number in (0, 1]")
+    first, rest = [], []
+    for task in tasks:
+        (first if zlib.crc32(task.source.encode("utf-8")) / 2**32 < share else rest).append(task)
+    return first, rest
 
 
 def _read_utf8(path: Path) -> str:

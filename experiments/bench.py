@@ -63,6 +63,7 @@ from promptgym.experiments.builders import (
     build_tokenizer,
     build_vector_env,
     seed_everything,
+    stage_tasks,
 )
 from promptgym.experiments.config import load_config, preset_layer
 from promptgym.experiments.plots import plot_curve_panels, plot_gold_vs_kl
@@ -211,7 +212,7 @@ def run_ppo_variant(variant: str, config: Any, policy: Any, ctx: SeedContext, bu
     from promptgym.agents.baselines import RunResult
 
     start_sha = weights_sha256(policy)
-    train_tasks = load_tasks(config.data.tasks, split=config.data.train_split)
+    train_tasks = stage_tasks(config)[1]
     reward = ctx.oracle_reward if variant == ORACLE else ctx.reward
     env = build_vector_env(config, train_tasks, ctx.tokenizer, reward, config.ppo.n_episodes)
     agent = PPOAgent(policy, env, config.ppo)
@@ -252,7 +253,7 @@ def run_baseline(variant: str, config: Any, policy: Any, ctx: SeedContext, budge
     """SB3 PPO (from scratch) or TRL GRPO / RLOO (on a copy of `policy`) with the config's env, tasks and sizes."""
     from promptgym.agents.baselines import run_sb3_ppo, run_trl
 
-    tasks = load_tasks(config.data.tasks, split=config.data.train_split)
+    tasks = stage_tasks(config)[1]
     common = dict(max_new_tokens=config.env.max_new_tokens, max_context_tokens=config.env.max_context_tokens)
     eval_kl = None
     if variant == "sb3-ppo":
@@ -285,8 +286,7 @@ def _seed_context(seed: int, configs: dict[str, Any], variants: Sequence[str], e
         start_policy = build_policy(base, tokenizer)
         start = time.perf_counter()
         if base.sft.enabled:
-            train_tasks = load_tasks(base.data.tasks, split=base.data.train_split)
-            sft_warm_start(start_policy, tokenizer, [t for t in train_tasks if t.target is not None],
+            sft_warm_start(start_policy, tokenizer, stage_tasks(base)[0],
                            [t for t in eval_tasks if t.target is not None][:256], config=base.sft, progress=False)
         result.sft_wall_time_s[seed] = time.perf_counter() - start
     if variants == [ORACLE]:  # evaluated with the proxy reward the other variants would have used

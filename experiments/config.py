@@ -79,6 +79,10 @@ class DataConfig:
         'load_tasks spec: "demo", a .jsonl/.csv path, or "hf:<dataset id or dir>"'
     ))] = "demo"
     train_split: Annotated[str, Field(min_length=1, description="split SFT and PPO train on")] = "train"
+    sft_share: Annotated[float, Field(gt=0, le=1, description=(
+        "share of train_split's sources SFT trains on (by a hash of the source); below 1, PPO trains on the other "
+        "sources, which SFT never saw; 1: both train on all of train_split"
+    ))] = 1.0
     eval_split: Annotated[str, Field(min_length=1, description=(
         "held-out split: SFT held-out loss, evaluation, samples.jsonl"
     ))] = "test"

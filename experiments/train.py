@@ -39,6 +39,7 @@ from promptgym.experiments.builders import (
     build_vector_env,
     policy_device,
     seed_everything,
+    stage_tasks,
 )
 from promptgym.experiments.config import ConfigError, save_config
 from promptgym.experiments.plots import plot_image_grid, plot_training
@@ -106,7 +107,7 @@ class Trainer:
         self.resume = resume
         seed_everything(config.seed)
         self.tokenizer = build_tokenizer(config)
-        self.train_tasks = load_tasks(config.data.tasks, split=config.data.train_split)
+        self.sft_tasks, self.train_tasks = stage_tasks(config)
         self.eval_tasks = load_tasks(config.data.tasks, split=config.data.eval_split)
         self.fixed_tasks = fixed_eval_tasks(self.eval_tasks, config.data.num_eval_tasks)
         self.reward = build_run_reward(config, self.tokenizer)
@@ -135,7 +136,7 @@ class Trainer:
             self.sft_result = sft_warm_start(
                 policy,
                 self.tokenizer,
-                [t for t in self.train_tasks if t.target is not None],
+                self.sft_tasks,
                 [t for t in self.eval_tasks if t.target is not None][:256],
                 config=self.config.sft,
                 progress=self.config.logging.progress and self.is_main,

@@ -525,3 +525,14 @@ def test_preset_layer_is_a_presets_own_keys_and_load_config_lays_it_over_a_base(
     assert config.name == "synth"
     with pytest.raises(ConfigError, match="layer"):
         load_config("synth", layer=["ppo"])
+
+
+def test_sft_share_gives_sft_and_ppo_disjoint_sources():
+    from promptgym.experiments.builders import stage_tasks
+
+    sft, ppo = stage_tasks(load_config("tiny", ["data.sft_share=0.5"]))
+    assert not {t.source for t in sft} & {t.source for t in ppo} and all(t.target is not None for t in sft)
+    sft_all, ppo_all = stage_tasks(load_config("tiny"))
+    assert len(ppo_all) == len(sft_all) + len([t for t in ppo_all if t.target is None])  # 1: the same tasks
+    with pytest.raises(ConfigError, match="sft_share"):
+        load_config("tiny", ["data.sft_share=0"])

@@ -552,3 +552,20 @@ def test_hf_unavailable_offline_fails_fast_with_instructions():
 def test_hf_empty_name():
     with pytest.raises(ValueError, match="names no data set"):
         load_tasks("hf:")
+
+
+def test_split_by_source_keeps_sources_whole_and_is_stable():
+    from promptgym.envs import split_by_source
+
+    tasks = load_tasks("demo", "train")
+    first, rest = split_by_source(tasks, 0.5)
+    assert len(first) + len(rest) == len(tasks) and 0.4 < len(first) / len(tasks) < 0.6
+    assert not {t.source for t in first} & {t.source for t in rest}  # every source on one side
+    again, _ = split_by_source(list(reversed(tasks)), 0.5)
+    assert {t.id for t in again} == {t.id for t in first}  # the order of the file does not matter
+    smaller, _ = split_by_source(tasks, 0.25)
+    assert {t.id for t in smaller} < {t.id for t in first}  # a smaller share is a subset
+    assert split_by_source(tasks, 1.0) == (tasks, [])
+    for bad in (0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="share="):
+            split_by_source(tasks, bad)
