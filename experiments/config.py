@@ -137,12 +137,18 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         from promptgym.rewards.integrity import ContentIntegrityScorer
-        from promptgym.rewards.presets import PRESETS, default_weights
+        from promptgym.rewards.presets import DEFAULT_WEIGHTS, PRESETS, default_weights
 
         if self.preset not in PRESETS:
             raise ConfigError(f"reward.preset={self.preset!r}: expected one of {list(PRESETS)}")
         terms = default_weights(self.preset)
-        for name in self.weights:
+        monitors = DEFAULT_WEIGHTS if self.preset == "synth-gold" else {}  # proxy terms: monitors, weight 0 only
+        for name, weight in self.weights.items():
+            if name in monitors and weight == 0:
+                continue
+            if name in monitors:
+                raise ConfigError(f"reward.weights.{name}={weight}: in synth-gold the proxy terms are monitors; "
+                                  f"give them weight 0 (the terms are {list(terms)})")
             if name not in terms:
                 raise ConfigError(unknown_key_message(f"reward.weights.{name}", name, terms, "reward.weights"))
         self.weights = {name: float(w) for name, w in (terms | self.weights).items()}

@@ -89,8 +89,9 @@ def build_reward(
         renderer: keyword overrides for the renderer constructor (steps, size, `images_per_prompt`, ...).
         integrity: keyword overrides for `ContentIntegrityScorer` (`threshold`, `mode`, `forbidden_penalty`).
         delta: override which terms are scored in delta mode (default: the image terms).
-        normalize: per-term running mean/std normalisation (default off: it makes the reward of a prompt
-            depend on history, so an env reward stops being stationary; prefer normalising in the agent).
+        normalize: per-term running mean/std normalisation, as Stable-Baselines3's `VecNormalize` does for a
+            reward (default off; the `synth` config turns it on): the reward of a prompt then depends on the
+            statistics so far, which checkpoints save and evaluations leave untouched.
         on_error: "raise" or "zero" (see `CompositeReward`).
         seed: seeds the tiny models' weights and the render noise.
         device: where real models run (e.g. "cuda"); the tiny preset runs on the CPU.
@@ -100,7 +101,7 @@ def build_reward(
     if preset != "tiny" and tokenizer is not None:
         raise ValueError("tokenizer is only used by the tiny preset; trained and real checkpoints bring their own tokenizers")
     if preset == "synth-gold":
-        return _synth_gold_reward(weights, renderer, delta, normalize, on_error, seed)
+        return _synth_gold_reward(weights, renderer, integrity, delta, normalize, on_error, seed)
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
     if unknown:
@@ -156,11 +157,18 @@ def _synth_image_scorers(terms: list[str], renderer: DiffusersRenderer) -> dict:
     return scorers
 
 
-def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[str, Any] | None, delta: Any,
-                       normalize: Any, on_error: str, seed: int) -> CompositeReward:
+def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[str, Any] | None,
+                       integrity: Mapping[str, Any] | None, delta: Any, normalize: Any, on_error: str,
+                       seed: int) -> CompositeReward:
     """The oracle: reward = gold content + gold aesthetic (delta against the source) of the synth renders, with the
-    proxy terms (aesthetic, PickScore, integrity) as monitors, so a gold-trained policy shows what it does to them."""
-    weights = {**GOLD_WEIGHTS, **(weights or {})}
+    proxy terms (aesthetic, PickScore, integrity) as monitors, so a gold-trained policy shows what it does to them.
+    A proxy term may be named in `weights` with weight 0 (it is a monitor here), so a config built on `synth` can
+    switch to this preset without unsetting its proxy weights."""
+    proxy = {name: w for name, w in (weights or {}).items() if name in DEFAULT_WEIGHTS}
+    if any(w != 0 for w in proxy.values()):
+        raise ValueError(f"weights {proxy} give proxy terms a weight; in synth-gold they are monitors (weight 0), "
+                         f"and the terms are {sorted(GOLD_WEIGHTS)} (and gold/text_content)")
+    weights = {**GOLD_WEIGHTS, **{n: w for n, w in (weights or {}).items() if n not in DEFAULT_WEIGHTS}}
     shared = synth_renderer(seed, renderer)
     gold = synth_gold_scorers(shared)
     unknown = sorted(set(weights) - set(gold))
@@ -174,7 +182,8 @@ def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[st
         delta=[n for n in terms if n == "gold/aesthetic"] if delta is None else delta,
         normalize=False if normalize is None else normalize,
         on_error=on_error,
-        monitors={**_synth_image_scorers(list(IMAGE_TERMS), shared), "integrity": ContentIntegrityScorer(),
+        monitors={**_synth_image_scorers(list(IMAGE_TERMS), shared),
+                  "integrity": ContentIntegrityScorer(**dict(integrity or {})),
                   **{name: scorer for name, scorer in gold.items() if name not in terms}},
     )
 

@@ -41,7 +41,11 @@ def test_every_stage_writes_a_loadable_model(smoke_world, monkeypatch):
     assert all(0 <= v <= 1 for v in out.components["gold/content"].tolist())
     oracle = build_reward("synth-gold")
     assert set(oracle.terms) == {"gold/content", "gold/aesthetic"}
-    assert set(oracle.monitors) == {"aesthetic", "pickscore", "integrity"}  # the proxy beside the oracle's gold
+    assert set(oracle.monitors) == {"aesthetic", "pickscore", "integrity", "gold/text_content"}  # the proxy beside
+    switched = build_reward("synth-gold", weights={"integrity": 0.0}, integrity={"mode": "ratio"})  # from synth
+    assert set(switched.terms) == {"gold/content", "gold/aesthetic"} and switched.monitors["integrity"].mode == "ratio"
+    with pytest.raises(ValueError, match="proxy terms a weight"):
+        build_reward("synth-gold", weights={"integrity": 2.0})
 
 
 def test_the_build_is_deterministic_and_resumes(smoke_world, tmp_path):
