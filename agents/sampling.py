@@ -32,11 +32,48 @@ def typical_mask(logits: torch.Tensor, mass: float, min_tokens_to_keep: int = 1)
         return torch.ones_like(logits, dtype=torch.bool)
     vocab = logits.shape[-1]
     scores = logits.detach().reshape(-1, vocab)
-    # The same operations, in the same order, as TypicalLogitsWarper.__call__ (ties included).
+    # The same quantities as TypicalLogitsWarper.__call__ (ties included).
     normalized = F.log_softmax(scores, dim=-1)
     p = torch.exp(normalized)
     ent = -(normalized * p).nansum(-1, keepdim=True)  # 0 * -inf = nan for blocked tokens is skipped
     shifted_scores = torch.abs((-normalized) - ent)
+    k = max(TYPICAL_CANDIDATES, min_tokens_to_keep + 1)
+    if k >= vocab:
+        return _typical_mask_sorted(scores, shifted_scores, mass, min_tokens_to_keep).reshape(logits.shape)
+    # Fast path: a trained policy's typical set is a handful of tokens, so rank only the k most typical. The kept
+    # set is the tokens whose score is at most the score where the cumulative mass crosses `mass`, which does not
+    # depend on how ties are ordered. A row falls back to the full sort when its k most typical tokens do not
+    # reach `mass`, when the crossing is within rounding of `mass` (the two paths sum the probabilities in
+    # different orders), or when min_tokens_to_keep cuts through a tie (then torch.sort's order decides).
+    top_scores, top_indices = torch.topk(shifted_scores, k, dim=-1, largest=False, sorted=True)
+    cumulative_probs = p.gather(-1, top_indices).cumsum(dim=-1)
+    last_ind = (cumulative_probs < mass).sum(dim=-1).clamp(max=k - 1)
+    threshold = top_scores.gather(-1, last_ind[:, None])
+    before = cumulative_probs.gather(-1, (last_ind - 1).clamp(min=0)[:, None])[:, 0]
+    clear = (cumulative_probs.gather(-1, last_ind[:, None])[:, 0] >= mass + ROUNDING) & (
+        (last_ind == 0) | (before < mass - ROUNDING))
+    m = min_tokens_to_keep
+    cut_tie = (top_scores[:, m - 1] > threshold[:, 0]) & (top_scores[:, m - 1] == top_scores[:, m])
+    fast = clear & ~cut_tie
+    mask = torch.empty_like(scores, dtype=torch.bool)
+    if fast.any():
+        kept = shifted_scores[fast] <= threshold[fast]
+        kept.scatter_(-1, top_indices[fast, :m], True)
+        mask[fast] = kept
+    if not fast.all():
+        slow = ~fast
+        mask[slow] = _typical_mask_sorted(scores[slow], shifted_scores[slow], mass, min_tokens_to_keep)
+    return mask.reshape(logits.shape)
+
+
+TYPICAL_CANDIDATES = 32  # tokens ranked on the fast path of typical_mask (it falls back to a full sort)
+ROUNDING = 1e-4  # a cumulative mass this close to `mass` takes the full sort, whose sums the warper's equal
+
+
+def _typical_mask_sorted(scores: torch.Tensor, shifted_scores: torch.Tensor, mass: float,
+                         min_tokens_to_keep: int) -> torch.Tensor:
+    """The locally typical set of rows `scores[N, V]` by a full sort, in TypicalLogitsWarper's operations."""
+    vocab = scores.shape[-1]
     sorted_scores, sorted_indices = torch.sort(shifted_scores, descending=False)
     sorted_logits = scores.gather(-1, sorted_indices)
     cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
@@ -44,7 +81,7 @@ def typical_mask(logits: torch.Tensor, mass: float, min_tokens_to_keep: int = 1)
     sorted_indices_to_remove = sorted_scores > sorted_scores.gather(-1, last_ind[:, None])
     sorted_indices_to_remove[:, :min_tokens_to_keep] = False
     indices_to_remove = sorted_indices_to_remove.scatter(-1, sorted_indices, sorted_indices_to_remove)
-    return ~indices_to_remove.reshape(logits.shape)
+    return ~indices_to_remove
 
 
 def sample_restricted(

@@ -1,7 +1,7 @@
 """Benchmark: tokens/s of the rollout collector against a bare KV-cached loop, `generate()` and a no-cache loop.
 
     python -m promptgym.experiments.bench_rollout [--batch 32] [--new-tokens 32] [--rounds 5] [--quick]
-                                                  [--threads 1] [--typical-mass P] [--seed 0]
+                                                  [--threads 1] [--typical-mass P] [--seed 0] [--policy DIR]
 
 All four variants run in one process on the same tiny policy (`PolicyWithValue.tiny(default_tokenizer(), 0)`)
 and the same context batch: the templated contexts of `--batch` demo tasks, left-padded as the env pads them
@@ -89,10 +89,14 @@ def eos_blocked(policy: PolicyWithValue, eos_id: int) -> PolicyWithValue:
     return policy
 
 
-def make_bench(batch: int, new_tokens: int, seed: int = 0, typical_mass: float | None = None) -> Bench:
-    """The tiny policy (EOS blocked), an env of `batch` demo tasks and its reset contexts."""
+def make_bench(batch: int, new_tokens: int, seed: int = 0, typical_mass: float | None = None,
+               policy_path: str | None = None) -> Bench:
+    """The tiny policy, or the saved one at `policy_path` (EOS blocked), an env of `batch` demo tasks and its reset
+    contexts."""
     tokenizer = default_tokenizer()
-    policy = eos_blocked(PolicyWithValue.tiny(tokenizer, seed=0), tokenizer.eos_token_id).eval()
+    base = PolicyWithValue.tiny(tokenizer, seed=0) if policy_path is None else PolicyWithValue.from_pretrained(
+        policy_path)
+    policy = eos_blocked(base, tokenizer.eos_token_id).eval()
     env = PromptEditVectorEnv(
         batch,
         tokenizer=tokenizer,
@@ -265,6 +269,11 @@ def main(argv: Sequence[str] | None = None) -> Result:
     parser.add_argument(
         "--typical-mass", type=float, default=None, help="the collector's typical_mass (default None: plain sampling)"
     )
+    parser.add_argument(
+        "--policy", default=None, metavar="DIR",
+        help="a saved policy (e.g. RUN/sft_policy, which uses the default tokenizer) instead of the random tiny one: "
+        "a trained policy's peaked distributions are what typical-set sampling sees in training",
+    )
     args = parser.parse_args(argv)
     batch = args.batch if args.batch is not None else (4 if args.quick else 32)
     new_tokens = args.new_tokens if args.new_tokens is not None else (4 if args.quick else 32)
@@ -280,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> Result:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    bench = make_bench(batch, new_tokens, args.seed, args.typical_mass)
+    bench = make_bench(batch, new_tokens, args.seed, args.typical_mass, args.policy)
     result = measure(bench, rounds)
     print(f"torch threads: {torch.get_num_threads()} (torch's default on this machine: {default_threads})")
     for line in report(result, bench, rounds):

@@ -236,3 +236,14 @@ def test_logprobs_and_entropy_in_one_pass_match_categorical():
     assert torch.equal(logprobs, action_logprobs(logits, actions))  # the same numbers as the one-output function
     with pytest.raises(ValueError, match="actions must be token ids"):
         action_logprobs_and_entropy(logits, actions + 11)
+
+
+@pytest.mark.parametrize("scale", [2.0, 8.0, 30.0])
+def test_matches_warper_on_peaked_rows_of_a_policy_sized_vocabulary(scale):
+    # typical_mask ranks only the 32 most typical tokens when they hold the mass (a trained policy's rows) and
+    # sorts the whole row otherwise; both must keep the warper's set
+    gen = torch.Generator().manual_seed(int(scale))
+    logits = torch.randn(256, 644, generator=gen) * scale
+    for mass in (0.2, 0.5, 0.9, 0.95, 0.999):
+        for k in (1, 3):
+            assert torch.equal(typical_mask(logits, mass, k), warper_kept(logits, mass, k)), (mass, k)
