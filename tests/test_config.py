@@ -54,8 +54,11 @@ def test_default_is_the_synth_world_on_tinys_settings():
     default = load_config()
     assert default == load_config("synth") and default.reward.preset == "synth"
     tiny = load_config("tiny")
-    assert (default.policy.num_layers, default.sft.num_epochs) == (4, 10.0)  # a start that can copy (README)
-    same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft}
+    assert (default.policy.num_layers, default.sft.num_epochs) == (4, 20.0)  # a start that can copy (README)
+    assert default.data.sft_share == 0.5  # SFT and PPO on different sources (README)
+    assert (default.reward.normalize, default.reward.integrity, default.reward.weights["integrity"]) == (
+        True, {"mode": "ratio"}, 2.0)  # what kept gold content (README)
+    same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft, "data": tiny.data}
     assert dataclasses.replace(default, **same) == tiny
 
 
