@@ -68,7 +68,8 @@ from promptgym.experiments.builders import (
 from promptgym.experiments.config import load_config, preset_layer
 from promptgym.experiments.plots import plot_curve_panels, plot_gold_vs_kl
 from promptgym.experiments.stats import iqm_ci, mean_ci
-from promptgym.rewards import clear_reward_caches
+from promptgym.rewards import CompositeReward, clear_reward_caches
+from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
 
 if TYPE_CHECKING:  # agents.baselines imports stable-baselines3 and trl (seconds): loaded when a run needs it
     from promptgym.agents.baselines import RunResult
@@ -203,7 +204,13 @@ def _evaluate(config: Any, model: Any, ctx: SeedContext, eval_seed: int = EVAL_S
     from promptgym.agents.baselines import evaluate_lm_with_kl
 
     env = build_vector_env(config, ctx.eval_tasks, ctx.tokenizer, ctx.reward, ctx.eval_episodes)
-    return evaluate_lm_with_kl(model, env, eval_seed, ctx.start.model)
+    return _stationary(*evaluate_lm_with_kl(model, env, eval_seed, ctx.start.model))
+
+
+def _stationary(reward: float, components: dict[str, float], *rest: Any) -> tuple:
+    """With a normalised reward, the eval reward is its unnormalised weighted sum (the normalised total depends on
+    the statistics each variant's training left, so it would not compare across variants)."""
+    return (components.get(UNNORMALIZED_COMPONENT, reward), components, *rest)
 
 
 def run_ppo_variant(variant: str, config: Any, policy: Any, ctx: SeedContext, budget: int) -> RunResult:
@@ -260,6 +267,7 @@ def run_baseline(variant: str, config: Any, policy: Any, ctx: SeedContext, budge
         result = run_sb3_ppo(tasks, ctx.tokenizer, ctx.reward, budget, config.seed, n_envs=config.ppo.n_episodes,
                              eval_tasks=list(ctx.eval_tasks), eval_episodes=ctx.eval_episodes, eval_seed=EVAL_SEED,
                              **common)
+        result.eval_reward, result.eval_components = _stationary(result.eval_reward, result.eval_components)
         start, start_sha = "scratch", None
     else:
         start, start_sha = "sft", weights_sha256(policy)
@@ -301,6 +309,8 @@ def _run_variant(variant: str, config: Any, ctx: SeedContext, budget: int) -> Ru
     for reward in (ctx.reward, ctx.oracle_reward):
         if reward is not None:
             clear_reward_caches(reward)  # no variant profits from renders cached by an earlier one
+            if isinstance(reward, CompositeReward):
+                reward.reset_stats()  # nor starts from the normalisation statistics an earlier one left
     seed_everything(config.seed)
     policy = copy.deepcopy(ctx.start) if ctx.start is not None and variant != "sb3-ppo" else None
     if variant == REFERENCE:
@@ -523,8 +533,10 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
            if result.of(ORACLE) else ""),
         f"- overrides: {result.overrides or 'none'}",
         f"- cells: interquartile mean over seeds [95% stratified-bootstrap CI] of the final evaluation: "
-        f"{result.eval_episodes} fresh episodes on the eval split (seeded, not counted in the budget); KL to start: "
-        "nats per episode (k1) against the seed's SFT start",
+        f"{result.eval_episodes} fresh episodes on the eval split (seeded, not counted in the budget); proxy reward: "
+        "the weighted sum of the terms, before normalisation when the config normalises (so it compares across "
+        "variants; each variant also trains from fresh statistics); KL to start: nats per episode (k1) against the "
+        "seed's SFT start",
         "- start: SFT = a copy of the seed's SFT'd policy (shared by every LM variant of the seed); scratch = SB3 "
         "PPO, which has no language model",
         "- wall time: training only (mean over seeds; SFT and evaluation excluded)",

@@ -46,6 +46,7 @@ from promptgym.experiments.plots import plot_image_grid, plot_training
 from promptgym.experiments.rundir import RunDir, intact_checkpoint, read_run_jsonl
 from promptgym.experiments.stats import PairedChange, format_paired_table, paired_changes
 from promptgym.rewards import CompositeReward, reward_stats
+from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
 
 SAMPLE_SEED = 20241113  # every evaluation samples with the same seed, so sample changes reflect the policy
 
@@ -384,8 +385,10 @@ def gold_verdict(samples: list[dict[str, Any]], first: int, last: int) -> str | 
     """One sentence on whether the gold metrics followed the proxy reward between two evaluations of the fixed
     test tasks, read off the paired 95% CIs (a change counts only when its CI excludes 0); None without gold."""
     before, after = _two_evaluations(samples, first, last)
-    changes = [c for c in paired_changes(before, after, ["reward", *GOLD_TERMS]) if c.n >= 2]
-    moves = {c.name: _direction(c) for c in changes}
+    # a normalised reward's total depends on the statistics at each evaluation: compare its unnormalised sum
+    proxy = UNNORMALIZED_COMPONENT if any(UNNORMALIZED_COMPONENT in r["components"] for r in before) else "reward"
+    changes = [c for c in paired_changes(before, after, [proxy, *GOLD_TERMS]) if c.n >= 2]
+    moves = {"reward" if c.name == proxy else c.name: _direction(c) for c in changes}
     gold = {name: move for name, move in moves.items() if name in GOLD_TERMS}
     if not gold or "reward" not in moves:
         return None
@@ -398,7 +401,8 @@ def gold_verdict(samples: list[dict[str, Any]], first: int, last: int) -> str | 
         reading = "gold followed the proxy"
     else:
         reading = "the proxy rose; gold did not clearly follow"
-    return (f"Did gold follow the proxy? The proxy reward {moves['reward']}; {told} (paired 95% CIs over "
+    which = "proxy reward (unnormalised)" if proxy == UNNORMALIZED_COMPONENT else "proxy reward"
+    return (f"Did gold follow the proxy? The {which} {moves['reward']}; {told} (paired 95% CIs over "
             f"{changes[0].n} tasks): {reading}.")
 
 

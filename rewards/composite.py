@@ -26,6 +26,8 @@ import torch
 from promptgym.rewards.base import EditResult, RewardOutput, Scorer, check_scores
 
 ERRORS_COMPONENT = "reward_errors"
+# With normalisation, the weighted sum of the terms before it: a fixed function of the prompt, unlike the total
+UNNORMALIZED_COMPONENT = "reward/unnormalized"
 
 
 class ScorerError(RuntimeError):
@@ -72,7 +74,8 @@ class CompositeReward:
     """Weighted sum of scorers: `total = sum_i weight_i * transformed_score_i`.
 
     `terms` maps a term name to `(scorer, weight)`. `components[name]` is always the raw score of the edited
-    prompt; with delta mode `name/source` and `name/delta` are added, with normalisation `name/normalized`.
+    prompt; with delta mode `name/source` and `name/delta` are added, with normalisation `name/normalized` and
+    `reward/unnormalized` (the weighted sum before normalisation: stationary, so comparable across time and runs).
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class CompositeReward:
         total = torch.zeros(n, dtype=torch.float32)
         components: dict[str, torch.Tensor] = {}
         failed = torch.zeros(n, dtype=torch.bool)
+        unnormalized = torch.zeros(n, dtype=torch.float32)
         for name, (scorer, weight) in self.terms.items():
             if name in self.delta:
                 sources = [EditResult(r.task, r.task.source) for r in results]
@@ -138,12 +142,15 @@ class CompositeReward:
             components[name] = score
             failed |= bad
             value = value.masked_fill(bad, 0.0)
+            unnormalized += weight * value
             if name in self.normalize:
                 if (~bad).any():
                     self.stats[name].update(value[~bad])
                 value = self.stats[name].normalize(value).masked_fill(bad, 0.0)
                 components[f"{name}/normalized"] = value
             total += weight * value
+        if self.normalize:
+            components[UNNORMALIZED_COMPONENT] = unnormalized
         for name, scorer in self.monitors.items():
             components[name] = self._monitor(name, scorer, results)
         if self.on_error == "zero":
@@ -175,6 +182,10 @@ class CompositeReward:
             prompts = [results[i].prompt for i in bad.nonzero().flatten().tolist()]
             raise ScorerError(f"scorer {name!r} returned non-finite scores for prompts {prompts}")
         return scores.masked_fill(bad, 0.0), bad
+
+    def reset_stats(self) -> None:
+        """Forget the running normalisation statistics (a fresh start, e.g. for the next run of a benchmark)."""
+        self.stats = {name: RunningMeanStd() for name in self.normalize}
 
     def state_dict(self) -> dict:
         """Everything a later reward depends on, for checkpoints: the running normalisation statistics, and the

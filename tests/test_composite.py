@@ -87,6 +87,20 @@ def test_running_normalisation_matches_batch_statistics():
     assert fresh.stats["length"] == reward.stats["length"]
 
 
+def test_a_normalised_reward_also_reports_its_stationary_unnormalised_sum_and_can_reset():
+    reward = CompositeReward({"length": (LengthScorer(), 2.0), "b": (FixedScorer("b", [7.0, 1.0]), 1.0)},
+                             normalize=["length"])
+    first = reward(results("a b", "a b c d"))
+    again = reward(results("a b", "a b c d"))
+    expected = torch.tensor([2 * 2.0 + 7.0, 2 * 4.0 + 1.0])  # by hand: weight x raw value, summed
+    torch.testing.assert_close(first.components["reward/unnormalized"], expected)
+    torch.testing.assert_close(again.components["reward/unnormalized"], expected)  # the same prompts, the same sum
+    assert not torch.allclose(first.total, again.total)  # while the normalised total moved with the statistics
+    reward.reset_stats()
+    torch.testing.assert_close(reward(results("a b", "a b c d")).total, first.total)  # fresh statistics again
+    assert "reward/unnormalized" not in CompositeReward({"length": (LengthScorer(), 1.0)})(results("a")).components
+
+
 def test_raise_mode_names_scorer_and_prompts_for_nan():
     reward = CompositeReward({"nanny": (FixedScorer("nanny", [1.0, float("nan")]), 1.0)})
     with pytest.raises(ScorerError, match=r"'nanny'.*\['second'\]"):

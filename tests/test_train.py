@@ -192,6 +192,10 @@ def test_gold_verdict_reads_the_paired_cis():
     assert "nothing for gold to follow" in gold_verdict(_gold_samples(noise, down), 0, 60)
     no_gold = [{**r, "components": {"integrity": 1.0}} for r in _gold_samples(up, down)]
     assert gold_verdict(no_gold, 0, 60) is None  # the tiny stack has no gold: no sentence
+    # a normalised reward: its total rose only with the statistics; the unnormalised sum is what is compared
+    normalised = [{**r, "components": {**r["components"], "reward/unnormalized": -r["reward"]}}
+                  for r in _gold_samples(up, down)]
+    assert "The proxy reward (unnormalised) fell" in gold_verdict(normalised, 0, 60)
 
 
 def test_before_after_table_pairs_each_task_with_itself():
