@@ -12,6 +12,9 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+TYPICAL_CANDIDATES = 32  # tokens ranked on the fast path of typical_mask (it falls back to a full sort)
+ROUNDING = 1e-4  # a cumulative mass this close to `mass` takes the full sort, whose sums the warper's equal
+
 
 def typical_mask(logits: torch.Tensor, mass: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
     """BoolTensor[..., V], True where a token is in the locally typical set of logits[..., V].
@@ -65,9 +68,6 @@ def typical_mask(logits: torch.Tensor, mass: float, min_tokens_to_keep: int = 1)
         mask[slow] = _typical_mask_sorted(scores[slow], shifted_scores[slow], mass, min_tokens_to_keep)
     return mask.reshape(logits.shape)
 
-
-TYPICAL_CANDIDATES = 32  # tokens ranked on the fast path of typical_mask (it falls back to a full sort)
-ROUNDING = 1e-4  # a cumulative mass this close to `mass` takes the full sort, whose sums the warper's equal
 
 
 def _typical_mask_sorted(scores: torch.Tensor, shifted_scores: torch.Tensor, mass: float,

@@ -160,18 +160,16 @@ def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = ()
     return load_config(config, settings, layer=layer)
 
 
-def _check_shared(configs: dict[str, Any]) -> None:
-    """The variants of a seed must agree on everything but `ppo` (they share one SFT start and one reward); the
-    oracle differs in its training reward too."""
-    first_name, first = next((name, c) for name, c in configs.items() if name != ORACLE) if any(
-        name != ORACLE for name in configs) else next(iter(configs.items()))
+def _check_shared(base: Any, configs: dict[str, Any]) -> None:
+    """The variants of a seed must agree with the seed's `base` config (the `sft` reference's) on everything but
+    `ppo` (they share one SFT start and one reward); the oracle differs in its training reward too."""
     for name, config in configs.items():
         for section in SHARED_SECTIONS:
             if name == ORACLE and section == "reward":
                 continue
-            if getattr(config, section) != getattr(first, section):
+            if getattr(config, section) != getattr(base, section):
                 raise ValueError(
-                    f"variant {name!r} has a different {section!r} section than {first_name!r}; bench variants may "
+                    f"variant {name!r} has a different {section!r} section than the base config; bench variants may "
                     "differ only in 'ppo' (they share one SFT start and one reward)"
                 )
 
@@ -282,9 +280,10 @@ def run_baseline(variant: str, config: Any, policy: Any, ctx: SeedContext, budge
                                trained=None)
 
 
-def _seed_context(seed: int, configs: dict[str, Any], variants: Sequence[str], eval_episodes: int,
+def _seed_context(seed: int, base: Any, variants: Sequence[str], oracle: Any, eval_episodes: int,
                   result: BenchResult, bar: Any) -> SeedContext:
-    base = next(c for v, c in configs.items() if v != ORACLE) if any(v != ORACLE for v in configs) else configs[ORACLE]
+    """Tokenizer, SFT start, rewards and eval tasks of one seed, built from its `base` config (the `sft` row's);
+    the oracle's training reward from its own config when it runs."""
     seed_everything(seed)
     tokenizer = build_tokenizer(base)
     eval_tasks = load_tasks(base.data.tasks, split=base.data.eval_split)
@@ -297,11 +296,9 @@ def _seed_context(seed: int, configs: dict[str, Any], variants: Sequence[str], e
             sft_warm_start(start_policy, tokenizer, stage_tasks(base)[0],
                            [t for t in eval_tasks if t.target is not None][:256], config=base.sft, progress=False)
         result.sft_wall_time_s[seed] = time.perf_counter() - start
-    if variants == [ORACLE]:  # evaluated with the proxy reward the other variants would have used
-        base = variant_config(REFERENCE, seed, result.overrides, result.reward, result.config)
     ctx = SeedContext(tokenizer, start_policy, build_run_reward(base, tokenizer), eval_tasks, eval_episodes)
     if ORACLE in variants:
-        ctx.oracle_reward = build_run_reward(configs[ORACLE], tokenizer)
+        ctx.oracle_reward = build_run_reward(oracle, tokenizer)
     return ctx
 
 
@@ -381,9 +378,10 @@ def run_bench(
             todo = [v for v in variants if (v, seed) not in done]
             if not todo:
                 continue
+            base = variant_config(REFERENCE, seed, overrides, reward, config)
             configs = {v: variant_config(v, seed, overrides, reward, config) for v in variants}
-            _check_shared(configs)
-            ctx = _seed_context(seed, {v: configs[v] for v in todo}, todo, eval_episodes, result, bar)
+            _check_shared(base, configs)
+            ctx = _seed_context(seed, base, todo, configs.get(ORACLE), eval_episodes, result, bar)
             for variant in todo:
                 bar.set_postfix_str(f"seed {seed}: {variant}")
                 run = _run_variant(variant, configs[variant], ctx, budget)
@@ -509,7 +507,7 @@ def _ci_text(row: dict[str, Any], key: str) -> str:
 
 START_TEXT = {"sft": "SFT", "scratch": "scratch (no LM)"}
 COLUMN_TEXT = {"reward": "proxy reward", "kl": "KL to start", "gold/content": "gold content",
-               "gold/aesthetic": "gold aesthetic"}
+               "gold/aesthetic": "gold aesthetic", "gold/text_content": "gold text content"}
 
 
 def _column(key: str) -> str:

@@ -187,7 +187,7 @@ def test_variant_configs_lay_the_ablation_and_the_oracle_over_the_base_config():
     assert (plain.ppo.typical_mass, plain.ppo.negative_fraction, plain.ppo.integrity_value_coef) == (None, 0.0, 0.0)
     assert plain.ppo.learning_rate == 0.001 and plain.seed == 3  # the user's overrides still apply
     assert oracle.reward.preset == "synth-gold" and oracle.ppo == base.ppo and oracle.sft == base.sft
-    bench._check_shared({"sft": base, "ppo": plain, "oracle": oracle})  # the oracle may differ in its reward
+    bench._check_shared(base, {"ppo": plain, "oracle": oracle})  # the oracle may differ in its reward
     with pytest.raises(ValueError, match="oracle.*preset is 'synth'"):
         bench.variant_config("oracle", 0, config="tiny")
     with pytest.raises(ValueError, match="oracle.*--reward integrity"):
@@ -204,9 +204,9 @@ def test_bad_variants_and_mismatched_configs_are_clear_errors():
         bench.variant_config("ppo", 0, [], "images")
     a = bench.variant_config("ppo", 0, config="tiny")
     b = bench.variant_config("diffchat", 0, ["sft.max_steps=3"], config="tiny")
-    with pytest.raises(ValueError, match="different 'sft' section"):
-        bench._check_shared({"ppo": a, "diffchat": b})
-    bench._check_shared({"ppo": a, "diffchat": bench.variant_config("diffchat", 0, config="tiny")})  # only ppo
+    with pytest.raises(ValueError, match="'diffchat' has a different 'sft' section"):
+        bench._check_shared(a, {"diffchat": b})
+    bench._check_shared(a, {"diffchat": bench.variant_config("diffchat", 0, config="tiny")})  # differ only in ppo
     with pytest.raises(ValueError, match="budget=0"):
         bench.run_bench(["ppo"], seeds=1, budget=0)
 

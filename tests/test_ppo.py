@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,29 +156,36 @@ def test_update_changes_the_policy_and_reports_metrics(tok):
 
 
 def test_the_time_profile_splits_the_collection_into_its_parts(tok):
-    from promptgym.rewards import CompositeReward
-    from promptgym.rewards.scene_render import SceneRenderer
+    # the arithmetic, on given counters: (reference, reward calls, renders) seconds before and after a collection
+    profile = PPOAgent._collect_profile(10.0, (1.0, 2.0, 1.5), (1.5, 7.0, 5.5))
+    assert profile == pytest.approx({"time/reference_s": 0.5, "time/render_s": 4.0, "time/score_s": 1.0,
+                                     "time/rollout_s": 4.5})  # 10 - 0.5 reference - 5 in the reward
+    assert PPOAgent._collect_profile(3.0, (1.0, None, None), (2.0, None, None)) == {
+        "time/reference_s": 1.0, "time/rollout_s": 2.0}  # a reward that keeps no counters: no render/score split
+    # a step reports every part (the values are timings: only their presence is checked here)
+    metrics = make_agent(tok).step()
+    assert {f"time/{name}_s" for name in ("collect", "update", "reference", "render", "score", "rollout")} <= set(
+        metrics)
 
-    plain = make_agent(tok).step()  # content integrity renders nothing
-    assert plain["time/render_s"] == 0
-    assert sum(plain[f"time/{name}_s"] for name in ("reference", "render", "score", "rollout")) == pytest.approx(
-        plain["time/collect_s"])
 
-    class Rendering:  # a scorer that renders, as the image scorers do
-        name = "bright"
-        renderer = SceneRenderer(images_per_prompt=1)
+def test_reward_seconds_counts_each_renderer_once():
+    from promptgym.rewards import CompositeReward, CountingReward, reward_seconds
+
+    shared, other = SimpleNamespace(render_seconds=3.0), SimpleNamespace(render_seconds=1.0)
+
+    class Scorer:
+        def __init__(self, name, renderer):
+            self.name, self.renderer = name, renderer
 
         def __call__(self, results):
-            return self.renderer.render([r.prompt for r in results]).mean((1, 2, 3, 4))
+            return torch.zeros(len(results))
 
-    config = PPOConfig(n_episodes=4, batch_size=2, n_epochs=1, seed=0)
-    reward = CompositeReward({"bright": (Rendering(), 1.0), "integrity": (ContentIntegrityScorer(), 1.0)})
-    env = PromptEditVectorEnv(4, tokenizer=tok, reward=reward, max_new_tokens=10, autoreset_mode="disabled")
-    metrics = PPOAgent(PolicyWithValue.tiny(tok, seed=0), env, config).step()
-    parts = [metrics[f"time/{name}_s"] for name in ("reference", "render", "score", "rollout")]
-    assert all(part >= 0 for part in parts) and metrics["time/render_s"] > 0
-    assert sum(parts) == pytest.approx(metrics["time/collect_s"])
-    assert reward.call_seconds >= metrics["time/render_s"] == Rendering.renderer.render_seconds
+    reward = CompositeReward({"a": (Scorer("a", shared), 1.0), "b": (Scorer("b", shared), 1.0),
+                              "integrity": (ContentIntegrityScorer(), 1.0)}, monitors={"m": Scorer("m", other)})
+    reward.call_seconds = 5.0
+    assert reward_seconds(reward) == (5.0, 4.0)  # the shared renderer once, the monitor's renderer too
+    assert reward_seconds(CountingReward(reward)) == (5.0, 4.0)  # through a wrapper
+    assert reward_seconds(ContentIntegrityScorer()) is None  # not a CompositeReward: no counters
 
 
 def test_restricted_old_logprob_mode_runs(tok):

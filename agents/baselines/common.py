@@ -33,7 +33,7 @@ class RunResult:
     eval_reward / eval_components: means over `eval_episodes` fresh episodes on the evaluation tasks (None / {} when
         no evaluation was asked for; these calls are not part of the budget).
     eval_kl: mean over the evaluation episodes of sum_t log pi(a_t|s_t) - log pi_start(a_t|s_t) (k1, nats per episode)
-        for a language model evaluated against its start (`evaluate_lm(..., reference=...)`); None otherwise.
+        for a language model evaluated against its start (`evaluate_lm_with_kl`); None otherwise.
     reward_calls / budget: reward calls used, and the budget they were held to.
     wall_time_s: training time (evaluation excluded).
     start: "sft" (a copy of the seed's SFT'd policy), "scratch" (SB3: no language model) or "policy" (run_trl: a copy

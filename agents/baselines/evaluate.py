@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from promptgym.agents.kl import kl_estimate
 from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.rollout import RolloutBatch, evaluate_actions, sample_episodes
 from promptgym.envs import PromptEditVectorEnv
@@ -38,5 +39,4 @@ def _means(batch: RolloutBatch) -> tuple[float, dict[str, float]]:
 def episode_kl(batch: RolloutBatch, reference: PolicyWithValue) -> float:
     """Mean over the batch's episodes of sum_t (log pi_old(a_t|s_t) - log pi_ref(a_t|s_t)) over generated tokens."""
     ref_logprobs = evaluate_actions(reference, batch)[0].cpu()
-    log_ratio = (batch.logprobs - ref_logprobs) * batch.mask
-    return float(log_ratio.sum(1).mean())
+    return float((kl_estimate(batch.logprobs, ref_logprobs, "k1") * batch.mask).sum(1).mean())
