@@ -1,4 +1,5 @@
-"""Agents for prompt editing: policy with value head, sampling, rollouts, PPO, SFT and baselines.
+"""Agents for prompt editing: policy with value head, sampling, rollouts, PPO, reward-weighted likelihood (RWR), SFT
+and baselines.
 
 The math is in pure tensor functions (`compute_gae`, `typical_mask`, `kl_estimate`, `corrupt_keywords`)
 so each DiffChat refinement can be read, tested and swapped on its own.
@@ -19,6 +20,7 @@ from promptgym.agents.negatives import corrupt_keywords
 from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
 from promptgym.agents.ppo import Collected, PPOAgent, PPOConfig, ppo_losses
 from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions
+from promptgym.agents.rwr import RWRAgent, RWRConfig, rwr_weights
 from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
 from promptgym.agents.sft import SFTConfig, SFTResult, completion_loss, sft_warm_start
 
@@ -31,6 +33,9 @@ __all__ = [
     "PolicyOutput",
     "PolicyWithValue",
     "PPOAgent",
+    "RWRAgent",
+    "RWRConfig",
+    "rwr_weights",
     "PPOConfig",
     "RolloutBatch",
     "RolloutCollector",

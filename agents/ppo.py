@@ -201,6 +201,23 @@ class Collected:
     rows: GlobalRows
 
 
+def run_updates(step: Callable[[], dict[str, float]], num_updates: int, desc: str,
+                callback: Callable[[dict[str, float]], Any] | None = None, progress: bool = True) -> list[dict[str, float]]:
+    """`step()` `num_updates` times under a progress bar showing reward and KL; `callback(metrics)` after each
+    (return False to stop). Returns every update's metrics. The `learn` loop of every agent."""
+    from tqdm.auto import tqdm
+
+    history = []
+    bar = tqdm(range(num_updates), desc=desc, disable=not progress)
+    for _ in bar:
+        metrics = step()
+        history.append(metrics)
+        bar.set_postfix(reward=f"{metrics['env/reward_mean']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
+        if callback is not None and callback(metrics) is False:
+            break
+    return history
+
+
 class PPOAgent:
     """Trains a `PolicyWithValue` on a `PromptEditVectorEnv` (with `autoreset_mode="disabled"`).
 
@@ -384,17 +401,7 @@ class PPOAgent:
         self, num_updates: int, callback: Callable[[dict[str, float]], Any] | None = None, progress: bool = True
     ) -> list[dict[str, float]]:
         """Run `num_updates` updates with a progress bar; `callback(metrics)` after each (return False to stop)."""
-        from tqdm.auto import tqdm
-
-        history = []
-        bar = tqdm(range(num_updates), desc="PPO", disable=not progress)
-        for _ in bar:
-            metrics = self.step()
-            history.append(metrics)
-            bar.set_postfix(reward=f"{metrics['env/reward_mean']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
-            if callback is not None and callback(metrics) is False:
-                break
-        return history
+        return run_updates(self.step, num_updates, "PPO", callback, progress)
 
     # -- metrics
     def _metrics(self, batch, rewards, advantages, targets, kl, stats, epochs_run) -> dict[str, float]:

@@ -9,14 +9,16 @@ The rules that make the comparison fair:
   negatives count too: `PPOAgent.num_reward_calls`). Every variant trains until it has used at least `budget`
   reward calls and stops at the first update / rollout / generation batch at or past it (so it uses between
   `budget` and `budget + batch - 1`; the table reports the calls actually used).
-- **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO, the oracle)
+- **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO, RWR, the oracle)
   starts from a deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table
   says so). The `sft` row is that start evaluated with no RL.
 - **Config.** Every variant of a seed runs on `--config` (default: the synth world, as `promptgym train`) with the
   same `--set` overrides and seed. A PPO variant lays its ablation preset's `ppo` section over it (`ppo`: no
   DiffChat refinement; `ppo+adm`, `ppo+neg`, `ppo+civalue`: one each; `diffchat`: all three); the reference and
   the baselines use the config as it is (baselines: its env sizes, task splits, `ppo.n_episodes` as the batch,
-  `ppo.learning_rate`, `ppo.kl_coef` as TRL's `beta`). The `oracle` is the config's own PPO trained on the
+  `ppo.learning_rate`, `ppo.kl_coef` as TRL's `beta`; `rwr`, reward-weighted likelihood on the policy's own
+  samples (`promptgym.agents.rwr`, Lee et al. 2023), takes the same and `ppo.kl_coef` as its exact-KL anchor to the
+  start). The `oracle` is the config's own PPO trained on the
   *gold* reward (`synth-gold`: gold content + gold aesthetic), the upper bound of what a proxy could give; it
   needs a synth-world config. Variants may differ in nothing else (checked).
 - **Final score.** The same evaluation for every variant, not counted in the budget and always with the config's
@@ -78,7 +80,7 @@ REFERENCE = "sft"  # the shared SFT start itself, evaluated without any RL: what
 PPO_VARIANTS = ("ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
 PAIRED_BASE = "ppo"  # each DiffChat refinement is paired against plain PPO
 REFINEMENTS = ("ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
-BASELINES = ("sb3-ppo", "grpo", "rloo")
+BASELINES = ("sb3-ppo", "grpo", "rloo", "rwr")
 ORACLE = "oracle"  # the config's PPO on the gold reward: the upper bound of a proxy
 ORACLE_PRESET = "synth-gold"
 VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES + (ORACLE,)
@@ -214,13 +216,38 @@ def _stationary(reward: float, components: dict[str, float], *rest: Any) -> tupl
 def run_ppo_variant(variant: str, config: Any, policy: Any, ctx: SeedContext, budget: int) -> RunResult:
     """Our PPO (`config.ppo`) on `policy` (trained in place) until `PPOAgent.num_reward_calls >= budget`; the
     oracle trains on the gold reward and is scored like every other variant."""
+    reward = ctx.oracle_reward if variant == ORACLE else ctx.reward
+    env = build_vector_env(config, stage_tasks(config)[1], ctx.tokenizer, reward, config.ppo.n_episodes)
+    info = {"ppo": dataclasses.asdict(config.ppo), **({"training_reward": ORACLE_PRESET} if variant == ORACLE else {})}
+    return _run_agent(variant, PPOAgent(policy, env, config.ppo), config, ctx, budget, info)
+
+
+def rwr_config(config: Any) -> Any:
+    """The `rwr` variant's settings: reward-weighted likelihood with the config's PPO batch, learning rate, KL
+    coefficient (as the exact-KL anchor), minibatch size and seed, as the TRL rows take theirs."""
+    from promptgym.agents.rwr import RWRConfig
+
+    ppo = config.ppo
+    return RWRConfig(n_episodes=ppo.n_episodes, learning_rate=ppo.learning_rate, kl_coef=ppo.kl_coef,
+                     minibatch_size=ppo.batch_size, max_grad_norm=ppo.max_grad_norm, seed=config.seed)
+
+
+def run_rwr_variant(config: Any, policy: Any, ctx: SeedContext, budget: int) -> RunResult:
+    """Reward-weighted likelihood (`promptgym.agents.rwr`) on `policy` (trained in place) on the config's reward."""
+    from promptgym.agents.rwr import RWRAgent
+
+    settings = rwr_config(config)
+    env = build_vector_env(config, stage_tasks(config)[1], ctx.tokenizer, ctx.reward, settings.n_episodes)
+    return _run_agent("rwr", RWRAgent(policy, env, settings), config, ctx, budget,
+                      {"rwr": dataclasses.asdict(settings)})
+
+
+def _run_agent(variant: str, agent: Any, config: Any, ctx: SeedContext, budget: int, info: dict) -> RunResult:
+    """`agent.step()` until `agent.num_reward_calls >= budget`, then the final evaluation; the curve has one point
+    per update (reward calls so far, mean reward of its episodes), with each update's components and KL."""
     from promptgym.agents.baselines import RunResult
 
-    start_sha = weights_sha256(policy)
-    train_tasks = stage_tasks(config)[1]
-    reward = ctx.oracle_reward if variant == ORACLE else ctx.reward
-    env = build_vector_env(config, train_tasks, ctx.tokenizer, reward, config.ppo.n_episodes)
-    agent = PPOAgent(policy, env, config.ppo)
+    start_sha = weights_sha256(agent.policy)
     curve: list[tuple[int, float]] = []
     components: list[dict[str, float]] = []
     last: dict[str, float] = {}
@@ -232,14 +259,8 @@ def run_ppo_variant(variant: str, config: Any, policy: Any, ctx: SeedContext, bu
                            if key.startswith("env/") and not key.startswith("env/reward")}
                           | {"kl": float(last["objective/kl"])})
     wall_time_s = time.perf_counter() - start
-    eval_reward, eval_components, eval_kl = _evaluate(config, policy.model, ctx)
-    info = {
-        "updates": agent.num_updates,
-        "episodes": agent.num_episodes,
-        "last_kl": last.get("objective/kl"),
-        "ppo": {k: v for k, v in dataclasses.asdict(config.ppo).items()},
-        **({"training_reward": ORACLE_PRESET} if variant == ORACLE else {}),
-    }
+    eval_reward, eval_components, eval_kl = _evaluate(config, agent.policy.model, ctx)
+    info = {"updates": agent.num_updates, "episodes": agent.num_episodes, "last_kl": last.get("objective/kl"), **info}
     return RunResult(variant, config.seed, curve, eval_reward, eval_components, agent.num_reward_calls, budget,
                      wall_time_s, "sft", start_sha, info, curve_components=components, eval_kl=eval_kl)
 
@@ -314,6 +335,8 @@ def _run_variant(variant: str, config: Any, ctx: SeedContext, budget: int) -> Ru
         return run_reference(config, policy, ctx, budget)
     if variant in PPO_VARIANTS or variant == ORACLE:
         return run_ppo_variant(variant, config, policy, ctx, budget)
+    if variant == "rwr":
+        return run_rwr_variant(config, policy, ctx, budget)
     return run_baseline(variant, config, policy, ctx, budget)
 
 

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="train PPO variants and baselines for the same reward-call budget")
     bench.add_argument("--config", default=DEFAULT_CONFIG,
                        help=f"base config of every variant: a preset name or a YAML path (default: {DEFAULT_CONFIG})")
-    bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo,oracle",
+    bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo,rwr,oracle",
                        help="comma-separated variants (default: all; sft = the SFT start without RL, the reference; "
                        "oracle = PPO on the gold reward, synth configs only)")
     bench.add_argument("--seeds", type=_positive_int, default=5, help="seeds per variant (default: 5)")

@@ -32,7 +32,7 @@ BATCH = 8  # ppo.n_episodes: every variant's batch of reward calls
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--config", "tiny", "--variants", "sft,ppo,grpo", "--seeds", "1", "--budget", str(BUDGET),
+    argv = ["bench", "--config", "tiny", "--variants", "sft,ppo,grpo,rwr", "--seeds", "1", "--budget", str(BUDGET),
             "--reward", "integrity", "--eval-episodes", "8", "--out", str(out)]
     for override in OVERRIDES:
         argv += ["--set", override]
@@ -44,10 +44,10 @@ def test_bench_writes_table_csv_json_and_plot(bench_dir):
     for name in ("bench.md", "bench.csv", "bench.json", "curves.png"):
         assert (bench_dir / name).stat().st_size > 0, name
     md = (bench_dir / "bench.md").read_text()
-    assert "| ppo | SFT | 1 |" in md and "| grpo | SFT | 1 |" in md and "| sft | SFT | 1 |" in md
+    assert all(f"| {name} | SFT | 1 |" in md for name in ("sft", "ppo", "grpo", "rwr"))
     assert "proxy reward vs SFT" in md and "KL to start" in md
     rows = list(csv.DictReader((bench_dir / "bench.csv").open()))
-    assert [row["variant"] for row in rows] == ["sft", "ppo", "grpo"]
+    assert [row["variant"] for row in rows] == ["sft", "ppo", "grpo", "rwr"]
     raw = json.loads((bench_dir / "bench.json").read_text())
     assert raw["budget"] == BUDGET and raw["reward"] == "integrity" and raw["seeds"] == [0]
     sft = raw["runs"][0]
@@ -81,7 +81,7 @@ def test_bench_respects_the_budget_and_logs_curves_in_reward_calls(bench_dir):
 def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
     raw = json.loads((bench_dir / "bench.json").read_text())
     starts = {run["variant"]: run["start_sha256"] for run in raw["runs"]}
-    assert starts["ppo"] == starts["grpo"] == starts["sft"] is not None
+    assert starts["ppo"] == starts["grpo"] == starts["rwr"] == starts["sft"] is not None
     # recompute the seed-0 SFT start independently: same hash; an untrained policy has a different one
     config = bench.variant_config("ppo", 0, OVERRIDES, "integrity", config="tiny")
     seed_everything(0)
