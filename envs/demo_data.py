@@ -326,24 +326,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not write; exit 1 unless the files in --out equal a fresh generation")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (the bundled files use 0)")
     args = parser.parse_args(argv)
-    splits = generate_demo(args.seed)
+    return write_splits(generate_demo(args.seed), args.out, "demo_{split}.jsonl", args.check,
+                        "python -m promptgym.envs.demo_data", "demo files")
+
+
+def write_splits(splits: dict[str, list[dict]], out: Path, name: str, check: bool, command: str, what: str) -> int:
+    """Write each split's rows to `out/name.format(split=...)` as JSON lines, or with `check` write nothing and
+    return 1 (naming the stale files and `command`) unless the files equal them; 0 otherwise."""
     stale = []
     for split, rows in splits.items():
-        path = args.out / f"demo_{split}.jsonl"
-        if args.check:
+        path = out / name.format(split=split)
+        if check:
             if not path.is_file() or path.read_text(encoding="utf-8") != to_jsonl(rows):
                 stale.append(str(path))
         else:
-            args.out.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
             path.write_text(to_jsonl(rows), encoding="utf-8")
             print(f"wrote {len(rows)} rows to {path}")
     if stale:
-        print(f"out of date (rerun `python -m promptgym.envs.demo_data`): {', '.join(stale)}", file=sys.stderr)
+        print(f"out of date (rerun `{command}`): {', '.join(stale)}", file=sys.stderr)
         return 1
-    if args.check:
-        print("demo files match a fresh generation")
+    if check:
+        print(f"{what} match a fresh generation")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

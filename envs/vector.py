@@ -30,73 +30,61 @@ from promptgym.envs.templates import EditTemplate
 from promptgym.rewards import CompositeReward, EditResult, PotentialShaping, Scorer
 from promptgym.rewards.scene import parse_scene
 
+AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED)
 
-class PromptEditVectorEnv(VectorEnv):
-    """A batch of `num_envs` prompt-editing episodes with batched reward calls.
 
-    Takes the same arguments as `PromptEditEnv` (all sub-environments share tasks, tokenizer and reward).
-    Observations are `{"input_ids": int64 [N, L], "attention_mask": int8 [N, L]}`; infos follow Gymnasium's
-    vector convention (`info["prompt"]` with mask `info["_prompt"]` on the steps where episodes end).
-    """
+def autoreset_mode_of(value: str | AutoresetMode) -> AutoresetMode:
+    """The `AutoresetMode` a promptgym vector env accepts for `value` ("next_step"/"disabled", either case)."""
+    modes = {m.name.lower(): m for m in AUTORESET_MODES} | {m.value: m for m in AUTORESET_MODES}
+    mode = value if isinstance(value, AutoresetMode) else modes.get(str(value))
+    if mode not in AUTORESET_MODES:
+        raise ValueError(f"autoreset_mode={value!r}; expected one of {sorted(modes)}")
+    return mode
+
+
+def check_num_envs(num_envs: object) -> int:
+    if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
+        raise ValueError(f"num_envs={num_envs!r}; expected a positive integer")
+    return int(num_envs)
+
+
+class TokenVectorEnv(VectorEnv):
+    """What promptgym's vector envs share: token observation buffers over `self.episodes` (an `EditEpisodes`),
+    Gymnasium's seeding and reset-mask conventions, per-sub-env reset options, argument checks and autoreset.
+    A subclass sets `self.episodes`, calls `_allocate`, and implements `_reset_one(i, options) -> info`;
+    `PER_ENV_OPTIONS` maps each per-sub-env reset option (a sequence, one per sub-env) to its single form."""
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
-    AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED)
+    AUTORESET_MODES = AUTORESET_MODES
+    PER_ENV_OPTIONS: dict[str, str] = {}
 
-    def __init__(
-        self,
-        num_envs: int,
-        tasks: Sequence[EditTask] | str | os.PathLike = "demo",
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        reward: CompositeReward | Scorer | None = None,
-        template: EditTemplate | None = None,
-        max_new_tokens: int = 48,
-        max_context_tokens: int = 64,
-        shaping: PotentialShaping | None = None,
-        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
-    ) -> None:
-        modes = {m.name.lower(): m for m in self.AUTORESET_MODES} | {m.value: m for m in self.AUTORESET_MODES}
-        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else modes.get(str(autoreset_mode))
-        if mode not in self.AUTORESET_MODES:
-            raise ValueError(f"autoreset_mode={autoreset_mode!r}; expected one of {sorted(modes)}")
-        self.metadata = {**self.metadata, "autoreset_mode": mode}
-        self.autoreset_mode = mode
-        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r}; expected a positive integer")
-        self.episodes, self.reward = build_episodes(
-            tasks, tokenizer, reward, template, max_new_tokens, max_context_tokens
-        )
-        self.shaping = shaping
-        self.num_envs = int(num_envs)
+    def _allocate(self, num_envs: int, autoreset_mode: AutoresetMode) -> None:
+        """Batch size, spaces (from `self.episodes`), all-padding observation buffers, token counts, per-sub-env
+        RNGs, and every sub-env needing a reset."""
+        self.autoreset_mode = autoreset_mode
+        self.metadata = {**self.metadata, "autoreset_mode": autoreset_mode}
+        self.num_envs = num_envs
         self.single_observation_space = self.episodes.observation_space
         self.single_action_space = self.episodes.action_space
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        n, length = self.num_envs, self.episodes.length
-        self._input_ids = np.full((n, length), self.episodes.pad_id, dtype=np.int64)
-        self._attention_mask = np.zeros((n, length), dtype=np.int8)
-        self._num_tokens = np.zeros(n, dtype=np.int64)
-        self._needs_reset = np.ones(n, dtype=bool)
-        self._tasks: list[EditTask | None] = [None] * n
-        self._phi = np.zeros(n, dtype=np.float64)
-        self._rngs = [seeding.np_random()[0] for _ in range(n)]
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._input_ids = np.full((num_envs, self.episodes.length), self.episodes.pad_id, dtype=np.int64)
+        self._attention_mask = np.zeros((num_envs, self.episodes.length), dtype=np.int8)
+        self._num_tokens = np.zeros(num_envs, dtype=np.int64)
+        self._needs_reset = np.ones(num_envs, dtype=bool)
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
         self._was_reset = False
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.episodes.tokenizer
 
-    @property
-    def tasks(self) -> list[EditTask | None]:
-        """The task of each sub-environment's current episode."""
-        return list(self._tasks)
+    def _reset_one(self, i: int, options: dict[str, Any] | None) -> dict[str, Any]:
+        raise NotImplementedError
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
         """Reset sub-environments; `seed=s` seeds sub-environment i with `s + i`, as Gymnasium does.
-
-        `options={"reset_mask": bool[num_envs]}` resets only the masked sub-environments. `task` and
-        `task_index` apply to every sub-environment that is reset; `tasks` (a sequence of `EditTask`) and
-        `task_indices` (a sequence of ints) give one per sub-environment, e.g. to evaluate fixed tasks.
-        """
+        `options={"reset_mask": bool[num_envs]}` resets only the masked sub-environments."""
         options = dict(options or {})
         reset_mask = self._reset_mask(options.pop("reset_mask", None))
         per_env = self._per_env_options(options)
@@ -106,20 +94,12 @@ class PromptEditVectorEnv(VectorEnv):
         for i in np.flatnonzero(reset_mask):
             if seeds[i] is not None:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-            infos = self._add_info(infos, self._reset_one(i, per_env[i]), i)
+            infos = self._add_info(infos, self._reset_one(i, per_env[i]), int(i))
         return self._observation(), infos
 
-    def _per_env_options(self, options: dict[str, Any]) -> list[dict[str, Any]]:
-        """Split the per-sub-environment options (`tasks`, `task_indices`) into one options dict per sub-env."""
-        for key, single in (("tasks", "task"), ("task_indices", "task_index")):
-            if key in options:
-                values = list(options.pop(key))
-                if len(values) != self.num_envs:
-                    raise ValueError(f"options[{key!r}] has {len(values)} entries; expected one per sub-env ({self.num_envs})")
-                return [{**options, single: value} for value in values]
-        return [options] * self.num_envs
-
-    def step(self, actions):
+    def _begin_step(self, actions) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Check the actions, autoreset ("next_step") the sub-envs that finished last step, and write each other
+        sub-env's token. Returns (actions, the sub-envs that did not step, infos so far)."""
         if not self._was_reset:
             raise RuntimeError("step() called before reset(); call reset() first")
         actions = self._check_actions(actions)
@@ -127,59 +107,26 @@ class PromptEditVectorEnv(VectorEnv):
         resetting = self._needs_reset.copy()  # "disabled": finished episodes stay frozen instead
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             for i in np.flatnonzero(resetting):
-                infos = self._add_info(infos, self._reset_one(i, None), i)
+                infos = self._add_info(infos, self._reset_one(i, None), int(i))
         stepping = np.flatnonzero(~resetting)
         positions = self.episodes.max_context_tokens + self._num_tokens[stepping]
         self._input_ids[stepping, positions] = actions[stepping]
         self._attention_mask[stepping, positions] = 1
         self._num_tokens[stepping] += 1
-        terminated = ~resetting & (actions == self.episodes.eos_id)
-        truncated = ~resetting & ~terminated & (self._num_tokens >= self.episodes.max_new_tokens)
-        done = terminated | truncated
-        rewards = np.zeros(self.num_envs, dtype=np.float64)
-        finished = np.flatnonzero(done)
-        if len(finished):
-            infos = self._score(finished, rewards, infos)
-        if self.shaping is not None:
-            infos = self._add_shaping(stepping, done, rewards, infos)
+        return actions, resetting, infos
+
+    def _end_step(self, done: np.ndarray, resetting: np.ndarray) -> None:
         self._needs_reset = done | (resetting & (self.autoreset_mode == AutoresetMode.DISABLED))
-        return self._observation(), rewards, terminated, truncated, infos
 
-    def _score(self, finished: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:
-        """Decode every finished episode and score them all in one reward call."""
-        prompts = [self.episodes.decode(self._generated(i)) for i in finished]
-        output = self.reward([EditResult(self._tasks[i], p) for i, p in zip(finished, prompts)])
-        rewards[finished] = output.total.double().numpy()
-        for row, (i, prompt) in enumerate(zip(finished, prompts)):
-            info = {
-                "prompt": prompt,
-                "reward_components": output.row(row),
-                "task_id": self._tasks[i].id,
-                "num_tokens": int(self._num_tokens[i]),
-                "unparsed": " ".join(parse_scene(prompt).unparsed),
-            }
-            infos = self._add_info(infos, info, int(i))
-        return infos
-
-    def _add_shaping(self, stepping: np.ndarray, done: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]):
-        for i in stepping:
-            text = self.episodes.decode(self._generated(i))
-            phi_after = self.shaping.phi(self._tasks[i], text, terminal=bool(done[i]))
-            term = self.shaping.term(float(self._phi[i]), phi_after)
-            self._phi[i] = phi_after
-            rewards[i] += term
-            infos = self._add_info(infos, {"shaping": term}, int(i))
-        return infos
-
-    def _reset_one(self, i: int, options: dict[str, Any] | None) -> dict[str, Any]:
-        task, context = self.episodes.choose(self._rngs[i], options)
-        self._input_ids[i], self._attention_mask[i] = self.episodes.start(context)
-        self._num_tokens[i] = 0
-        self._needs_reset[i] = False
-        self._tasks[i] = task
-        if self.shaping is not None:
-            self._phi[i] = self.shaping.phi(task, "")
-        return {"task_id": task.id, "context_tokens": len(context)}
+    def _per_env_options(self, options: dict[str, Any]) -> list[dict[str, Any]]:
+        """Split the per-sub-environment options (`PER_ENV_OPTIONS`) into one options dict per sub-env."""
+        for key, single in self.PER_ENV_OPTIONS.items():
+            if key in options:
+                values = list(options.pop(key))
+                if len(values) != self.num_envs:
+                    raise ValueError(f"options[{key!r}] has {len(values)} entries; expected one per sub-env ({self.num_envs})")
+                return [{**options, single: value} for value in values]
+        return [options] * self.num_envs
 
     def _generated(self, i: int) -> np.ndarray:
         start = self.episodes.max_context_tokens
@@ -221,3 +168,98 @@ class PromptEditVectorEnv(VectorEnv):
         return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
 
 
+class PromptEditVectorEnv(TokenVectorEnv):
+    """A batch of `num_envs` prompt-editing episodes with batched reward calls.
+
+    Takes the same arguments as `PromptEditEnv` (all sub-environments share tasks, tokenizer and reward).
+    Observations are `{"input_ids": int64 [N, L], "attention_mask": int8 [N, L]}`; infos follow Gymnasium's
+    vector convention (`info["prompt"]` with mask `info["_prompt"]` on the steps where episodes end).
+    """
+
+    PER_ENV_OPTIONS = {"tasks": "task", "task_indices": "task_index"}
+
+    def __init__(
+        self,
+        num_envs: int,
+        tasks: Sequence[EditTask] | str | os.PathLike = "demo",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        reward: CompositeReward | Scorer | None = None,
+        template: EditTemplate | None = None,
+        max_new_tokens: int = 48,
+        max_context_tokens: int = 64,
+        shaping: PotentialShaping | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+    ) -> None:
+        mode, num_envs = autoreset_mode_of(autoreset_mode), check_num_envs(num_envs)
+        self.episodes, self.reward = build_episodes(
+            tasks, tokenizer, reward, template, max_new_tokens, max_context_tokens
+        )
+        self.shaping = shaping
+        self._allocate(num_envs, mode)
+        self._tasks: list[EditTask | None] = [None] * num_envs
+        self._phi = np.zeros(num_envs, dtype=np.float64)
+
+    @property
+    def tasks(self) -> list[EditTask | None]:
+        """The task of each sub-environment's current episode."""
+        return list(self._tasks)
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
+        """Reset sub-environments; `seed=s` seeds sub-environment i with `s + i`, as Gymnasium does.
+
+        `options={"reset_mask": bool[num_envs]}` resets only the masked sub-environments. `task` and
+        `task_index` apply to every sub-environment that is reset; `tasks` (a sequence of `EditTask`) and
+        `task_indices` (a sequence of ints) give one per sub-environment, e.g. to evaluate fixed tasks.
+        """
+        return super().reset(seed=seed, options=options)
+
+    def step(self, actions):
+        actions, resetting, infos = self._begin_step(actions)
+        stepping = np.flatnonzero(~resetting)
+        terminated = ~resetting & (actions == self.episodes.eos_id)
+        truncated = ~resetting & ~terminated & (self._num_tokens >= self.episodes.max_new_tokens)
+        done = terminated | truncated
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        finished = np.flatnonzero(done)
+        if len(finished):
+            infos = self._score(finished, rewards, infos)
+        if self.shaping is not None:
+            infos = self._add_shaping(stepping, done, rewards, infos)
+        self._end_step(done, resetting)
+        return self._observation(), rewards, terminated, truncated, infos
+
+    def _score(self, finished: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:
+        """Decode every finished episode and score them all in one reward call."""
+        prompts = [self.episodes.decode(self._generated(i)) for i in finished]
+        output = self.reward([EditResult(self._tasks[i], p) for i, p in zip(finished, prompts)])
+        rewards[finished] = output.total.double().numpy()
+        for row, (i, prompt) in enumerate(zip(finished, prompts)):
+            info = {
+                "prompt": prompt,
+                "reward_components": output.row(row),
+                "task_id": self._tasks[i].id,
+                "num_tokens": int(self._num_tokens[i]),
+                "unparsed": " ".join(parse_scene(prompt).unparsed),
+            }
+            infos = self._add_info(infos, info, int(i))
+        return infos
+
+    def _add_shaping(self, stepping: np.ndarray, done: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]):
+        for i in stepping:
+            text = self.episodes.decode(self._generated(i))
+            phi_after = self.shaping.phi(self._tasks[i], text, terminal=bool(done[i]))
+            term = self.shaping.term(float(self._phi[i]), phi_after)
+            self._phi[i] = phi_after
+            rewards[i] += term
+            infos = self._add_info(infos, {"shaping": term}, int(i))
+        return infos
+
+    def _reset_one(self, i: int, options: dict[str, Any] | None) -> dict[str, Any]:
+        task, context = self.episodes.choose(self._rngs[i], options)
+        self._input_ids[i], self._attention_mask[i] = self.episodes.start(context)
+        self._num_tokens[i] = 0
+        self._needs_reset[i] = False
+        self._tasks[i] = task
+        if self.shaping is not None:
+            self._phi[i] = self.shaping.phi(task, "")
+        return {"task_id": task.id, "context_tokens": len(context)}

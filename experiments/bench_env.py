@@ -1,4 +1,5 @@
-"""Benchmark: the cost of one `PromptEditEnv.step` against CartPole-v1's, and vector-env throughput.
+"""Benchmark: the cost of one `PromptEditEnv.step` (and `PromptChatEnv.step`) against CartPole-v1's, and
+vector-env throughput of both.
 
     python -m promptgym.experiments.bench_env [--steps 20000] [--rounds 5] [--num-envs 64]
 
@@ -7,7 +8,9 @@ a time, on steps that do not end the episode (so no reward is computed for ours)
 per-step time of each over `--rounds` rounds and their ratio (target: ours within 5x of CartPole). The vector
 env is then stepped with random non-EOS tokens and the render-free content-integrity reward, which it computes
 for every episode truncated at `max_new_tokens` (one batched call per 48 steps); printed as steps/s (env steps,
-i.e. tokens, per second). Rendering rewards cost far more per episode: `bench_reward` measures those.
+i.e. tokens, per second). The multi-turn chat env (`promptgym/PromptChat-v0`) is measured the same way beside it,
+and the ratio printed: a chat turn that ends also builds the next turn's context (history + instruction,
+tokenised). Rendering rewards cost far more per episode: `bench_reward` measures those.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 import gymnasium as gym
 import numpy as np
 
-from promptgym.envs import ENV_ID, PromptEditVectorEnv
+from promptgym.envs import CHAT_ENV_ID, ENV_ID, PromptChatVectorEnv, PromptEditVectorEnv
 from promptgym.rewards import ContentIntegrityScorer
 
 
@@ -44,8 +47,8 @@ def median_step_seconds(env_id: str, actions: np.ndarray, rounds: int, ends_epis
     return statistics.median(statistics.median(time_single_steps(env, actions, ends_episode)) for _ in range(rounds))
 
 
-def vector_steps_per_second(num_envs: int, steps: int, rounds: int) -> float:
-    vec = PromptEditVectorEnv(num_envs, reward=ContentIntegrityScorer())
+def vector_steps_per_second(num_envs: int, steps: int, rounds: int, env_class: type = PromptEditVectorEnv) -> float:
+    vec = env_class(num_envs, reward=ContentIntegrityScorer())
     rng = np.random.default_rng(0)
     eos = vec.tokenizer.eos_token_id
     actions = rng.integers(3, vec.single_action_space.n, size=(steps, num_envs))
@@ -73,14 +76,19 @@ def main() -> None:
     token_actions = rng.integers(3, probe.action_space.n, size=args.steps)
     cartpole_actions = rng.integers(0, 2, size=args.steps)
     ours = median_step_seconds(ENV_ID, token_actions, args.rounds, lambda a: a == eos, max_new_tokens=48)  # default reward
+    chat = median_step_seconds(CHAT_ENV_ID, token_actions, args.rounds, lambda a: a == eos,
+                               reward=ContentIntegrityScorer())
     cartpole = median_step_seconds("CartPole-v1", cartpole_actions, args.rounds, lambda a: False)
     print(f"PromptEdit-v0 step : {ours * 1e6:8.2f} us (median of {args.rounds} rounds x {args.steps} steps)")
+    print(f"PromptChat-v0 step : {chat * 1e6:8.2f} us ({chat / ours:.2f}x PromptEdit)")
     print(f"CartPole-v1 step   : {cartpole * 1e6:8.2f} us")
     print(f"ratio PromptEdit / CartPole: {ours / cartpole:.2f}x (target <= 5x)")
     vector_steps = max(200, args.steps // args.num_envs)
     rate = vector_steps_per_second(args.num_envs, vector_steps, args.rounds)
+    chat_rate = vector_steps_per_second(args.num_envs, vector_steps, args.rounds, PromptChatVectorEnv)
     print(f"vector env, {args.num_envs} envs: {rate:,.0f} steps/s (tokens/s, content-integrity reward calls included)")
-
+    print(f"chat vector env, {args.num_envs} envs: {chat_rate:,.0f} steps/s ({chat_rate / rate:.2f}x the single-turn "
+          "vector env; turn ends rebuild contexts)")
 
 if __name__ == "__main__":
     main()
