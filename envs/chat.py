@@ -51,7 +51,7 @@ from promptgym.rewards import CompositeReward, EditResult, Scorer, as_composite
 from promptgym.rewards.jsonl import jsonl_objects
 from promptgym.rewards.scene import parse_scene
 
-CHAT_OPTION_KEYS = ("conversation", "conversation_index")
+CHAT_OPTION_KEYS = ("conversation", "conversation_index")  # plus "prompts", read by the env itself
 ENCODE_CACHE_SIZE = 4096  # encoded texts kept by `ChatEpisodes` (history blocks recur at every later turn)
 DEMO_CHAT_FILES = {split: Path(__file__).parent / "data" / f"demo_chat_{split}.jsonl" for split in ("train", "test")}
 
@@ -89,12 +89,11 @@ class Conversation:
 
     def reference_tasks(self) -> list[EditTask]:
         """Every turn as an edit of the reference prompt before it (the source, then each turn's target): the
-        gold path, e.g. to fine-tune on conversations turn by turn. Needs every turn but the last to have a target."""
+        gold path, e.g. to fine-tune on conversations turn by turn. A turn without a target leaves the reference
+        where it was (the next turn's source is the last known reference prompt)."""
         tasks, source = [], self.source
         for k, turn in enumerate(self.turns):
             tasks.append(self.task(k, source))
-            if turn.target is None and k < len(self.turns) - 1:
-                raise ValueError(f"conversation {self.id!r}: turn {k} has no target, so turn {k + 1} has no source")
             source = turn.target or source
         return tasks
 
@@ -158,6 +157,14 @@ class ChatTemplate:
         return self.history_format.format(source=source, instruction=instruction)
 
 
+def room_needed(tokenizer: PreTrainedTokenizerBase, template: EditTemplate, instructions: Sequence[str],
+                max_new_tokens: int) -> int:
+    """Context tokens a turn may need: the longest instruction's single-turn context around a prompt of
+    `max_new_tokens` tokens (the prompt being edited is one the policy wrote)."""
+    longest = max(len(tokenizer(template.context(EditTask("", i)), verbose=False)["input_ids"]) for i in instructions)
+    return longest + max_new_tokens
+
+
 class ChatEpisodes:
     """What the chat envs share: conversations, the context builder, spaces, action checks and decoding (the
     single-turn `EditEpisodes` of the conversations' reference tasks, which also checks that they fit)."""
@@ -172,23 +179,22 @@ class ChatEpisodes:
             if not isinstance(conversation, Conversation):
                 raise TypeError(f"conversations[{i}]={conversation!r}; expected a Conversation")
         self.template = template
-        blank_sources = [EditTask("", turn.instruction) for c in self.conversations for turn in c.turns]
-        self.edit = EditEpisodes([t for c in self.conversations for t in c.reference_tasks()] + blank_sources,
+        self.edit = EditEpisodes([t for c in self.conversations for t in c.reference_tasks()],
                                  tokenizer, template.edit, max_new_tokens, max_context_tokens)
         self.tokenizer = tokenizer
         self.prefix = list(tokenizer("")["input_ids"])  # what the tokenizer puts in front of any text (e.g. BOS)
         self._encoded: dict[str, list[int]] = {}
-        self._check_room(blank_sources)
+        self._check_room()
 
-    def _check_room(self, blank_sources: list[EditTask]) -> None:
+    def _check_room(self) -> None:
         """The longest instruction's context plus `max_new_tokens` tokens of prompt must fit."""
-        longest = max(len(ids) for ids in self.edit.encode(blank_sources))
-        need = longest + self.edit.max_new_tokens
+        instructions = [turn.instruction for c in self.conversations for turn in c.turns]
+        need = room_needed(self.tokenizer, self.template.edit, instructions, self.edit.max_new_tokens)
         if need > self.edit.max_context_tokens:
             raise ValueError(
                 f"max_context_tokens={self.edit.max_context_tokens} leaves no room for a turn: the longest "
-                f"instruction's context is {longest} tokens and the prompt being edited may be up to "
-                f"max_new_tokens={self.edit.max_new_tokens}; raise max_context_tokens to at least {need}")
+                f"instruction's context and a prompt of up to max_new_tokens={self.edit.max_new_tokens} tokens "
+                f"need {need}; raise max_context_tokens to at least {need}")
 
     def choose(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Conversation:
         """The episode's conversation: from `options`, else uniformly at random with `rng`."""
@@ -241,6 +247,21 @@ class ChatEpisodes:
         return ids
 
 
+def resume_prompts(conversation: Conversation, prompts: Sequence[str] | None) -> list[str]:
+    """The `prompts` reset option checked: the conversation's source, then the prompt after each turn already
+    played (so the episode starts at turn `len(prompts) - 1`); None starts at turn 0."""
+    if prompts is None:
+        return [conversation.source]
+    prompts = list(prompts)
+    if not 1 <= len(prompts) <= len(conversation.turns) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"options['prompts'] has {len(prompts)} entries; expected 1 to {len(conversation.turns)} "
+                         "strings (the source, then the prompt after each turn already played)")
+    if prompts[0] != conversation.source:
+        raise ValueError(f"options['prompts'][0]={prompts[0]!r} must be the conversation's source "
+                         f"{conversation.source!r}")
+    return prompts
+
+
 class PromptChatVectorEnv(TokenVectorEnv):
     """N conversations stepped together; every turn that ends on a step is scored in one reward call.
 
@@ -249,7 +270,8 @@ class PromptChatVectorEnv(TokenVectorEnv):
     `max_context_tokens` the room for history + current turn (default 160); `autoreset_mode` "next_step"
     (default) or "disabled" (a finished conversation stays frozen until reset, as a rollout collector needs).
     Reset options: `conversation` / `conversation_index` for every reset sub-env, `conversations` /
-    `conversation_indices` one per sub-env, `reset_mask`.
+    `conversation_indices` one per sub-env, `reset_mask`, and `prompts` (the source and the prompts after the
+    turns already played: the episode resumes at turn `len(prompts) - 1`, e.g. to continue a user's chat).
     """
 
     PER_ENV_OPTIONS = {"conversations": "conversation", "conversation_indices": "conversation_index"}
@@ -290,19 +312,24 @@ class PromptChatVectorEnv(TokenVectorEnv):
 
     @property
     def tasks(self) -> list[EditTask | None]:
-        """Each sub-environment's current turn as an edit task (its source: the prompt the conversation reached)."""
+        """Each sub-environment's current turn as an edit task (its source: the prompt the conversation reached;
+        after the last turn, that turn's task)."""
         return [self._task(i) if c is not None else None for i, c in enumerate(self._conversations)]
 
     def _task(self, i: int) -> EditTask:
-        return self._conversations[i].task(len(self._prompts[i]) - 1, self._prompts[i][-1])
+        """Sub-env i's current turn as a task; once the conversation is over, its last turn (the one just played)."""
+        turn = min(len(self._prompts[i]), len(self._conversations[i].turns)) - 1
+        return self._conversations[i].task(turn, self._prompts[i][turn])
 
     def prompts(self, i: int) -> list[str]:
         """Sub-environment i's prompts so far: the source, then the policy's prompt after each finished turn."""
         return list(self._prompts[i])
 
     def _reset_one(self, i: int, options: dict[str, Any] | None) -> dict[str, Any]:
+        options = dict(options or {})
+        prompts = options.pop("prompts", None)
         conversation = self.chats.choose(self._rngs[i], options)
-        self._conversations[i], self._prompts[i] = conversation, [conversation.source]
+        self._conversations[i], self._prompts[i] = conversation, resume_prompts(conversation, prompts)
         return self._start_turn(i)
 
     def step(self, actions):

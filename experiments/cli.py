@@ -4,6 +4,7 @@
     promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N] [--checkpoint C] [--against start]
     promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR (default: the newest under runs/)] [-n 4]
                    [--render OUT.png]
+    promptgym chat [--run RUN_DIR (default: the newest under runs/)] [--prompt TEXT] [--render DIR] [--input FILE]
     promptgym render --prompt TEXT [--preset synth|scene|tiny|diffchat-sd15] --out FILE.png
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
     promptgym bench [--config synth] [--variants sft,ppo,grpo,...,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
@@ -11,7 +12,8 @@
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
 
 `train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
-the user-facing feature (edited prompts for one prompt and instruction); `render` renders a prompt; `demo` plays
+the user-facing feature (edited prompts for one prompt and instruction); `chat` refines one prompt over several
+turns; `render` renders a prompt; `demo` plays
 a few episodes with a scripted policy; `config show` prints a config fully resolved, each key with its doc.
 
 A user's mistake (a bad argument, a missing or damaged file, a run directory in use) is one line on stderr,
@@ -93,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--render", default=None, metavar="OUT.png", help="save the source and edited renders here")
     edit.add_argument("--seed", type=int, default=0, help="sampling seed")
     edit.set_defaults(handler=run_edit)
+
+    chat = commands.add_parser("chat", parents=[debug],
+                               help="refine a prompt over several turns with a run's policy (interactive)",
+                               epilog="commands during the session: undo, reset, history, help, quit")
+    chat.add_argument("--run", default=None,
+                      help="run directory whose latest policy edits (default: the newest run under runs/)")
+    chat.add_argument("--prompt", default=None, help="the starting prompt (default: the first line you type)")
+    chat.add_argument("--render", default=None, metavar="DIR",
+                      help="save each turn's source and edit renders as DIR/turn_NN.png and print the reward's scores")
+    chat.add_argument("--input", default=None, metavar="FILE",
+                      help="read the lines from FILE instead of the terminal (stdin is read the same way when piped)")
+    chat.add_argument("--seed", type=int, default=0, help="sampling seed")
+    chat.set_defaults(handler=run_chat)
 
     render = commands.add_parser("render", parents=[debug], help="render a prompt with a preset's renderer")
     render.add_argument("--prompt", required=True, help="the prompt to render")
@@ -261,25 +276,45 @@ def write_paired(args: argparse.Namespace, result, tasks) -> str:
 
 def run_edit(args: argparse.Namespace) -> int:
     from promptgym.experiments.edit import edit_prompt
-    from promptgym.experiments.rundir import newest_run, say
 
     if not args.prompt.strip() or not args.instruction.strip():
         raise ValueError(f"--prompt {args.prompt!r} and --instruction {args.instruction!r} must both be non-empty")
-    run = args.run
-    if run is None:
-        run = newest_run("runs")
-        if run is None:
-            raise FileNotFoundError(
-                "no trained run to edit with: none under runs/; train one with `promptgym train` "
-                "(about 4 minutes on a CPU), or pass --run DIR"
-            )
-        say(f"editing with the newest run, {run} (pass --run DIR to choose another)")
-    edits = edit_prompt(args.prompt, args.instruction, run_dir=run, n=args.n, seed=args.seed, render=args.render)
+    edits = edit_prompt(args.prompt, args.instruction, run_dir=_run_or_newest(args.run), n=args.n, seed=args.seed,
+                        render=args.render)
     for i, edited in enumerate(edits, 1):
         print(f"{i}. {edited}")
     if args.render:
         print(f"renders saved to {args.render}")
     return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from promptgym.experiments.chat import chat
+
+    if args.render is not None and Path(args.render).is_file():
+        raise NotADirectoryError(f"--render {args.render!r} is a file; expected a directory for the turn renders")
+    if args.input is not None and not Path(args.input).is_file():
+        raise FileNotFoundError(f"--input {args.input!r}: no such file")
+    return chat(_run_or_newest(args.run), prompt=args.prompt, render=args.render, input_file=args.input,
+                seed=args.seed)
+
+
+def _run_or_newest(run: str | None) -> str:
+    """`run`, or the newest run under runs/ (said on stderr), or an error saying how to get one."""
+    from promptgym.experiments.rundir import newest_run, say
+
+    if run is not None:
+        return run
+    run = newest_run("runs")
+    if run is None:
+        raise FileNotFoundError(
+            "no trained run to edit with: none under runs/; train one with `promptgym train` "
+            "(about 4 minutes on a CPU), or pass --run DIR"
+        )
+    say(f"editing with the newest run, {run} (pass --run DIR to choose another)")
+    return run
 
 
 def run_render(args: argparse.Namespace) -> int:

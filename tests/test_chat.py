@@ -236,3 +236,14 @@ def test_unbatch_info_reads_masked_entries():
              "_d": np.array([True, False])}
     assert unbatch_info(infos, 0) == {"d": {"x": "p"}}
     assert unbatch_info(infos, 1) == {"a": 2.0}
+
+
+def test_a_conversation_resumes_at_a_later_turn_from_given_prompts(env):
+    obs, info = env.reset(options={"conversation": CHAIN, "prompts": [CHAIN.source, "a blue dog in a park"]})
+    assert info["turn_start"] == 1 and info["history_turns"] == 1 and env.turn == 1
+    *_, info = type_text(env, "a blue dog with a hat in a park")
+    assert info["turn"] == 1 and info["task_id"] == "chain/1"
+    with pytest.raises(ValueError, match="must be the conversation's source"):
+        env.reset(options={"conversation": CHAIN, "prompts": ["a cat"]})
+    with pytest.raises(ValueError, match="expected 1 to 3 strings"):
+        env.reset(options={"conversation": CHAIN, "prompts": [CHAIN.source] * 4})

@@ -153,6 +153,19 @@ def test_eval_edit_render_on_the_run(run_dir, tmp_path, capsys):
     assert Image.open(render).size[1] >= 256
 
 
+def test_chat_on_the_run_renders_and_scores_each_turn(run_dir, tmp_path, capsys):
+    script = tmp_path / "session.txt"
+    script.write_text("make the dog blue\nadd a hat\nundo\nhistory\n")
+    renders = tmp_path / "turns"
+    args = ["chat", "--run", str(run_dir), "--prompt", "a red dog in a park", "--input", str(script)]
+    assert main([*args, "--render", str(renders)]) == 0
+    printed = capsys.readouterr().out
+    assert "start: a red dog in a park" in printed and "1. " in printed and "back to: " in printed
+    assert "render: " in printed and "integrity" in printed  # each turn's scores
+    assert sorted(p.name for p in renders.iterdir()) == ["turn_01.png", "turn_02.png"]
+    Image.open(renders / "turn_01.png").verify()
+
+
 def test_cli_config_errors_name_the_key(capsys):
     assert main(["train", "--set", "ppo.lerning_rate=1"]) == 2
     assert "lerning_rate" in capsys.readouterr().err
