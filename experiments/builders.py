@@ -15,6 +15,7 @@ import torch
 
 from promptgym.agents import DataParallel, PolicyWithValue
 from promptgym.envs import EditTask, PromptEditVectorEnv, default_tokenizer, load_tasks, split_by_source
+from promptgym.envs.controls import control_tasks
 from promptgym.rewards import CompositeReward, Scorer, build_reward
 
 
@@ -27,14 +28,18 @@ def seed_everything(seed: int) -> None:
 
 def stage_tasks(config) -> tuple[list[EditTask], list[EditTask]]:
     """`(sft_tasks, ppo_tasks)` of `data.train_split`: the same tasks, or with `data.sft_share < 1` SFT on that
-    share of the sources and PPO on the rest. SFT gets only tasks with a target."""
+    share of the sources and PPO on the rest. SFT gets only tasks with a target, with control prefixes when
+    `data.control_dropout` is set."""
     tasks = load_tasks(config.data.tasks, split=config.data.train_split)
     share = config.data.sft_share
     sft, rest = split_by_source(tasks, share) if share < 1 else (tasks, tasks)
     if not rest or not [t for t in sft if t.target is not None]:
         raise ValueError(f"data.sft_share={share} leaves {len(sft)} SFT and {len(rest)} PPO tasks of the "
                          f"{len(tasks)} in {config.data.train_split!r}; expected some of each")
-    return [t for t in sft if t.target is not None], rest
+    sft = [t for t in sft if t.target is not None]
+    if config.data.control_dropout is not None:
+        sft = control_tasks(sft, config.data.control_dropout, seed=config.seed)
+    return sft, rest
 
 
 def build_tokenizer(config) -> Any:

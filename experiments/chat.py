@@ -1,6 +1,6 @@
 """`promptgym chat`: refine a prompt over several turns with a trained run's policy, in the terminal.
 
-    promptgym chat [--run RUN] [--prompt TEXT] [--render DIR] [--input FILE] [--seed 0]
+    promptgym chat [--run RUN] [--prompt TEXT] [--render DIR] [--input FILE] [--seed 0] [--control NAME]
 
 The first line you type (or `--prompt`) is the starting prompt; every later line is an instruction, applied to
 the prompt the previous turn produced, with the conversation so far in the policy's context exactly as
@@ -28,6 +28,7 @@ import torch
 from promptgym.agents.rollout import RolloutCollector
 from promptgym.envs import ChatTurn, Conversation, PromptChatVectorEnv
 from promptgym.envs.chat import ChatTemplate, room_needed
+from promptgym.envs.controls import with_control
 from promptgym.rewards import ContentIntegrityScorer, EditResult
 from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
 
@@ -45,6 +46,7 @@ class ChatSession:
     max_new_tokens: int = 48
     typical_mass: float | None = None
     seed: int = 0
+    control: str | None = None  # a control prefix put on every instruction (`promptgym.envs.controls`)
     prompts: list[str] = field(default_factory=list)  # the source, then the prompt after each turn
     instructions: list[str] = field(default_factory=list)
 
@@ -71,7 +73,8 @@ class ChatSession:
             raise ValueError("no prompt yet: type the starting prompt first")
         if not instruction.strip():
             raise ValueError("the instruction is empty")
-        conversation = self.conversation(instruction.strip())
+        instruction = with_control(instruction, self.control) if self.control else instruction.strip()
+        conversation = self.conversation(instruction)
         context = max(CHAT_CONTEXT_TOKENS, self._room_needed(conversation))
         env = PromptChatVectorEnv(1, [conversation], self.tokenizer, ContentIntegrityScorer(),
                                   max_new_tokens=self.max_new_tokens, max_context_tokens=context,
@@ -79,7 +82,7 @@ class ChatSession:
         collector = RolloutCollector(self.policy, env, self.typical_mass, self.generator)
         batch = collector.collect(reference=False, options={"conversation": conversation, "prompts": self.prompts})
         self.prompts.append(batch.prompts[0])
-        self.instructions.append(instruction.strip())
+        self.instructions.append(instruction)
         return batch.prompts[0]
 
     def _room_needed(self, conversation: Conversation) -> int:
@@ -196,12 +199,12 @@ def _edit_turn(session: ChatSession, instruction: str, say, scorer: TurnScorer |
 
 def chat(run_dir: str | os.PathLike | None, prompt: str | None = None, render: str | os.PathLike | None = None,
          input_file: str | os.PathLike | None = None, seed: int = 0, out: TextIO = sys.stdout,
-         stdin: TextIO = sys.stdin) -> int:
+         stdin: TextIO = sys.stdin, control: str | None = None) -> int:
     """`promptgym chat`: the session on `run_dir`'s latest policy (see the module docstring)."""
     from promptgym.experiments.rundir import load_run_policy
 
     policy, tokenizer, config, _ = load_run_policy(run_dir)
-    session = ChatSession(policy, tokenizer, config.env.max_new_tokens, config.ppo.typical_mass, seed)
+    session = ChatSession(policy, tokenizer, config.env.max_new_tokens, config.ppo.typical_mass, seed, control)
     scorer = TurnScorer(config, tokenizer, Path(render)) if render is not None else None
     if prompt is not None:
         session.start(prompt)

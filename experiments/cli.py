@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from promptgym.experiments import DEFAULT_CONFIG
 
 POLICIES = ("target", "source", "random")
+CONTROL_NAMES = ("keep", "detail", "lighting", "vivid")  # promptgym.envs.controls.CONTROLS (not imported: torch-free)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("-n", type=_positive_int, default=4, help="number of edited prompts (default: 4)")
     edit.add_argument("--render", default=None, metavar="OUT.png", help="save the source and edited renders here")
     edit.add_argument("--seed", type=int, default=0, help="sampling seed")
+    edit.add_argument("--control", default=None, choices=CONTROL_NAMES,
+                      help="control prefix: the kind of rewrite (for a run trained with data.control_dropout)")
     edit.set_defaults(handler=run_edit)
 
     chat = commands.add_parser("chat", parents=[debug],
@@ -107,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--input", default=None, metavar="FILE",
                       help="read the lines from FILE instead of the terminal (stdin is read the same way when piped)")
     chat.add_argument("--seed", type=int, default=0, help="sampling seed")
+    chat.add_argument("--control", default=None, choices=CONTROL_NAMES,
+                      help="control prefix put on every instruction (for a run trained with data.control_dropout)")
     chat.set_defaults(handler=run_chat)
 
     render = commands.add_parser("render", parents=[debug], help="render a prompt with a preset's renderer")
@@ -279,8 +284,10 @@ def run_edit(args: argparse.Namespace) -> int:
 
     if not args.prompt.strip() or not args.instruction.strip():
         raise ValueError(f"--prompt {args.prompt!r} and --instruction {args.instruction!r} must both be non-empty")
-    edits = edit_prompt(args.prompt, args.instruction, run_dir=_run_or_newest(args.run), n=args.n, seed=args.seed,
-                        render=args.render)
+    from promptgym.envs.controls import with_control
+
+    edits = edit_prompt(args.prompt, with_control(args.instruction, args.control), run_dir=_run_or_newest(args.run),
+                        n=args.n, seed=args.seed, render=args.render)
     for i, edited in enumerate(edits, 1):
         print(f"{i}. {edited}")
     if args.render:
@@ -298,7 +305,7 @@ def run_chat(args: argparse.Namespace) -> int:
     if args.input is not None and not Path(args.input).is_file():
         raise FileNotFoundError(f"--input {args.input!r}: no such file")
     return chat(_run_or_newest(args.run), prompt=args.prompt, render=args.render, input_file=args.input,
-                seed=args.seed)
+                seed=args.seed, control=args.control)
 
 
 def _run_or_newest(run: str | None) -> str:

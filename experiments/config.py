@@ -83,6 +83,10 @@ class DataConfig:
         "share of train_split's sources SFT trains on (by a hash of the source); below 1, PPO trains on the other "
         "sources, which SFT never saw; 1: both train on all of train_split"
     ))] = 1.0
+    control_dropout: Annotated[float | None, Field(ge=0, le=1, description=(
+        "control prefixes (promptgym.envs.controls): each SFT task gets a random control tag and the matching "
+        "target with probability 1 - this (prefix dropout); null: no control prefixes"
+    ))] = None
     eval_split: Annotated[str, Field(min_length=1, description=(
         "held-out split: SFT held-out loss, evaluation, samples.jsonl"
     ))] = "test"
