@@ -2,6 +2,7 @@
 
     promptgym train [--config synth|NAME|PATH] [--out DIR] [--overwrite] [--set key=value ...] | --resume DIR
     promptgym eval RUN_DIR [--split test] [--samples 4] [--max-tasks N] [--checkpoint C] [--against start]
+                   [--steps S]
     promptgym edit --prompt TEXT --instruction TEXT [--run RUN_DIR (default: the newest under runs/)] [-n 4]
                    [--render OUT.png]
     promptgym chat [--run RUN_DIR (default: the newest under runs/)] [--prompt TEXT] [--render DIR] [--input FILE]
@@ -11,7 +12,9 @@
     promptgym demo [--policy target|source|random] [--episodes N]
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
 
-`train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks; `edit` is
+`train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks (quality, and
+with 2+ samples per task their diversity: distinct-1/2, mean pairwise MiniLM distance, distinct scenes, plotted
+against quality in RUN/eval/quality_diversity_SPLIT.png; `--steps S` re-edits each output S-1 more times); `edit` is
 the user-facing feature (edited prompts for one prompt and instruction); `chat` refines one prompt over several
 turns; `render` renders a prompt; `demo` plays
 a few episodes with a scripted policy; `config show` prints a config fully resolved, each key with its doc.
@@ -73,7 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete the run already in --out and start again (default: refuse)")
     train.set_defaults(handler=run_train)
 
-    evaluate = commands.add_parser("eval", parents=[debug], help="evaluate a run's latest policy on test tasks")
+    evaluate = commands.add_parser(
+        "eval", parents=[debug], help="evaluate a run's latest policy on test tasks",
+        description="Score a run's policy on test tasks: every reward term, gold (synth), integrity, semantic "
+        "consistency and win rates, with 95%% bootstrap CIs over tasks. With --samples >= 2 also the diversity of "
+        "each task's samples: distinct_1/distinct_2 (distinct / total word n-grams), diversity (mean pairwise cosine "
+        "distance of their all-MiniLM-L6-v2 embeddings) and distinct_scenes (different scenes their words ask for); "
+        "per-task values -> RUN/eval/eval_SPLIT_tasks.csv, quality against diversity -> "
+        "RUN/eval/quality_diversity_SPLIT.png.",
+    )
     evaluate.add_argument("run_dir", help="a run directory written by promptgym train")
     evaluate.add_argument("--split", default="test", help="task split to evaluate on (default: test)")
     evaluate.add_argument("--samples", type=_positive_int, default=4, help="edited prompts per task (default: 4)")
@@ -84,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "after SFT); default: the latest")
     evaluate.add_argument("--against", default=None, metavar="CHECKPOINT",
                           help="also evaluate this checkpoint (e.g. 'start') on the same tasks and seed and print the "
-                          "paired per-task change of every metric with its bootstrap CI (-> eval/paired_SPLIT.md)")
+                          "paired per-task change of every metric, diversity included, with its bootstrap CI "
+                          "(-> eval/paired_SPLIT.md; the quality-diversity plot then shows both)")
+    evaluate.add_argument("--steps", type=_positive_int, default=1,
+                          help="multi-step expansion (Prompt Expansion): step s edits each sample's step s-1 prompt "
+                          "again with the same instruction (target unchanged); metrics per step, each against the "
+                          "original task (default: 1)")
     evaluate.set_defaults(handler=run_eval)
 
     edit = commands.add_parser("edit", parents=[debug], help="print N edited prompts for a prompt and an instruction")
@@ -252,9 +268,10 @@ def run_eval(args: argparse.Namespace) -> int:
         config = load_run_config(args.run_dir)
         tasks = load_tasks(config.data.tasks, split=args.split)[: args.max_tasks]
     result = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks,
-                          checkpoint=args.checkpoint)
+                          checkpoint=args.checkpoint, steps=args.steps)
     print(format_eval_table(result))
-    print(f"written to {args.run_dir}/eval/eval_{args.split}.csv and .md")
+    print(f"written to {args.run_dir}/eval/: eval_{args.split}.csv, .md, _samples.jsonl, _tasks.csv"
+          + (f", quality_diversity_{args.split}.png" if args.samples >= 2 else ""))
     if args.against is not None:
         print(write_paired(args, result, tasks))
     return 0
@@ -264,19 +281,28 @@ def write_paired(args: argparse.Namespace, result, tasks) -> str:
     """`eval --against`: evaluate the other checkpoint like `result` and write the paired table; returns its text."""
     from pathlib import Path
 
-    from promptgym.experiments.evaluate import evaluate_run, write_samples
-    from promptgym.experiments.stats import format_paired_table, paired_changes
+    from promptgym.experiments.evaluate import evaluate_run, paired_tables, write_samples, write_task_records
+    from promptgym.experiments.plots import plot_quality_diversity
 
     against = evaluate_run(args.run_dir, args.split, samples_per_task=args.samples, seed=args.seed, tasks=tasks,
-                           checkpoint=args.against, write=False)
+                           checkpoint=args.against, write=False, steps=args.steps)
     after = args.checkpoint or "latest"
-    table = "\n".join(format_paired_table(paired_changes(against.samples, result.samples), args.against, after)) + "\n"
+    table = paired_tables(against, result, args.against, after)
+    steps = f", {args.steps} expansion steps" if args.steps > 1 else ""
     heading = (f"# {args.run_dir}: {args.against} vs {after} on {args.split}, {result.settings['num_tasks']} tasks x "
-               f"{args.samples} samples, seed {args.seed}\n\n")
+               f"{args.samples} samples{steps}, seed {args.seed}\n\n")
     path = Path(args.run_dir) / "eval" / f"paired_{args.split}.md"
     path.write_text(heading + table)
-    samples = write_samples(against.samples, path.parent / f"{Path(args.against).name}_{args.split}_samples.jsonl")
-    return f"{heading}{table}\nwritten to {path} ({args.against}'s samples: {samples.name})"
+    name = Path(args.against).name
+    samples = write_samples(against.samples, path.parent / f"{name}_{args.split}_samples.jsonl")
+    task_values = write_task_records(against.tasks, path.parent / f"{name}_{args.split}_tasks.csv")
+    written = f"{path} ({args.against}'s samples: {samples.name}, per-task values: {task_values.name})"
+    if args.samples >= 2:
+        plot = plot_quality_diversity({args.against: against.tasks, after: result.tasks},
+                                      path.parent / f"quality_diversity_{args.split}.png",
+                                      title=heading[2:].strip())
+        written += f" and {plot}"
+    return f"{heading}{table}\nwritten to {written}"
 
 
 def run_edit(args: argparse.Namespace) -> int:

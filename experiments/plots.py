@@ -1,4 +1,5 @@
-"""Plots of a run: reward components and KL/entropy over updates, a before/after image grid, learning curves.
+"""Plots of a run: reward components and KL/entropy over updates, a before/after image grid, learning curves,
+and the quality-diversity scatter of an evaluation.
 
 Pure functions: each reads its inputs (a run's `metrics.jsonl`, tensors, curve data), writes one PNG and returns
 its path. Matplotlib runs on the non-interactive Agg backend (no display needed, never `plt.show`).
@@ -32,6 +33,7 @@ __all__ = [
     "plot_gold_vs_proxy",
     "plot_image_grid",
     "plot_learning_curves",
+    "plot_quality_diversity",
     "plot_training",
     "read_metrics",
     "reward_component_keys",
@@ -457,3 +459,89 @@ def _common_grid(variant: str, seeds: list[tuple[np.ndarray, np.ndarray]]) -> tu
         raise ValueError(f"curves[{variant!r}]: the seeds' x ranges {spans} do not overlap; cannot average them")
     grid = np.unique(np.concatenate([x[(x >= start) & (x <= stop)] for x, _ in seeds]))
     return grid, np.stack([np.interp(grid, x, y) for x, y in seeds])
+
+
+# ---------------------------------------------------------------------------------------------- quality-diversity
+QUALITY_KEYS = (("reward/unnormalized", "reward"), ("gold/aesthetic",), ("gold/content",))  # first present of each
+DIVERSITY_KEYS = ("diversity", "distinct_1")  # x axis: the first with a finite value
+_AXIS_LABELS = {
+    "reward": "proxy reward (total)",
+    "reward/unnormalized": "proxy reward (weighted sum before normalisation)",
+    "diversity": "diversity: mean pairwise cosine distance of a task's samples",
+    "distinct_1": "distinct-1 of a task's samples",
+}
+
+
+def _column(records: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    return np.array([float(record.get(key, math.nan)) for record in records], dtype=np.float64)
+
+
+def _first_finite(series: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str]) -> str | None:
+    for key in keys:
+        if any(np.isfinite(_column(records, key)).any() for records in series.values()):
+            return key
+    return None
+
+
+def _split_steps(series: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[Mapping[str, Any]]]:
+    """`{label: task records}` with a multi-step label split into `label, step s` entries."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for label, records in series.items():
+        steps = sorted({int(record.get("step", 1)) for record in records})
+        for step in steps:
+            name = label if len(steps) == 1 else f"{label}, step {step}"
+            out[name] = [record for record in records if int(record.get("step", 1)) == step]
+    return out
+
+
+def plot_quality_diversity(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    x: str | None = None,
+    qualities: Sequence[str] | None = None,
+    title: str = "Quality against diversity",
+) -> Path:
+    """Per task, mean quality of its samples against their diversity: one panel per quality metric, one colour per
+    series (e.g. checkpoint), small dots = tasks, the large marker = the series' mean with 95% bootstrap CIs.
+
+    `series[label]` are an evaluation's per-task records (`EvalResult.tasks`: `{"task_id", "step", metric:
+    value}`); records of several expansion steps become one series per step. `x` defaults to `diversity` (mean
+    pairwise embedding distance), else `distinct_1`; `qualities` to the proxy reward (`reward/unnormalized` where
+    recorded, else `reward`), `gold/aesthetic` and `gold/content` where recorded. Tasks with a NaN coordinate
+    (e.g. no target scene for gold content) are left out of that panel.
+    """
+    from promptgym.experiments.stats import mean_ci
+
+    if not isinstance(series, Mapping) or not series or not all(series.values()):
+        raise ValueError(f"series={series!r:.80}; expected a non-empty mapping {{label: non-empty task records}}")
+    series = _split_steps(series)
+    x = x or _first_finite(series, DIVERSITY_KEYS)
+    if x is None:
+        raise ValueError(f"no task record has a finite {' or '.join(DIVERSITY_KEYS)}; diversity needs 2+ samples per "
+                         "task")
+    if qualities is None:
+        qualities = [key for keys in QUALITY_KEYS if (key := _first_finite(series, keys)) is not None]
+    if not qualities:
+        raise ValueError("no quality metric to plot; pass qualities=[...] naming keys of the task records")
+    fig, axes = plt.subplots(1, len(qualities), figsize=(4.8 * len(qualities), 4.2), squeeze=False,
+                             layout="constrained")
+    for ax, quality in zip(axes[0], qualities):
+        for i, (label, records) in enumerate(series.items()):
+            xs, ys = _column(records, x), _column(records, quality)
+            keep = np.isfinite(xs) & np.isfinite(ys)
+            if not keep.any():
+                continue
+            color = f"C{i % 10}"
+            ax.scatter(xs[keep], ys[keep], color=color, s=16, alpha=0.45, linewidths=0)
+            (mx, xl, xh), (my, yl, yh) = mean_ci(xs[keep]), mean_ci(ys[keep])
+            ax.errorbar([mx], [my], xerr=[[mx - xl], [xh - mx]], yerr=[[my - yl], [yh - my]], color=color,
+                        marker="o", markersize=9, markeredgecolor="black", markeredgewidth=0.7, capsize=3,
+                        linewidth=1.2, zorder=3, label=f"{label} (mean, n={int(keep.sum())} tasks)")
+        ax.set_xlabel(_AXIS_LABELS.get(x, x), fontsize=8)
+        ax.set_ylabel(_AXIS_LABELS.get(quality, quality), fontsize=9)
+        ax.set_title(quality, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best", framealpha=0.85)
+    fig.suptitle(f"{title}\ndots = tasks (mean over their samples), large = mean over tasks with 95% bootstrap CIs",
+                 fontsize=9)
+    return _save(fig, Path(path))

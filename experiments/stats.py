@@ -68,7 +68,7 @@ def _mean_pairwise_cosine_distance(embeddings: torch.Tensor, index: int) -> floa
     unit = x / norms[:, None]
     cos = unit @ unit.T
     i, j = torch.triu_indices(len(x), len(x), offset=1)
-    return float((1.0 - cos[i, j]).mean())
+    return float((1.0 - cos[i, j]).clamp(0.0, 2.0).mean())  # clamp: rounding only (identical rows give -4e-16)
 
 
 def task_diversities(embeddings_per_task: Sequence[torch.Tensor]) -> np.ndarray:
@@ -197,10 +197,10 @@ class PairedChange:
 
 
 def _task_means(samples: Sequence[Mapping[str, Any]], name: str) -> dict[str, float]:
-    """Mean over each task's samples of the total reward (`"reward"`), a sample field or a reward component."""
+    """Mean over each task's records of the total reward (`"reward"`), a record field or a reward component."""
     values: dict[str, list[float]] = {}
     for record in samples:
-        value = record["reward"] if name == "reward" else record.get(name, record["components"].get(name, math.nan))
+        value = record.get(name, record.get("components", {}).get(name, math.nan))
         values.setdefault(record["task_id"], []).append(float(value))
     return {task: float(np.mean(v)) for task, v in values.items()}
 
@@ -209,13 +209,15 @@ def paired_changes(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[
                    names: Sequence[str] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
                    seed: int = 0) -> list[PairedChange]:
     """Paired per-task changes between two lists of sample records (`{"task_id", "reward", "components", ...}`, as
-    `samples.jsonl` and `EvalResult.samples` hold them; several samples of a task are averaged first). Default
+    `samples.jsonl` and `EvalResult.samples` hold them; several samples of a task are averaged first), or of
+    per-task records (`EvalResult.tasks`, one `{"task_id", metric: value}` per task: how the diversity metrics,
+    which exist per task and not per sample, are paired). Default
     metrics: the total reward, every component but the sources' (constant), and `integrity_ratio` where recorded.
     Tasks missing from either side, or NaN on either (no target scene), are left out of that metric; a metric no
     task has is left out of the list."""
     if names is None:
         first = after[0] if after else {"components": {}}
-        names = ["reward", *sorted(c for c in first["components"] if not c.endswith("/source")),
+        names = ["reward", *sorted(c for c in first.get("components", {}) if not c.endswith("/source")),
                  *(["integrity_ratio"] if "integrity_ratio" in first else [])]
     changes = []
     for name in names:

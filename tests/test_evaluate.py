@@ -10,10 +10,24 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from diversity_reference import reference_distinct, reference_pairwise_distance
+from PIL import Image
 
 from promptgym.agents import PolicyWithValue, save_checkpoint
-from promptgym.envs import default_tokenizer, load_tasks
-from promptgym.experiments.evaluate import evaluate_policy, evaluate_run, format_eval_table, write_eval
+from promptgym.envs import EditTask, EditTemplate, default_tokenizer, load_tasks
+from promptgym.experiments.diversity import DIVERSITY_METRICS, distinct_scenes
+from promptgym.experiments.evaluate import (
+    evaluate_policy,
+    evaluate_run,
+    expansion_tasks,
+    format_eval_table,
+    paired_changes_of,
+    paired_tables,
+    sample_edits,
+    step_seed,
+    write_eval,
+)
+from promptgym.experiments.plots import plot_quality_diversity
 from promptgym.experiments.rundir import run_policy_dir
 from promptgym.experiments.stats import bootstrap_ci, diversity, mean_ci, task_diversities, win_indicators, win_rate
 from promptgym.rewards import ContentIntegrityScorer, EditResult, build_reward
@@ -166,6 +180,10 @@ def test_evaluate_policy_metrics_are_finite_and_complete(result):
         "semantic_consistency",
         "prompt_words",
         "diversity",
+        "distinct_1",
+        "distinct_2",
+        "distinct_prompts",
+        "distinct_scenes",
         "win_rate_reward",
         "win_rate_aesthetic",
         "win_rate_pickscore",
@@ -231,11 +249,13 @@ def test_evaluate_policy_without_semantic_scorer_or_second_sample(policy, tok, t
 
 
 def test_write_eval_csv_and_markdown_parse_back(result, tmp_path):
-    csv_path, md_path, samples_path = write_eval(result, tmp_path / "eval", "test")
-    assert (csv_path.name, md_path.name, samples_path.name) == (
+    csv_path, md_path, samples_path, tasks_path, plot_path = write_eval(result, tmp_path / "eval", "test")
+    assert (csv_path.name, md_path.name, samples_path.name, tasks_path.name, plot_path.name) == (
         "eval_test.csv",
         "eval_test.md",
         "eval_test_samples.jsonl",
+        "eval_test_tasks.csv",
+        "quality_diversity_test.png",
     )
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
@@ -343,3 +363,172 @@ def test_iqm_is_the_mean_of_the_middle_half_and_its_ci_is_stratified_by_task():
             iqm_ci(bad)
     with pytest.raises(ValueError, match="confidence"):
         iqm_ci([1.0, 2.0], confidence=1.5)
+
+
+# ============================================================================================== diversity of samples
+@pytest.fixture(scope="module")
+def two_steps(policy, tok, tasks, reward):
+    return evaluate_policy(policy, tok, tasks, reward, HashEmbedder(), samples_per_task=3, max_new_tokens=8, seed=3,
+                           steps=2)
+
+
+def _prompts(result, step):
+    return [s["prompt"] for s in result.samples if s["step"] == step]
+
+
+def test_eval_diversity_rows_equal_recomputation_from_the_samples(two_steps, tasks):
+    for step in (1, 2):
+        prompts = _prompts(two_steps, step)
+        per_task = [prompts[3 * t : 3 * t + 3] for t in range(len(tasks))]
+        vectors = HashEmbedder().embed(prompts).numpy()
+        expected = {
+            "distinct_1": [reference_distinct(p, 1) for p in per_task],
+            "distinct_2": [reference_distinct(p, 2) for p in per_task],
+            "distinct_prompts": [len({" ".join(x.lower().split()) for x in p}) for p in per_task],
+            "distinct_scenes": [distinct_scenes(p) for p in per_task],
+            "diversity": [reference_pairwise_distance(vectors[3 * t : 3 * t + 3]) for t in range(len(tasks))],
+        }
+        records = [r for r in two_steps.tasks if r["step"] == step]
+        assert [r["task_id"] for r in records] == [t.id for t in tasks]
+        for name, values in expected.items():
+            np.testing.assert_allclose([r[name] for r in records], values, atol=1e-6, err_msg=name)
+            finite = [v for v in values if math.isfinite(v)]
+            assert two_steps[name, step].value == pytest.approx(np.mean(finite), abs=1e-6)
+            assert two_steps[name, step].n == len(finite) and two_steps[name, step].step == step
+
+
+def test_one_sample_per_task_gives_nan_diversity_with_a_note(policy, tok, tasks):
+    res = evaluate_policy(policy, tok, tasks, ContentIntegrityScorer(), HashEmbedder(), samples_per_task=1,
+                          max_new_tokens=6)
+    for name in DIVERSITY_METRICS:
+        assert math.isnan(res[name].value) and res[name].n == 0
+    assert any("distinct_scenes are NaN" in note and "samples_per_task >= 2" in note for note in res.notes)
+    assert math.isfinite(res["reward"].value)
+
+
+def test_a_task_whose_samples_have_no_bigram_is_left_out_with_a_note(tok, tasks):
+    """A policy that ends every episode at once writes empty prompts: distinct-n undefined, not a crash."""
+    policy = PolicyWithValue.tiny(tok, seed=0)
+
+    def only_eos(module, inputs, logits):  # the LM head's output: every token but EOS impossible
+        return torch.full_like(logits, -1e9).index_fill(-1, torch.tensor([tok.eos_token_id]), 0.0)
+
+    policy.model.get_output_embeddings().register_forward_hook(only_eos)
+    res = evaluate_policy(policy, tok, tasks, ContentIntegrityScorer(), HashEmbedder(), samples_per_task=2,
+                          max_new_tokens=4, typical_mass=None)
+    assert {s["prompt"] for s in res.samples} == {""}
+    assert math.isnan(res["distinct_1"].value) and res["distinct_1"].n == 0
+    assert res["distinct_scenes"].value == 1.0 and res["diversity"].value == pytest.approx(0.0, abs=1e-7)
+    assert any("distinct_2 is NaN for 3 of 3 tasks" in note for note in res.notes)
+
+
+# ============================================================================================== multi-step
+def test_step_two_edits_step_ones_outputs(two_steps, policy, tok, tasks, reward):
+    first, second = two_steps.samples[:9], two_steps.samples[9:]
+    assert [s["step"] for s in first] == [1] * 9 and [s["step"] for s in second] == [2] * 9
+    assert [s["step_source"] for s in first] == [t.source for t in tasks for _ in range(3)]
+    assert [s["step_source"] for s in second] == [s["prompt"] for s in first]  # chain k continues sample k
+    # Independently: the step-2 tasks written by hand (source = step 1's prompt, instruction and target kept)
+    chain = [EditTask(s["prompt"], t.instruction, t.target, t.id) for s, t in zip(first, [t for t in tasks for _ in "abc"])]
+    assert chain == expansion_tasks([t for t in tasks for _ in range(3)], [s["prompt"] for s in first])
+    _, again, _, _ = sample_edits(policy, tok, chain, ContentIntegrityScorer(), 1, 8, step_seed(3, 2), None)
+    assert again == [s["prompt"] for s in second]
+    _, from_sources, _, _ = sample_edits(policy, tok, [t for t in tasks for _ in range(3)], ContentIntegrityScorer(), 1,
+                                         8, step_seed(3, 2), None)
+    assert from_sources != again  # the context matters: step 2 really read step 1's prompts
+    # step 1 of a two-step evaluation is the one-step evaluation
+    one = evaluate_policy(policy, tok, tasks, reward, HashEmbedder(), samples_per_task=3, max_new_tokens=8, seed=3)
+    assert _prompts(one, 1) == _prompts(two_steps, 1) and one.rows() == [r for r in two_steps.rows() if r["step"] == 1]
+
+
+def test_every_step_is_scored_against_the_original_task(two_steps, tasks, reward):
+    second = two_steps.samples[9:]
+    originals = [t for t in tasks for _ in range(3)]
+    assert [s["source"] for s in second] == [t.source for t in originals]
+    integrity = ContentIntegrityScorer()
+    assert [s["integrity_ratio"] for s in second] == [
+        integrity.details(EditResult(t, s["prompt"])).ratio for t, s in zip(originals, second)
+    ]
+    rescored = reward([EditResult(t, s["prompt"]) for t, s in zip(originals, second)])
+    np.testing.assert_allclose([s["reward"] for s in second], rescored.total.numpy(), atol=1e-5)
+    np.testing.assert_allclose([s["source_reward"] for s in second], [s["source_reward"] for s in two_steps.samples[:9]])
+    assert two_steps["reward", 2].value == pytest.approx(np.mean([s["reward"] for s in second]), abs=1e-5)
+
+
+def test_multi_step_tables_and_files(two_steps, tmp_path):
+    assert two_steps.steps == 2 and two_steps.settings["steps"] == 2
+    assert ("reward", 2) in two_steps and ("reward", 3) not in two_steps and "reward" in two_steps
+    with pytest.raises(KeyError, match="at step 3"):
+        two_steps["reward", 3]
+    text = format_eval_table(two_steps)
+    assert "2 expansion steps" in text and "step 1 [CI]" in text and "step 2 [CI]" in text
+    paths = write_eval(two_steps, tmp_path, "test")
+    names = [p.name for p in paths]
+    assert names == ["eval_test.csv", "eval_test.md", "eval_test_samples.jsonl", "eval_test_tasks.csv",
+                     "quality_diversity_test.png"]
+    with (tmp_path / "eval_test.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["metric"], int(r["step"])) for r in rows] == [(m.name, m.step) for m in two_steps.metrics]
+    md = (tmp_path / "eval_test.md").read_text()
+    assert "| metric | step 1 [95% CI] | step 2 [95% CI] | what |" in md
+    with (tmp_path / "eval_test_tasks.csv").open() as f:
+        tasks_rows = list(csv.DictReader(f))
+    assert len(tasks_rows) == 6 and [float(r["diversity"]) for r in tasks_rows] == pytest.approx(
+        [r["diversity"] for r in two_steps.tasks])
+    Image.open(tmp_path / "quality_diversity_test.png").verify()
+
+
+def test_a_later_step_widens_the_context_it_needs(policy, tok, tasks):
+    template = EditTemplate()
+    needed = max(len(tok(template.context(t))["input_ids"]) for t in tasks)
+    res = evaluate_policy(policy, tok, tasks, ContentIntegrityScorer(), None, samples_per_task=2, max_new_tokens=24,
+                          steps=2, max_context_tokens=needed)
+    chain = expansion_tasks([t for t in tasks for _ in range(2)], _prompts(res, 1))
+    longest = max(len(tok(template.context(t))["input_ids"]) for t in chain)
+    assert longest > needed  # the case under test happened
+    assert any(f"step 2: contexts widened from max_context_tokens={needed} to {longest}" in n for n in res.notes)
+    assert len(_prompts(res, 2)) == 6
+
+
+def test_step_seed_and_bad_steps(policy, tok, tasks):
+    assert step_seed(7, 1) == 7 and step_seed(7, 2) != step_seed(7, 3) != 7 and step_seed(7, 2) == step_seed(7, 2)
+    with pytest.raises(ValueError, match="steps=0"):
+        evaluate_policy(policy, tok, tasks, ContentIntegrityScorer(), None, steps=0)
+    with pytest.raises(ValueError, match="2 tasks and 1 prompts"):
+        expansion_tasks(tasks[:2], ["a"])
+
+
+# ============================================================================================== paired, plot
+def test_paired_tables_pair_diversity_per_task(two_steps, policy, tok, tasks, reward):
+    other = evaluate_policy(PolicyWithValue.tiny(tok, seed=1), tok, tasks, reward, HashEmbedder(), samples_per_task=3,
+                            max_new_tokens=8, seed=3, steps=2)
+    for step in (1, 2):
+        changes = {c.name: c for c in paired_changes_of(two_steps, other, step)}
+        assert {"reward", "integrity_ratio", *DIVERSITY_METRICS} <= set(changes)
+        for name in DIVERSITY_METRICS:
+            before = {r["task_id"]: r[name] for r in two_steps.tasks if r["step"] == step}
+            after = {r["task_id"]: r[name] for r in other.tasks if r["step"] == step}
+            diffs = [after[t] - before[t] for t in before if math.isfinite(after[t] - before[t])]
+            assert changes[name].change == pytest.approx(np.mean(diffs), abs=1e-9) and changes[name].n == len(diffs)
+        reward_change = np.mean([a["reward"] - b["reward"] for a, b in zip(other.samples, two_steps.samples)
+                                 if a["step"] == step])
+        assert changes["reward"].change == pytest.approx(reward_change, abs=1e-5)
+    text = paired_tables(two_steps, other, "seed0", "seed1")
+    assert "## step 1" in text and "## step 2" in text and text.count("| distinct_scenes |") == 2
+    same = paired_tables(two_steps, two_steps, "a", "b")
+    assert "| diversity |" in same and "+0.000 [+0.000, +0.000]" in same
+
+
+def test_plot_quality_diversity(two_steps, tmp_path):
+    records = [r for r in two_steps.tasks if r["step"] == 1]
+    path = plot_quality_diversity({"a": records, "b": [dict(r, diversity=r["diversity"] + 0.1) for r in records]},
+                                  tmp_path / "qd.png")
+    assert Image.open(path).size[0] > 300
+    plot_quality_diversity({"two steps": two_steps.tasks}, tmp_path / "steps.png")  # one series per step
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        plot_quality_diversity({}, tmp_path / "x.png")
+    nan = [dict(r, diversity=math.nan, distinct_1=math.nan) for r in records]
+    with pytest.raises(ValueError, match="no task record has a finite diversity or distinct_1"):
+        plot_quality_diversity({"a": nan}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no quality metric"):
+        plot_quality_diversity({"a": [{"task_id": "t", "diversity": 0.2}]}, tmp_path / "x.png")

@@ -68,6 +68,8 @@ def test_eval_against_the_start_pairs_each_task_with_itself(run_dir, capsys):
     assert main(["eval", str(run_dir), "--samples", "2", "--max-tasks", "3", "--against", "start"]) == 0
     out = capsys.readouterr().out
     assert "start vs latest on test, 3 tasks x 2 samples" in out and "| integrity_ratio |" in out
+    assert "| distinct_1 |" in out and "| diversity |" in out  # paired per task
+    Image.open(run_dir / "eval" / "quality_diversity_test.png").verify()
     assert (run_dir / "eval" / "paired_test.md").read_text().startswith(f"# {run_dir}: start vs latest")
     kept = [json.loads(line) for line in (run_dir / "eval" / "start_test_samples.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in kept] == [r["prompt"] for r in start.samples]  # the start's samples are kept
@@ -140,8 +142,10 @@ def test_a_second_ctrl_c_stops_at_once_without_checkpointing_the_half_done_updat
 
 
 def test_eval_edit_render_on_the_run(run_dir, tmp_path, capsys):
-    assert main(["eval", str(run_dir), "--samples", "2", "--max-tasks", "3"]) == 0
+    assert main(["eval", str(run_dir), "--samples", "2", "--max-tasks", "3", "--steps", "2"]) == 0
     assert (run_dir / "eval" / "eval_test.csv").is_file() and (run_dir / "eval" / "eval_test.md").is_file()
+    printed = capsys.readouterr().out
+    assert "2 expansion steps" in printed and "step 2 [CI]" in printed and "distinct_scenes" in printed
     out = tmp_path / "edits.png"
     args = ["edit", "--prompt", "a red dog in a park", "--instruction", "make the dog blue", "--run", str(run_dir)]
     assert main([*args, "-n", "3", "--render", str(out)]) == 0
