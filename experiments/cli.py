@@ -13,10 +13,10 @@
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
 
 `train` runs SFT then DiffChat PPO into a run directory; `eval` scores a run's policy on test tasks (quality, and
-with 2+ samples per task their diversity: distinct-1/2, mean pairwise MiniLM distance, distinct scenes, plotted
-against quality in RUN/eval/quality_diversity_SPLIT.png; `--steps S` re-edits each output S-1 more times); `edit` is
-the user-facing feature (edited prompts for one prompt and instruction); `chat` refines one prompt over several
-turns; `render` renders a prompt; `demo` plays
+with 2+ samples per task their diversity: distinct-1/2, mean pairwise MiniLM distance, distinct prompts and scenes,
+plotted against quality in RUN/eval/quality_diversity_SPLIT.png; `--steps S` re-edits each output S-1 more times);
+`edit` is the user-facing feature (edited prompts for one prompt and instruction); `chat` refines one prompt over
+several turns; `render` renders a prompt; `demo` plays
 a few episodes with a scripted policy; `config show` prints a config fully resolved, each key with its doc.
 
 A user's mistake (a bad argument, a missing or damaged file, a run directory in use) is one line on stderr,
@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", parents=[debug], help="evaluate a run's latest policy on test tasks",
         description="Score a run's policy on test tasks: every reward term, gold (synth), integrity, semantic "
-        "consistency and win rates, with 95%% bootstrap CIs over tasks. With --samples >= 2 also the diversity of "
+        "consistency and win rates, with 95% bootstrap CIs over tasks. With --samples >= 2 also the diversity of "
         "each task's samples: distinct_1/distinct_2 (distinct / total word n-grams), diversity (mean pairwise cosine "
-        "distance of their all-MiniLM-L6-v2 embeddings) and distinct_scenes (different scenes their words ask for); "
+        "distance of their all-MiniLM-L6-v2 embeddings), distinct_prompts (how many differ) and distinct_scenes "
+        "(different scenes their words ask for); "
         "per-task values -> RUN/eval/eval_SPLIT_tasks.csv, quality against diversity -> "
         "RUN/eval/quality_diversity_SPLIT.png.",
     )

@@ -483,15 +483,15 @@ def _first_finite(series: Mapping[str, Sequence[Mapping[str, Any]]], keys: Seque
     return None
 
 
-def _split_steps(series: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[Mapping[str, Any]]]:
-    """`{label: task records}` with a multi-step label split into `label, step s` entries."""
-    out: dict[str, list[Mapping[str, Any]]] = {}
-    for label, records in series.items():
-        steps = sorted({int(record.get("step", 1)) for record in records})
-        for step in steps:
-            name = label if len(steps) == 1 else f"{label}, step {step}"
-            out[name] = [record for record in records if int(record.get("step", 1)) == step]
-    return out
+def _split_steps(records: Sequence[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    """Task records by expansion step (a record without `step` is step 1)."""
+    out: dict[int, list[Mapping[str, Any]]] = {}
+    for record in records:
+        out.setdefault(int(record.get("step", 1)), []).append(record)
+    return dict(sorted(out.items()))
+
+
+_STEP_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def plot_quality_diversity(
@@ -505,7 +505,8 @@ def plot_quality_diversity(
     series (e.g. checkpoint), small dots = tasks, the large marker = the series' mean with 95% bootstrap CIs.
 
     `series[label]` are an evaluation's per-task records (`EvalResult.tasks`: `{"task_id", "step", metric:
-    value}`); records of several expansion steps become one series per step. `x` defaults to `diversity` (mean
+    value}`); the records of several expansion steps keep their series' colour, get a marker per step (circle,
+    square, triangle, ...) and a dashed line through their means in step order. `x` defaults to `diversity` (mean
     pairwise embedding distance), else `distinct_1`; `qualities` to the proxy reward (`reward/unnormalized` where
     recorded, else `reward`), `gold/aesthetic` and `gold/content` where recorded. Tasks with a NaN coordinate
     (e.g. no target scene for gold content) are left out of that panel.
@@ -514,7 +515,6 @@ def plot_quality_diversity(
 
     if not isinstance(series, Mapping) or not series or not all(series.values()):
         raise ValueError(f"series={series!r:.80}; expected a non-empty mapping {{label: non-empty task records}}")
-    series = _split_steps(series)
     x = x or _first_finite(series, DIVERSITY_KEYS)
     if x is None:
         raise ValueError(f"no task record has a finite {' or '.join(DIVERSITY_KEYS)}; diversity needs 2+ samples per "
@@ -527,16 +527,23 @@ def plot_quality_diversity(
                              layout="constrained")
     for ax, quality in zip(axes[0], qualities):
         for i, (label, records) in enumerate(series.items()):
-            xs, ys = _column(records, x), _column(records, quality)
-            keep = np.isfinite(xs) & np.isfinite(ys)
-            if not keep.any():
-                continue
-            color = f"C{i % 10}"
-            ax.scatter(xs[keep], ys[keep], color=color, s=16, alpha=0.45, linewidths=0)
-            (mx, xl, xh), (my, yl, yh) = mean_ci(xs[keep]), mean_ci(ys[keep])
-            ax.errorbar([mx], [my], xerr=[[mx - xl], [xh - mx]], yerr=[[my - yl], [yh - my]], color=color,
-                        marker="o", markersize=9, markeredgecolor="black", markeredgewidth=0.7, capsize=3,
-                        linewidth=1.2, zorder=3, label=f"{label} (mean, n={int(keep.sum())} tasks)")
+            steps = _split_steps(records)
+            means = []
+            for step, step_records in steps.items():
+                xs, ys = _column(step_records, x), _column(step_records, quality)
+                keep = np.isfinite(xs) & np.isfinite(ys)
+                if not keep.any():
+                    continue
+                color, marker = f"C{i % 10}", _STEP_MARKERS[(step - 1) % len(_STEP_MARKERS)]
+                ax.scatter(xs[keep], ys[keep], color=color, marker=marker, s=16, alpha=0.4, linewidths=0)
+                (mx, xl, xh), (my, yl, yh) = mean_ci(xs[keep]), mean_ci(ys[keep])
+                name = label if len(steps) == 1 else f"{label}, step {step}"
+                ax.errorbar([mx], [my], xerr=[[mx - xl], [xh - mx]], yerr=[[my - yl], [yh - my]], color=color,
+                            marker=marker, markersize=9, markeredgecolor="black", markeredgewidth=0.7, capsize=3,
+                            linewidth=1.2, zorder=3, label=f"{name} (mean, n={int(keep.sum())} tasks)")
+                means.append((mx, my))
+            if len(means) > 1:  # the expansion steps' means in order
+                ax.plot(*np.array(means).T, color=f"C{i % 10}", linewidth=1.0, linestyle="--", zorder=2)
         ax.set_xlabel(_AXIS_LABELS.get(x, x), fontsize=8)
         ax.set_ylabel(_AXIS_LABELS.get(quality, quality), fontsize=9)
         ax.set_title(quality, fontsize=10)
