@@ -198,9 +198,12 @@ def _edit_turn(session: ChatSession, instruction: str, say, scorer: TurnScorer |
 
 
 def chat(run_dir: str | os.PathLike | None, prompt: str | None = None, render: str | os.PathLike | None = None,
-         input_file: str | os.PathLike | None = None, seed: int = 0, out: TextIO = sys.stdout,
-         stdin: TextIO = sys.stdin, control: str | None = None) -> int:
-    """`promptgym chat`: the session on `run_dir`'s latest policy (see the module docstring)."""
+         input_file: str | os.PathLike | None = None, seed: int = 0, out: TextIO | None = None,
+         stdin: TextIO | None = None, control: str | None = None) -> int:
+    """`promptgym chat`: the session on `run_dir`'s latest policy (see the module docstring); `out` and `stdin`
+    default to the streams of the moment (not of import time, so a redirected stdout is honoured)."""
+    out = sys.stdout if out is None else out
+    stdin = sys.stdin if stdin is None else stdin
     from promptgym.experiments.rundir import load_run_policy
 
     policy, tokenizer, config, _ = load_run_policy(run_dir)
