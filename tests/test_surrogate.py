@@ -185,6 +185,16 @@ def test_surrogate_weights_override_and_config():
     assert config.policy == load_config("synth").policy and config.ppo == load_config("synth").ppo
 
 
+def test_bench_variants_build_on_the_surrogate_config():
+    from promptgym.experiments import bench
+
+    base = bench.variant_config("sft", 0, config="surrogate")
+    variants = {name: bench.variant_config(name, 0, config="surrogate") for name in ("diffchat", "oracle")}
+    bench._check_shared(base, variants)  # one SFT start and one (surrogate) reward; the oracle rewards gold
+    assert variants["diffchat"].reward == base.reward and base.reward.preset == "surrogate"
+    assert variants["oracle"].reward.preset == "synth-gold"
+
+
 def test_missing_surrogate_names_the_fit_command(tmp_path, monkeypatch):
     monkeypatch.setenv(SYNTH_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="promptgym reward fit-surrogate --out"):
