@@ -83,6 +83,7 @@ REFINEMENTS = ("ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
 BASELINES = ("sb3-ppo", "grpo", "rloo", "rwr")
 ORACLE = "oracle"  # the config's PPO on the gold reward: the upper bound of a proxy
 ORACLE_PRESET = "synth-gold"
+ORACLE_PROXIES = ("synth", "surrogate")  # the synth-world proxy presets an oracle can stand beside
 VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES + (ORACLE,)
 REWARDS = ("config", "integrity")
 # --reward integrity: content integrity only, as a ratio (no image terms, so no renders)
@@ -151,10 +152,11 @@ def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = ()
     settings = [*overrides, *extra, *([f"seed={seed}"] if seed is not None else [])]
     if variant == ORACLE:
         base = load_config(config, settings)
-        if reward != "config" or base.reward.preset != "synth":
+        if reward != "config" or base.reward.preset not in ORACLE_PROXIES:
             raise ValueError(
                 f"the {ORACLE!r} variant trains on the synth world's gold metrics, so it needs a config whose reward "
-                f"preset is 'synth' and --reward config; got preset {base.reward.preset!r} with --reward {reward}"
+                f"preset is 'synth' or 'surrogate' and --reward config; got preset {base.reward.preset!r} with "
+                f"--reward {reward}"
             )
         return load_config(config, [*overrides, *([f"seed={seed}"] if seed is not None else [])],
                            layer=preset_layer(ORACLE_PRESET))

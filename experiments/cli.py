@@ -8,6 +8,7 @@
     promptgym chat [--run RUN_DIR (default: the newest under runs/)] [--prompt TEXT] [--render DIR] [--input FILE]
     promptgym render --prompt TEXT [--preset synth|scene|tiny|diffchat-sd15] --out FILE.png
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
+    promptgym reward fit-surrogate --out DIR [--prompts 2400] [--seed 0] [--pairs FILE]
     promptgym bench [--config synth] [--variants sft,ppo,grpo,...,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
@@ -166,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     build = world_commands.add_parser("build", help="train the synth world's judge, SD, CLIP and aesthetic MLP",
                                       add_help=False)
     build.add_argument("build_args", nargs=argparse.REMAINDER, help="see promptgym world build --help")
+
+    reward = commands.add_parser("reward", parents=[debug], help="reward models: fit them")
+    reward_commands = reward.add_subparsers(dest="reward_command", required=True, metavar="REWARD_COMMAND")
+    surrogate = reward_commands.add_parser(
+        "fit-surrogate", add_help=False,
+        help="fit the text-only surrogate rewards (aes_rm, ps_rm) to the synth image scores",
+    )
+    surrogate.add_argument("fit_args", nargs=argparse.REMAINDER, help="see promptgym reward fit-surrogate --help")
 
     demo = commands.add_parser("demo", parents=[debug],
                                help="play a few episodes with a scripted policy and print the rewards")
@@ -380,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from promptgym.experiments import world_build
 
         return world_build.main(argv[2:])
+    if argv[:2] == ["reward", "fit-surrogate"]:  # likewise
+        from promptgym.experiments import surrogate_fit
+
+        return surrogate_fit.main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -113,10 +113,11 @@ class RewardConfig:
     """Arguments of `promptgym.rewards.build_reward` (see `build_kwargs`)."""
 
     preset: Annotated[str, Field(description=(
-        "build_reward preset (promptgym.rewards.presets.PRESETS): tiny | synth | synth-gold | diffchat-sd15"
+        "build_reward preset (promptgym.rewards.presets.PRESETS): tiny | synth | synth-gold | surrogate | diffchat-sd15"
     ))] = "tiny"
     weights: Annotated[dict[str, float], Field(description=(
-        "per-term weights, filled in from the preset's (1.0 each) so the resolved config shows all"
+        "per-term weights, filled in from the preset's (1.0 each; surrogate: 0.7, 0.3, 1.0) so the resolved config "
+        "shows all"
     ))] = field(default_factory=dict)
     renderer: Annotated[dict[str, Any], Field(description=(
         "keyword overrides for the renderer (tiny: RENDER_SETTINGS; real: also from_pretrained kwargs), "
@@ -138,6 +139,9 @@ class RewardConfig:
         "seeds the tiny reward models and the render noise: the environment, not the run (see the module doc)"
     ))] = 0
     device: Annotated[str | None, Field(description='where real reward models run, e.g. "cuda"; null: the CPU')] = None
+    monitors: Annotated[bool, Field(description=(
+        "the gold monitors of the synth-world presets (false: no gold columns; surrogate then renders nothing)"
+    ))] = True
 
     def __post_init__(self) -> None:
         from promptgym.rewards.integrity import ContentIntegrityScorer
@@ -183,6 +187,7 @@ class RewardConfig:
             "on_error": self.on_error,
             "seed": self.seed,
             "device": self.device,
+            "monitors": self.monitors,
         }
 
 

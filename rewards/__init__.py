@@ -21,6 +21,7 @@ from promptgym.rewards.presets import PRESETS, build_reward, byte_tokenizer, cle
 from promptgym.rewards.render import DiffusersRenderer
 from promptgym.rewards.semantic import SemanticConsistencyScorer
 from promptgym.rewards.shaping import PotentialShaping
+from promptgym.rewards.surrogate import SentenceEmbedder, SurrogateHead, SurrogateScorer
 from promptgym.rewards.trl import as_trl_reward_func
 
 __all__ = [
@@ -46,6 +47,9 @@ __all__ = [
     "ScorerError",
     "ScorerReport",
     "SemanticConsistencyScorer",
+    "SentenceEmbedder",
+    "SurrogateHead",
+    "SurrogateScorer",
     "TaskLike",
     "as_composite",
     "as_trl_reward_func",

@@ -189,8 +189,9 @@ class CompositeReward:
 
     def state_dict(self) -> dict:
         """Everything a later reward depends on, for checkpoints: the running normalisation statistics, and the
-        render and score caches with their counters. Renders depend slightly on which prompts share a batch, and
-        the caches decide the batches, so a resumed run scores bit for bit as an uninterrupted one only with them.
+        render, score and text-embedding caches with their counters. Renders (and sentence embeddings) depend
+        slightly on which prompts share a batch, and the caches decide the batches, so a resumed run scores bit for
+        bit as an uninterrupted one only with them.
         """
         return {
             "format": STATE_FORMAT,
@@ -209,8 +210,9 @@ class CompositeReward:
                 parts[name][1](saved)
 
     def _cache_parts(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
-        """{stable name: (save, load)} for every score cache and every distinct renderer of the terms and monitors
-        (a renderer shared by several scorers appears once, under the first scorer's name)."""
+        """{stable name: (save, load)} for every score cache and every distinct renderer and sentence embedder (the
+        surrogate scorers') of the terms and monitors (one shared by several scorers appears once, under the first
+        scorer's name)."""
         parts: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
         seen: set[int] = set()
         scorers = {**{name: scorer for name, (scorer, _) in self.terms.items()}, **self.monitors}
@@ -218,10 +220,11 @@ class CompositeReward:
             cache = getattr(scorer, "score_cache", None)
             if cache is not None and hasattr(cache, "state"):
                 parts[f"{name}/scores"] = (cache.state, cache.load_state)
-            renderer = getattr(scorer, "renderer", None)
-            if renderer is not None and hasattr(renderer, "cache_state") and id(renderer) not in seen:
-                seen.add(id(renderer))
-                parts[f"{name}/renders"] = (renderer.cache_state, renderer.load_cache_state)
+            for attribute, suffix in (("renderer", "renders"), ("embedder", "embeddings")):
+                part = getattr(scorer, attribute, None)
+                if part is not None and hasattr(part, "cache_state") and id(part) not in seen:
+                    seen.add(id(part))
+                    parts[f"{name}/{suffix}"] = (part.cache_state, part.load_cache_state)
         return parts
 
 

@@ -5,9 +5,10 @@
 | `tiny`          | tiny random SD, 32x32, 4 DDIM steps, K=2 | tiny random CLIP + LAION-shaped MLP   | tiny random CLIP         | binary, 0.8 |
 | `synth`         | the synth world's trained tiny SD, 32x32, 10 DDIM steps, guidance 3, K=2 | its trained CLIP + LAION-format MLP fitted to gold aesthetic | its trained CLIP | binary, 0.8 |
 | `synth-gold`    | as `synth` | monitor | monitor | monitor (the oracle: reward = gold content + gold aesthetic) |
+| `surrogate`     | none for the reward (the synth SD renders for the gold monitors only) | `aes_rm(prompt)`: MiniLM + MLP fitted to synth's aesthetic, weight 0.7 | `ps_rm(source, prompt)`: MiniLM + MLP fitted to synth's PickScore, weight 0.3 | binary, 0.8 |
 | `diffchat-sd15` | `stable-diffusion-v1-5/stable-diffusion-v1-5`, 512x512, 20 steps, K=2 | `openai/clip-vit-large-patch14` + LAION improved-aesthetic MLP | `yuvalkirstain/PickScore_v1` | binary, 0.8 |
 
-Both presets weight the three terms 1 : 1 : 1 and score the image terms in *delta* mode (edited prompt minus
+`tiny`, `synth` and `diffchat-sd15` weight the three terms 1 : 1 : 1 and score the image terms in *delta* mode (edited prompt minus
 the unedited source prompt, rendered from the same noise), so an image term measures what the edit changed
 and sits near 0 with a spread of about 0.1-1 (aesthetic scores are ~4-7, PickScore ~18-23 for SD 1.5). No
 preset normalises by running statistics, so an environment's reward stays a fixed function of the prompt.
@@ -17,11 +18,21 @@ The tiny stack's scores exercise the pipeline and say nothing about image qualit
 trained on the procedural scene world (`promptgym world build`, shipped in `promptgym/rewards/data/synth`), and
 its rewards carry the gold metrics `gold/content` and `gold/aesthetic` as monitors: reported beside the proxy
 terms in every reward output, never part of the total. `synth-gold` rewards with the gold metrics themselves.
+
+`surrogate` is BeautifulPrompt's text-only reward on the synth world: r = a * aes_rm(prompt) + (1 - a) *
+ps_rm(source, prompt) with a = 0.7 (`SURROGATE_WEIGHTS`), both text regressors (`promptgym.rewards.surrogate`)
+fitted to the synth image scorers' scores by `promptgym reward fit-surrogate`, plus content integrity. Its two terms
+are deltas against the source by default, as in `synth` and as BeautifulPrompt does: the regressors are fitted to
+absolute scores, but what an edit should be rewarded for is what it changed, and a delta cancels the part of a
+regressor's error that edited prompt and source share (its Spearman with the image reward's deltas is in
+`surrogate/eval.json`). The reward itself renders nothing; the gold monitors (`gold/content`, `gold/aesthetic`,
+`gold/text_content`) still render the edited prompts with the synth SD, so every metric row reports gold beside
+the proxy, exactly as `synth` does. `monitors=False` drops them (then no render at all: the fast reward).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -33,9 +44,10 @@ from promptgym.rewards.image_scorers import AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer
 from promptgym.rewards.render import DiffusersRenderer
 from promptgym.rewards.scene_render import SceneRenderer
+from promptgym.rewards.surrogate import SentenceEmbedder, SurrogateScorer, surrogate_path
 from promptgym.rewards.world import SYNTH_RENDER_SETTINGS, synth_path
 
-PRESETS = ("tiny", "synth", "synth-gold", "diffchat-sd15")
+PRESETS = ("tiny", "synth", "synth-gold", "surrogate", "diffchat-sd15")
 IMAGE_TERMS = ("aesthetic", "pickscore")
 DEFAULT_WEIGHTS = {"aesthetic": 1.0, "pickscore": 1.0, "integrity": 1.0}
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -46,11 +58,15 @@ PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 GOLD_WEIGHTS = {"gold/content": 1.0, "gold/aesthetic": 1.0}
+SURROGATE_ALPHA = 0.7  # BeautifulPrompt's weight of the aesthetic regressor; PickScore gets 1 - alpha
+SURROGATE_WEIGHTS = {"aesthetic": SURROGATE_ALPHA, "pickscore": round(1.0 - SURROGATE_ALPHA, 12), "integrity": 1.0}
 
 
 def default_weights(preset: str) -> dict[str, float]:
     """The reward terms of `preset` and their default weights."""
-    return dict(GOLD_WEIGHTS if preset == "synth-gold" else DEFAULT_WEIGHTS)
+    if preset == "synth-gold":
+        return dict(GOLD_WEIGHTS)
+    return dict(SURROGATE_WEIGHTS if preset == "surrogate" else DEFAULT_WEIGHTS)
 
 
 def byte_tokenizer(model_max_length: int = 77) -> PreTrainedTokenizerFast:
@@ -77,16 +93,20 @@ def build_reward(
     on_error: str = "raise",
     seed: int = 0,
     device: str | None = None,
+    monitors: bool = True,
 ) -> CompositeReward:
     """The `preset` reward stack, with overrides.
 
     Args:
-        preset: "tiny" (offline, random tiny models) or "diffchat-sd15" (real checkpoints; needs them
-            downloaded, and a GPU to be practical).
+        preset: "tiny" (offline, random tiny models), "synth" (the synth world's trained models), "synth-gold" (its
+            gold metrics), "surrogate" (text-only regressors of synth's image scores) or "diffchat-sd15" (real
+            checkpoints; needs them downloaded, and a GPU to be practical).
         tokenizer: the text tokenizer of the tiny text encoders (tiny preset only; default: `byte_tokenizer()`;
             the env passes its own).
-        weights: per-term weights, merged over 1 : 1 : 1; a weight of 0 drops the term (and its render cost).
-        renderer: keyword overrides for the renderer constructor (steps, size, `images_per_prompt`, ...).
+        weights: per-term weights, merged over the preset's (`default_weights`: 1 : 1 : 1, surrogate 0.7 : 0.3 : 1);
+            a weight of 0 drops the term (and its render cost).
+        renderer: keyword overrides for the renderer constructor (steps, size, `images_per_prompt`, ...); in
+            `surrogate`, of the renderer of the gold monitors.
         integrity: keyword overrides for `ContentIntegrityScorer` (`threshold`, `mode`, `forbidden_penalty`).
         delta: override which terms are scored in delta mode (default: the image terms).
         normalize: per-term running mean/std normalisation, as Stable-Baselines3's `VecNormalize` does for a
@@ -94,15 +114,18 @@ def build_reward(
             statistics so far, which checkpoints save and evaluations leave untouched.
         on_error: "raise" or "zero" (see `CompositeReward`).
         seed: seeds the tiny models' weights and the render noise.
-        device: where real models run (e.g. "cuda"); the tiny preset runs on the CPU.
+        device: where real models run (e.g. "cuda"; in `surrogate`, the sentence encoder); the tiny preset runs on
+            the CPU.
+        monitors: False drops the gold monitors of the synth-world presets (`synth`, `synth-gold`, `surrogate`):
+            no gold columns, and `surrogate` renders nothing.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}; expected one of {list(PRESETS)}")
     if preset != "tiny" and tokenizer is not None:
         raise ValueError("tokenizer is only used by the tiny preset; trained and real checkpoints bring their own tokenizers")
     if preset == "synth-gold":
-        return _synth_gold_reward(weights, renderer, integrity, delta, normalize, on_error, seed)
-    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        return _synth_gold_reward(weights, renderer, integrity, delta, normalize, on_error, seed, monitors)
+    weights = {**default_weights(preset), **(weights or {})}
     unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
     if unknown:
         raise ValueError(f"weights name unknown terms {unknown}; terms are {sorted(DEFAULT_WEIGHTS)}")
@@ -111,11 +134,14 @@ def build_reward(
         raise ValueError(f"weights={weights} leave no term with a non-zero weight")
     image_terms = [name for name in IMAGE_TERMS if name in active]
     scorers: dict[str, Any] = {}
-    monitors: dict[str, Any] = {}
+    gold: dict[str, Any] = {}
     if preset == "synth":
         shared = synth_renderer(seed, renderer)
-        scorers |= _synth_image_scorers(image_terms, shared)
-        monitors = synth_gold_scorers(shared)
+        scorers |= synth_image_scorers(image_terms, shared)
+        gold = synth_gold_scorers(shared) if monitors else {}
+    elif preset == "surrogate":
+        scorers |= surrogate_scorers(image_terms, device=device)
+        gold = synth_gold_scorers(synth_renderer(seed, renderer)) if monitors else {}
     elif image_terms:
         build = _tiny_image_scorers if preset == "tiny" else _sd15_image_scorers
         scorers |= build(image_terms, tokenizer, dict(renderer or {}), seed, device)
@@ -126,7 +152,7 @@ def build_reward(
         delta=image_terms if delta is None else delta,
         normalize=False if normalize is None else normalize,
         on_error=on_error,
-        monitors=monitors,
+        monitors=gold,
     )
 
 
@@ -144,7 +170,9 @@ def synth_gold_scorers(renderer: Any) -> dict[str, Any]:
             "gold/text_content": GoldTextContentScorer()}
 
 
-def _synth_image_scorers(terms: list[str], renderer: DiffusersRenderer) -> dict:
+def synth_image_scorers(terms: Sequence[str], renderer: DiffusersRenderer) -> dict[str, Any]:
+    """{"aesthetic": AestheticScorer, "pickscore": PickScoreScorer} (those of `terms`) of the synth world's trained
+    CLIP and aesthetic MLP, scoring `renderer`'s images: the image terms of `build_reward("synth")`."""
     scorers: dict[str, Any] = {}
     if "aesthetic" in terms:
         scorers["aesthetic"] = AestheticScorer.from_pretrained(
@@ -157,9 +185,21 @@ def _synth_image_scorers(terms: list[str], renderer: DiffusersRenderer) -> dict:
     return scorers
 
 
+def surrogate_scorers(terms: Sequence[str], embedder: SentenceEmbedder | None = None,
+                      device: str | None = None) -> dict[str, SurrogateScorer]:
+    """{"aesthetic": aes_rm, "pickscore": ps_rm} (those of `terms`): the shipped surrogate heads
+    (`surrogate_path(term)`), sharing one `SentenceEmbedder` (default: the bundled MiniLM they were fitted on, on
+    `device`)."""
+    if not terms:
+        return {}
+    paths = {term: surrogate_path(term) for term in terms}
+    embedder = embedder or SentenceEmbedder.from_pretrained(device=device)
+    return {term: SurrogateScorer.from_pretrained(path, embedder=embedder, name=term) for term, path in paths.items()}
+
+
 def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[str, Any] | None,
                        integrity: Mapping[str, Any] | None, delta: Any, normalize: Any, on_error: str,
-                       seed: int) -> CompositeReward:
+                       seed: int, monitors: bool = True) -> CompositeReward:
     """The oracle: reward = gold content + gold aesthetic (delta against the source) of the synth renders, with the
     proxy terms (aesthetic, PickScore, integrity) as monitors, so a gold-trained policy shows what it does to them.
     A proxy term may be named in `weights` with weight 0 (it is a monitor here), so a config built on `synth` can
@@ -182,9 +222,9 @@ def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[st
         delta=[n for n in terms if n == "gold/aesthetic"] if delta is None else delta,
         normalize=False if normalize is None else normalize,
         on_error=on_error,
-        monitors={**_synth_image_scorers(list(IMAGE_TERMS), shared),
+        monitors={**synth_image_scorers(list(IMAGE_TERMS), shared),
                   "integrity": ContentIntegrityScorer(**dict(integrity or {})),
-                  **{name: scorer for name, scorer in gold.items() if name not in terms}},
+                  **{name: scorer for name, scorer in gold.items() if name not in terms}} if monitors else {},
     )
 
 
@@ -214,12 +254,12 @@ def _sd15_image_scorers(terms: list[str], tokenizer: Any, renderer_kwargs: dict,
 
 def preset_renderer(preset: str = "tiny", *, tokenizer: Any = None, seed: int = 0,
                     settings: Mapping[str, Any] | None = None, device: str | None = None) -> Any:
-    """The renderer a reward preset renders with (`tiny`, `synth`/`synth-gold`, `diffchat-sd15`), or `scene`: the
-    synth world's exact procedural renderer (`SceneRenderer`)."""
+    """The renderer a reward preset renders with (`tiny`, `synth`/`synth-gold`/`surrogate`: the synth SD,
+    `diffchat-sd15`), or `scene`: the synth world's exact procedural renderer (`SceneRenderer`)."""
     settings = dict(settings or {})
     if preset == "tiny":
         return DiffusersRenderer.tiny(tokenizer if tokenizer is not None else byte_tokenizer(), **({"seed": seed} | settings))
-    if preset in ("synth", "synth-gold"):
+    if preset in ("synth", "synth-gold", "surrogate"):
         return synth_renderer(seed, settings)
     if preset == "scene":
         return SceneRenderer(**({"seed": seed} | settings))
@@ -229,16 +269,20 @@ def preset_renderer(preset: str = "tiny", *, tokenizer: Any = None, seed: int = 
 
 
 def clear_reward_caches(reward: CompositeReward) -> None:
-    """Empty every render cache and image-score cache behind a reward (e.g. after changing model weights)."""
-    for scorer, _ in reward.terms.values():
+    """Empty every render cache, image-score cache and text-embedding cache behind a reward's terms and monitors
+    (e.g. after changing model weights; the `surrogate` reward's only renderer is its gold monitors')."""
+    for scorer in [scorer for scorer, _ in reward.terms.values()] + list(getattr(reward, "monitors", {}).values()):
         if (cache := getattr(scorer, "score_cache", None)) is not None:
             cache.clear()
         if (renderer := getattr(scorer, "renderer", None)) is not None:
             renderer.clear_cache()
+        if (embedder := getattr(scorer, "embedder", None)) is not None:
+            embedder.clear_cache()
 
 
 def reward_stats(reward: CompositeReward) -> dict[str, float]:
-    """Render-cache and score-cache counters of the renderers and scorers behind a reward (for logging)."""
+    """Render-cache, score-cache and embedding-cache counters of the renderers, scorers and sentence embedders behind
+    a reward (for logging)."""
     stats: dict[str, float] = {}
     for name, (scorer, _) in reward.terms.items():
         if (cache := getattr(scorer, "score_cache", None)) is not None:
@@ -253,4 +297,8 @@ def reward_stats(reward: CompositeReward) -> dict[str, float]:
             f"{prefix}pipeline_calls": float(renderer.pipeline_calls),
             f"{prefix}images_rendered": float(renderer.images_rendered),
         }
+    embedders = {id(e): e for scorer, _ in reward.terms.values() if (e := getattr(scorer, "embedder", None)) is not None}
+    for i, embedder in enumerate(embedders.values()):
+        prefix = "embed/" if len(embedders) == 1 else f"embed{i}/"
+        stats |= {f"{prefix}cache_hits": float(embedder.hits), f"{prefix}cache_misses": float(embedder.misses)}
     return stats

@@ -17,7 +17,14 @@ import torch
 from promptgym.rewards.base import EditResult, TaskLike, check_scores
 from promptgym.rewards.render import explain_missing_checkpoint
 
-__all__ = ["SemanticConsistencyScorer", "bundled_minilm_path", "intent_text"]
+__all__ = [
+    "SemanticConsistencyScorer",
+    "bundled_minilm_path",
+    "check_sentence_model",
+    "encode_texts",
+    "intent_text",
+    "load_sentence_transformer",
+]
 
 
 def bundled_minilm_path() -> Path:
@@ -35,6 +42,33 @@ def bundled_minilm_path() -> Path:
     return path
 
 
+def check_sentence_model(model: Any, batch_size: int) -> None:
+    """Raise unless `model` can `encode` texts (a SentenceTransformer) and `batch_size` is a positive int."""
+    if not hasattr(model, "encode"):
+        raise TypeError(f"model must be a sentence_transformers.SentenceTransformer, got {type(model).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def load_sentence_transformer(model: str | Path | None = None, device: str | torch.device | None = None) -> Any:
+    """A `sentence_transformers.SentenceTransformer` from a hub id or directory; `None` = the bundled
+    all-MiniLM-L6-v2 (offline)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = bundled_minilm_path() if model is None else model
+    with explain_missing_checkpoint(path, "sentence-transformers"):
+        return SentenceTransformer(str(path), device=None if device is None else str(device))
+
+
+@torch.inference_mode()
+def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised sentence embeddings `[N, D]` (float32, CPU) of `texts` with a SentenceTransformer `model`."""
+    embeddings = model.encode(
+        list(texts), batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+    )
+    return embeddings.float().cpu()
+
+
 def intent_text(task: TaskLike) -> str:
     """What the user wants: the target prompt when given, else `source + " " + instruction`."""
     if task.target:
@@ -49,10 +83,7 @@ class SemanticConsistencyScorer:
     """
 
     def __init__(self, model: Any, batch_size: int = 64, name: str = "semantic") -> None:
-        if not hasattr(model, "encode"):
-            raise TypeError(f"model must be a sentence_transformers.SentenceTransformer, got {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_sentence_model(model, batch_size)
         self.model = model.eval()
         self.batch_size = batch_size
         self.name = name
@@ -67,24 +98,12 @@ class SemanticConsistencyScorer:
         name: str = "semantic",
     ) -> SemanticConsistencyScorer:
         """Load a sentence-transformers model (hub id or directory); `None` = the bundled all-MiniLM-L6-v2 (offline)."""
-        from sentence_transformers import SentenceTransformer
-
-        path = bundled_minilm_path() if model is None else model
-        with explain_missing_checkpoint(path, "sentence-transformers"):
-            encoder = SentenceTransformer(str(path), device=None if device is None else str(device))
-        return cls(encoder, batch_size=batch_size, name=name)
+        return cls(load_sentence_transformer(model, device), batch_size=batch_size, name=name)
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised sentence embeddings `[N, D]` (float32, CPU)."""
-        embeddings = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return embeddings.float().cpu()
+        return encode_texts(self.model, texts, self.batch_size)
 
     @torch.inference_mode()
     def score_texts(self, intents: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:

@@ -29,7 +29,8 @@ from promptgym.experiments.config import (
     save_config,
 )
 
-PRESETS = ["tiny", "diffchat-sd15", "ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat", "synth", "synth-gold"]
+PRESETS = ["tiny", "diffchat-sd15", "ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat", "synth", "synth-gold",
+           "surrogate"]
 ABLATIONS = ["ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat"]
 DIFFCHAT_KNOBS = ("typical_mass", "negative_fraction", "integrity_value_coef")
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -227,7 +228,7 @@ def test_wrong_type_names_key_value_and_expected_type(override, message):
         ("env.max_new_tokens=0", "env.max_new_tokens=0: expected an integer >= 1"),
         ("data.tasks=''", "data.tasks='': expected a non-empty string"),
         ("policy.num_heads=3", "policy.hidden_size=64 is not divisible by policy.num_heads=3"),
-        ("reward.preset=sdxl", "reward.preset='sdxl': expected one of ['tiny', 'synth', 'synth-gold', 'diffchat-sd15']"),
+        ("reward.preset=sdxl", "reward.preset='sdxl': expected one of ['tiny', 'synth', 'synth-gold', 'surrogate', 'diffchat-sd15']"),
         ("reward.weights={aesthetic: 0, pickscore: 0, integrity: 0}", "expected at least one non-zero weight"),
         ("reward.delta=[aesthetics]", "reward.delta=['aesthetics']: 'aesthetics' is not a term"),
         ("reward.integrity.threshold=2", "reward.integrity={'threshold': 2}: ContentIntegrityScorer: threshold=2"),

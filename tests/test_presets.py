@@ -51,7 +51,7 @@ def renderer_of(reward: CompositeReward) -> DiffusersRenderer:
 
 
 def test_unknown_preset_is_named():
-    with pytest.raises(ValueError, match=r"preset='sd-xl'.*\['tiny', 'synth', 'synth-gold', 'diffchat-sd15'\]"):
+    with pytest.raises(ValueError, match=r"preset='sd-xl'.*\['tiny', 'synth', 'synth-gold', 'surrogate', 'diffchat-sd15'\]"):
         build_reward("sd-xl")
 
 
