@@ -6,6 +6,8 @@
                    [--render OUT.png]
     promptgym render --prompt TEXT [--preset synth|scene|tiny|diffchat-sd15] --out FILE.png
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
+    promptgym reward simulate-feedback --out LABELS.jsonl [--n 2000] [--noise 0.0] [--seed 0] [--held-out exclude|only]
+    promptgym reward fit-feedback --labels LABELS.jsonl --out DIR [--aux-weight 0.5] [--perturbations 3] [--seed 0]
     promptgym bench [--config synth] [--variants sft,ppo,grpo,...,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
@@ -129,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     build = world_commands.add_parser("build", help="train the synth world's judge, SD, CLIP and aesthetic MLP",
                                       add_help=False)
     build.add_argument("build_args", nargs=argparse.REMAINDER, help="see promptgym world build --help")
+
+    reward = commands.add_parser("reward", parents=[debug], help="reward models: simulated feedback, fitting")
+    reward_commands = reward.add_subparsers(dest="reward_command", required=True, metavar="REWARD_COMMAND")
+    for name, summary in (("simulate-feedback", "label synth renders with the gold judge (a labels file)"),
+                          ("fit-feedback", "train the feedback reward model (Lee et al. 2023) on a labels file")):
+        sub = reward_commands.add_parser(name, help=summary, add_help=False)
+        sub.add_argument("reward_args", nargs=argparse.REMAINDER, help=f"see promptgym reward {name} --help")
 
     demo = commands.add_parser("demo", parents=[debug],
                                help="play a few episodes with a scripted policy and print the rewards")
@@ -311,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from promptgym.experiments import world_build
 
         return world_build.main(argv[2:])
+    if argv[:1] == ["reward"] and argv[1:2] in (["simulate-feedback"], ["fit-feedback"]):  # their own parsers too
+        from promptgym.experiments import feedback
+
+        return feedback.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
