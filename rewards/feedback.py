@@ -241,7 +241,7 @@ def fit_feedback_model(data: FeedbackData, *, aux_weight: float = 0.5, epochs: i
                        lr: float = 1e-3, weight_decay: float = 1e-4, hidden_dims: Sequence[int] = (256, 64),
                        dropout: float = 0.1, clip: str = SYNTH_CLIP, seed: int = 0,
                        progress: bool = True) -> tuple[FeedbackRewardModel, list[dict[str, float]]]:
-    """Train a `FeedbackRewardModel` on `data` with AdamW and a cosine learning-rate schedule; deterministic for a
+    """Train a `FeedbackRewardModel` on `data` with AdamW and a one-cycle schedule (10% warm-up, cosine decay); deterministic for a
     seed (initialisation, dropout and batch order). Returns the model (eval mode) and the mean losses per epoch."""
     if not math.isfinite(aux_weight) or aux_weight < 0:
         raise ValueError(f"aux_weight must be a finite number >= 0, got {aux_weight}")
