@@ -9,6 +9,8 @@
     promptgym render --prompt TEXT [--preset synth|scene|tiny|diffchat-sd15] --out FILE.png
     promptgym world build --out DIR [--stages data,judge,sd,clip,aesthetic] [--scale 1.0] [--seed 0]
     promptgym reward fit-surrogate --out DIR [--prompts 2400] [--seed 0] [--pairs FILE]
+    promptgym reward simulate-feedback --out LABELS.jsonl [--n 2000] [--noise 0.0] [--seed 0] [--held-out exclude|only]
+    promptgym reward fit-feedback --labels LABELS.jsonl --out DIR [--aux-weight 0.5] [--perturbations 3] [--seed 0]
     promptgym bench [--config synth] [--variants sft,ppo,grpo,...,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
@@ -168,13 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       add_help=False)
     build.add_argument("build_args", nargs=argparse.REMAINDER, help="see promptgym world build --help")
 
-    reward = commands.add_parser("reward", parents=[debug], help="reward models: fit them")
+    reward = commands.add_parser("reward", parents=[debug], help="reward models: fit them, simulate feedback")
     reward_commands = reward.add_subparsers(dest="reward_command", required=True, metavar="REWARD_COMMAND")
-    surrogate = reward_commands.add_parser(
-        "fit-surrogate", add_help=False,
-        help="fit the text-only surrogate rewards (aes_rm, ps_rm) to the synth image scores",
-    )
-    surrogate.add_argument("fit_args", nargs=argparse.REMAINDER, help="see promptgym reward fit-surrogate --help")
+    for name, summary in (
+        ("fit-surrogate", "fit the text-only surrogate rewards (aes_rm, ps_rm) to the synth image scores"),
+        ("simulate-feedback", "label synth renders with the gold judge (a labels file)"),
+        ("fit-feedback", "train the feedback reward model (Lee et al. 2023) on a labels file"),
+    ):
+        sub = reward_commands.add_parser(name, help=summary, add_help=False)
+        sub.add_argument("reward_args", nargs=argparse.REMAINDER, help=f"see promptgym reward {name} --help")
 
     demo = commands.add_parser("demo", parents=[debug],
                                help="play a few episodes with a scripted policy and print the rewards")
@@ -393,6 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from promptgym.experiments import surrogate_fit
 
         return surrogate_fit.main(argv[2:])
+    if argv[:1] == ["reward"] and argv[1:2] in (["simulate-feedback"], ["fit-feedback"]):  # their own parsers too
+        from promptgym.experiments import feedback
+
+        return feedback.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

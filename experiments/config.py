@@ -145,12 +145,13 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         from promptgym.rewards.integrity import ContentIntegrityScorer
-        from promptgym.rewards.presets import DEFAULT_WEIGHTS, PRESETS, default_weights
+        from promptgym.rewards.presets import DEFAULT_WEIGHTS, PRESETS, SYNTH_OPTIONAL_WEIGHTS, default_weights
 
         if self.preset not in PRESETS:
             raise ConfigError(f"reward.preset={self.preset!r}: expected one of {list(PRESETS)}")
         terms = default_weights(self.preset)
-        monitors = DEFAULT_WEIGHTS if self.preset == "synth-gold" else {}  # proxy terms: monitors, weight 0 only
+        # synth-gold: the proxy terms are monitors (or, the optional ones, off), weight 0 only
+        monitors = DEFAULT_WEIGHTS | SYNTH_OPTIONAL_WEIGHTS if self.preset == "synth-gold" else {}
         for name, weight in self.weights.items():
             if name in monitors and weight == 0:
                 continue

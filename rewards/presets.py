@@ -14,6 +14,11 @@ and sits near 0 with a spread of about 0.1-1 (aesthetic scores are ~4-7, PickSco
 preset normalises by running statistics, so an environment's reward stays a fixed function of the prompt.
 Every choice is an override: `build_reward("tiny", weights={"pickscore": 0.0})`.
 
+`synth` has one more, opt-in term (`SYNTH_OPTIONAL_WEIGHTS`, weight 0 by default): `feedback`, the reward model
+trained on (simulated) binary feedback of Lee et al. 2023 (`LearnedRewardScorer`, shipped in
+`promptgym/rewards/data/synth/feedback`), an image term like PickScore (delta mode, the same shared renders):
+`build_reward("synth", weights={"feedback": 1.0})`. The gold monitors stay on whatever the weights.
+
 The tiny stack's scores exercise the pipeline and say nothing about image quality. The synth stack's models are
 trained on the procedural scene world (`promptgym world build`, shipped in `promptgym/rewards/data/synth`), and
 its rewards carry the gold metrics `gold/content` and `gold/aesthetic` as monitors: reported beside the proxy
@@ -39,6 +44,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from promptgym.rewards.composite import CompositeReward
+from promptgym.rewards.feedback import LearnedRewardScorer
 from promptgym.rewards.gold import GoldAestheticScorer, GoldContentScorer, GoldTextContentScorer
 from promptgym.rewards.image_scorers import AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer
@@ -50,6 +56,7 @@ from promptgym.rewards.world import SYNTH_RENDER_SETTINGS, synth_path
 PRESETS = ("tiny", "synth", "synth-gold", "surrogate", "diffchat-sd15")
 IMAGE_TERMS = ("aesthetic", "pickscore")
 DEFAULT_WEIGHTS = {"aesthetic": 1.0, "pickscore": 1.0, "integrity": 1.0}
+SYNTH_OPTIONAL_WEIGHTS = {"feedback": 0.0}  # synth-only image terms, off unless weighted
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_L14 = "openai/clip-vit-large-patch14"
 LAION_MLP = "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
@@ -63,10 +70,12 @@ SURROGATE_WEIGHTS = {"aesthetic": SURROGATE_ALPHA, "pickscore": round(1.0 - SURR
 
 
 def default_weights(preset: str) -> dict[str, float]:
-    """The reward terms of `preset` and their default weights."""
+    """The reward terms of `preset` and their default weights (`synth`: with its optional terms at weight 0)."""
     if preset == "synth-gold":
         return dict(GOLD_WEIGHTS)
-    return dict(SURROGATE_WEIGHTS if preset == "surrogate" else DEFAULT_WEIGHTS)
+    if preset == "surrogate":
+        return dict(SURROGATE_WEIGHTS)
+    return DEFAULT_WEIGHTS | SYNTH_OPTIONAL_WEIGHTS if preset == "synth" else dict(DEFAULT_WEIGHTS)
 
 
 def byte_tokenizer(model_max_length: int = 77) -> PreTrainedTokenizerFast:
@@ -125,14 +134,16 @@ def build_reward(
         raise ValueError("tokenizer is only used by the tiny preset; trained and real checkpoints bring their own tokenizers")
     if preset == "synth-gold":
         return _synth_gold_reward(weights, renderer, integrity, delta, normalize, on_error, seed, monitors)
-    weights = {**default_weights(preset), **(weights or {})}
-    unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
+    terms = default_weights(preset)
+    weights = {**terms, **(weights or {})}
+    unknown = sorted(set(weights) - set(terms))
     if unknown:
-        raise ValueError(f"weights name unknown terms {unknown}; terms are {sorted(DEFAULT_WEIGHTS)}")
+        only_synth = " (feedback is a synth term)" if set(unknown) & set(SYNTH_OPTIONAL_WEIGHTS) else ""
+        raise ValueError(f"weights name unknown terms {unknown}; terms are {sorted(terms)}{only_synth}")
     active = {name for name, weight in weights.items() if weight != 0}
     if not active:
         raise ValueError(f"weights={weights} leave no term with a non-zero weight")
-    image_terms = [name for name in IMAGE_TERMS if name in active]
+    image_terms = [name for name in (*IMAGE_TERMS, *SYNTH_OPTIONAL_WEIGHTS) if name in active]
     scorers: dict[str, Any] = {}
     gold: dict[str, Any] = {}
     if preset == "synth":
@@ -182,6 +193,8 @@ def synth_image_scorers(terms: Sequence[str], renderer: DiffusersRenderer) -> di
         scorers["pickscore"] = PickScoreScorer.from_pretrained(
             model=synth_path("clip"), processor=synth_path("clip"), renderer=renderer
         )
+    if "feedback" in terms:
+        scorers["feedback"] = LearnedRewardScorer.from_pretrained(_synth_feedback_path(), renderer=renderer)
     return scorers
 
 
@@ -197,6 +210,18 @@ def surrogate_scorers(terms: Sequence[str], embedder: SentenceEmbedder | None = 
     return {term: SurrogateScorer.from_pretrained(path, embedder=embedder, name=term) for term, path in paths.items()}
 
 
+def _synth_feedback_path() -> Any:
+    """The shipped feedback reward model's directory; missing, a FileNotFoundError naming the commands that build it."""
+    try:
+        return synth_path("feedback")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            "the synth feedback reward model is missing; build it with `promptgym reward simulate-feedback --out "
+            "LABELS.jsonl` then `promptgym reward fit-feedback --labels LABELS.jsonl --out <synth dir>/feedback` "
+            "(see promptgym.rewards.feedback)"
+        ) from None
+
+
 def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[str, Any] | None,
                        integrity: Mapping[str, Any] | None, delta: Any, normalize: Any, on_error: str,
                        seed: int, monitors: bool = True) -> CompositeReward:
@@ -204,11 +229,12 @@ def _synth_gold_reward(weights: Mapping[str, float] | None, renderer: Mapping[st
     proxy terms (aesthetic, PickScore, integrity) as monitors, so a gold-trained policy shows what it does to them.
     A proxy term may be named in `weights` with weight 0 (it is a monitor here), so a config built on `synth` can
     switch to this preset without unsetting its proxy weights."""
-    proxy = {name: w for name, w in (weights or {}).items() if name in DEFAULT_WEIGHTS}
+    proxy_terms = DEFAULT_WEIGHTS | SYNTH_OPTIONAL_WEIGHTS
+    proxy = {name: w for name, w in (weights or {}).items() if name in proxy_terms}
     if any(w != 0 for w in proxy.values()):
         raise ValueError(f"weights {proxy} give proxy terms a weight; in synth-gold they are monitors (weight 0), "
                          f"and the terms are {sorted(GOLD_WEIGHTS)} (and gold/text_content)")
-    weights = {**GOLD_WEIGHTS, **{n: w for n, w in (weights or {}).items() if n not in DEFAULT_WEIGHTS}}
+    weights = {**GOLD_WEIGHTS, **{n: w for n, w in (weights or {}).items() if n not in proxy_terms}}
     shared = synth_renderer(seed, renderer)
     gold = synth_gold_scorers(shared)
     unknown = sorted(set(weights) - set(gold))

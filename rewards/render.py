@@ -428,6 +428,18 @@ class CachedRenderer:
         finally:
             self.render_seconds += time.perf_counter() - start
 
+    def render_pairs(self, pairs: Sequence[tuple[str, int]]) -> torch.Tensor:
+        """Images `[B, 3, H, W]` (float32, CPU, in [0, 1]) of `(prompt, k)` pairs, any k >= 0: pair (p, k) is exactly
+        image k of `render([p])` with `images_per_prompt > k`. Uncached, in chunks of `batch_size`: for data
+        generation, where each image is drawn once (e.g. a feedback label's render, identified by its noise index)."""
+        chunks = []
+        with torch.inference_mode(False), torch.no_grad():
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = [(str(prompt), int(k)) for prompt, k in pairs[start : start + self.batch_size]]
+                chunks.append(self._render_pairs(chunk))
+                self.images_rendered += len(chunk)
+        return torch.cat(chunks) if chunks else torch.zeros((0, 3, self.height, self.width), dtype=torch.float32)
+
     def _render(self, prompts: Sequence[str]) -> torch.Tensor:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError(f"prompts must be a sequence of str, got {type(prompts).__name__}: {prompts!r:.80}")
