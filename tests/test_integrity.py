@@ -186,7 +186,8 @@ def test_constructor_accepts_the_range_ends():
 
 # ------------------------------------------------------------------------------ the bundled demo set
 
-DEMO_FILES = sorted((Path(__file__).resolve().parents[1] / "envs" / "data").glob("demo_*.jsonl"))
+DEMO_FILES = [path for path in sorted((Path(__file__).resolve().parents[1] / "envs" / "data").glob("demo_*.jsonl"))
+              if not path.name.startswith("demo_chat_")]  # single-turn rows only (the chat files hold conversations)
 
 
 def _demo_rows() -> list[dict]:
