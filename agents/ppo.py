@@ -209,7 +209,8 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: t
 @dataclasses.dataclass
 class Collected:
     """What `PPOAgent.collect` hands to `PPOAgent.update`: this process's episodes (positives, then negatives)
-    and which rows of the global batch they are (`GlobalRows.whole(len(batch))` in one process)."""
+    and which rows of the global batch they are (`GlobalRows.whole(len(batch))` in one process). For conversations
+    `rows` counts episodes, and `batch.episode` says which global episode each row (turn) belongs to."""
 
     batch: RolloutBatch
     rows: GlobalRows
@@ -546,7 +547,7 @@ class PPOAgent:
         return {"updates": self.num_updates, "episodes": self.num_episodes, "reward_calls": self.num_reward_calls}
 
 
-def _context_ids(batch: RolloutBatch, row: int) -> torch.Tensor:
+def _context_ids(batch: RolloutBatch, row: int) -> np.ndarray:
     """Row `row`'s context token ids (without the left padding)."""
     context = slice(0, batch.context_length)
     return batch.input_ids[row, context][batch.attention_mask[row, context] == 1].cpu().numpy()

@@ -312,3 +312,17 @@ def test_a_waiting_sub_env_ignores_actions_and_keeps_its_next_turn_observation()
     assert (obs["attention_mask"][:, vec.episodes.max_context_tokens] == 1).all()  # both wrote their first token
     with pytest.raises(ValueError, match="sync_turns"):
         PromptChatVectorEnv(2, [CHAIN], reward=INTEGRITY, sync_turns="yes")
+
+
+def test_sync_turns_with_next_step_autoreset_releases_the_waiting_with_the_reset():
+    one_turn = Conversation("a cat", (ChatTurn("make it red", "a red cat"),), id="one")
+    vec = PromptChatVectorEnv(2, [one_turn, CHAIN], reward=INTEGRITY, max_new_tokens=6, max_context_tokens=96,
+                              sync_turns=True)
+    vec.reset(seed=0, options={"conversation_indices": [0, 1]})
+    eos, a = vec.episodes.eos_id, int(vec.tokenizer.convert_tokens_to_ids("a"))
+    _, _, terminated, _, _ = vec.step(np.array([a, eos]))  # sub-env 1 ends turn 0 and waits for sub-env 0
+    assert vec.waiting.tolist() == [False, True] and not terminated.any()
+    _, _, terminated, _, _ = vec.step(np.array([eos, a]))  # sub-env 0's conversation ends: nobody writes any more
+    assert terminated.tolist() == [True, False] and vec.waiting.tolist() == [False, False]
+    _, rewards, terminated, _, infos = vec.step(np.array([a, a]))  # 0 resets (its action ignored), 1 writes turn 1
+    assert infos["_conversation_id"][0] and vec.turns.tolist() == [0, 1] and rewards.tolist() == [0.0, 0.0]
