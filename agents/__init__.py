@@ -13,19 +13,28 @@ from promptgym.agents.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from promptgym.agents.conversation import ConversationPacking, conversation_gae
 from promptgym.agents.distributed import DataParallel, GlobalRows
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
 from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
 from promptgym.agents.ppo import Collected, PPOAgent, PPOConfig, ppo_losses
-from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions
+from promptgym.agents.rollout import ChatRolloutCollector, RolloutBatch, RolloutCollector, evaluate_actions
 from promptgym.agents.rwr import RWRAgent, RWRConfig, rwr_weights
 from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
-from promptgym.agents.sft import SFTConfig, SFTResult, completion_loss, sft_warm_start
+from promptgym.agents.sft import (
+    ContextExample,
+    SFTConfig,
+    SFTResult,
+    chat_examples,
+    completion_loss,
+    sft_warm_start,
+)
 
 __all__ = [
     "AdaptiveKLController",
+    "ChatRolloutCollector",
     "CheckpointState",
     "Collected",
     "DataParallel",
@@ -42,6 +51,8 @@ __all__ = [
     "SFTConfig",
     "SFTResult",
     "completion_loss",
+    "chat_examples",
+    "ContextExample",
     "sft_warm_start",
     "evaluate_actions",
     "ppo_losses",
@@ -55,6 +66,8 @@ __all__ = [
     "KLController",
     "action_logprobs",
     "compute_gae",
+    "conversation_gae",
+    "ConversationPacking",
     "corrupt_keywords",
     "kl_estimate",
     "sample_restricted",

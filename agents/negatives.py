@@ -113,13 +113,20 @@ class NegativeSampler:
         tasks: Sequence[EditTask],
         episodes: Sequence[int],
         update: int,
+        contexts: Sequence[np.ndarray] | None = None,
     ) -> RolloutBatch:
-        """`negative_samples` of `tasks`, the tasks of global episodes `episodes`; replacement words are the
-        keywords of all of the env's tasks."""
+        """`negative_samples` of `tasks`, the tasks of global episodes `episodes` (with their `contexts`, e.g. a
+        chat turn's, or the tasks' single-turn contexts); replacement words are the keywords of all of the env's
+        tasks."""
         if self._vocabulary is None:
             self._vocabulary = keyword_vocabulary(env.episodes.tasks)
         rngs = [np.random.default_rng([self.seed, update, 1, g]) for g in episodes]
-        return negative_samples(policy, env, tasks, self.corruption_rate, rngs, self._vocabulary)
+        return negative_samples(policy, env, tasks, self.corruption_rate, rngs, self._vocabulary, contexts)
+
+    def turn_of(self, episode: int, num_turns: int, update: int) -> int:
+        """Which turn of conversation `episode` (global index) would get the negative in update `update`: drawn
+        uniformly by a generator seeded with (seed, update, episode), so every process agrees."""
+        return int(np.random.default_rng([self.seed, update, 2, episode]).integers(num_turns))
 
 
 def keyword_vocabulary(tasks: Sequence[EditTask]) -> list[str]:
@@ -138,6 +145,7 @@ def negative_samples(
     rate: float,
     rng: np.random.Generator | Sequence[np.random.Generator],
     vocabulary: Sequence[str],
+    contexts: Sequence[np.ndarray] | None = None,
 ) -> RolloutBatch:
     """DiffChat's negatives: each task's target with some keywords deleted or replaced, teacher-forced.
 
@@ -145,6 +153,8 @@ def negative_samples(
     by the policy (log-probs, values) and the reference, so it joins the PPO batch like a sampled episode.
     A corrupted prompt longer than `max_new_tokens` is cut there (no EOS) and the cut text is what is scored.
     `rng` is one generator for all tasks or one per task (so a task's corruption does not depend on the others).
+    `contexts` are the token ids the policy reads before each corrupted prompt (e.g. a chat turn's history and
+    edit); None: each task's single-turn context, as the env encodes it.
     """
     episodes, tokenizer = env.episodes, env.tokenizer
     rngs = [rng] * len(tasks) if isinstance(rng, np.random.Generator) else list(rng)
@@ -157,7 +167,9 @@ def negative_samples(
     completions = tokenizer([episodes.template.completion(p) for p in corrupted], add_special_tokens=False)["input_ids"]
     tokens = [(ids + [episodes.eos_id])[: episodes.max_new_tokens] for ids in completions]
     prompts = [episodes.decode(np.asarray(ids)) for ids in tokens]
-    contexts = episodes.encode(list(tasks))
+    contexts = episodes.encode(list(tasks)) if contexts is None else [np.asarray(c, dtype=np.int64) for c in contexts]
+    if len(contexts) != len(tasks):
+        raise ValueError(f"got {len(contexts)} contexts for {len(tasks)} tasks; expected one per task")
     c, t, n = max(map(len, contexts)), max(map(len, tokens)), len(tasks)
     input_ids = torch.full((n, c + t), episodes.pad_id, dtype=torch.long)
     attention = torch.zeros(n, c + t, dtype=torch.long)

@@ -17,6 +17,16 @@ functions, then the agent in loop order, `collect -> advantages -> update -> ste
 
 Hyperparameter names follow Stable-Baselines3; the KL-penalty knobs (`kl_coef`, `kl_target`) are separate
 from PPO's early-stop `target_kl`.
+
+On the multi-turn chat env (`PromptChatVectorEnv(..., sync_turns=True)`) an episode is a conversation: the agent
+collects one per sub-env with `ChatRolloutCollector` (one row per turn, the turn's reward on its last token), runs
+GAE across each whole conversation (`conversation_gae`: turn 1's tokens see the rewards of later turns), and
+draws minibatches of whole conversations (`batch_size` conversations, all their turns together: a minibatch then
+holds every turn of the conversations it has, and the data-parallel split stays by episode). A reward call is one
+turn scored (`num_reward_calls`: what costs renders); `negative_fraction` is the share of conversations that get
+one negative, a uniformly drawn turn whose target is corrupted and teacher-forced after that turn's own context,
+standing as an episode of its own. Per-token metrics (reward, KL, length) are per turn; `chat/...` metrics add
+per-conversation returns and each turn's reward terms.
 """
 
 from __future__ import annotations
@@ -30,14 +40,15 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from promptgym.agents.conversation import conversation_gae
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel, GlobalRows
 from promptgym.agents.integrity_value import integrity_aware_gae, integrity_bonus, prefix_integrity
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from promptgym.agents.negatives import NegativeSampler
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions
+from promptgym.agents.rollout import ChatRolloutCollector, RolloutBatch, RolloutCollector, evaluate_actions
 from promptgym.agents.validation import ConfigError, config_dataclass
-from promptgym.envs import PromptEditVectorEnv
+from promptgym.envs import PromptChatVectorEnv, PromptEditVectorEnv
 from promptgym.rewards import ContentIntegrityScorer, reward_seconds
 
 TERM_NAMES = ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clipfrac")
@@ -57,9 +68,11 @@ class PPOConfig:
 
     learning_rate: Annotated[float, Field(gt=0, description="AdamW learning rate of the policy and value head")] = 1e-4
     n_episodes: Annotated[int, Field(ge=1, description=(
-        "episodes collected per update, one per env (data-parallel: the global batch)"
+        "episodes collected per update, one per env (data-parallel: the global batch; chat env: conversations)"
     ))] = 32
-    batch_size: Annotated[int, Field(ge=1, description="episodes per minibatch (at most n_episodes)")] = 16
+    batch_size: Annotated[int, Field(ge=1, description=(
+        "episodes per minibatch (at most n_episodes; chat env: whole conversations, every turn of each)"
+    ))] = 16
     n_epochs: Annotated[int, Field(ge=1, description="passes over an update's episodes")] = 4
     clip_range: Annotated[float, Field(gt=0, description=(
         "surrogate clip: the probability ratio is kept within 1 +- clip_range"
@@ -95,7 +108,8 @@ class PPOConfig:
         "(needs typical_mass)"
     ))] = "policy"
     negative_fraction: Annotated[float, Field(ge=0, le=1, description=(
-        "DiffChat's negative samples: share of the batch added as keyword-corrupted targets; 0: off"
+        "DiffChat's negative samples: share of the batch added as keyword-corrupted targets (chat env: share of "
+        "the conversations that get one, on a random turn); 0: off"
     ))] = 0.0
     corruption_rate: Annotated[float, Field(gt=0, le=1, description=(
         "share of a target's keywords deleted or replaced in a negative sample"
@@ -195,7 +209,8 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: t
 @dataclasses.dataclass
 class Collected:
     """What `PPOAgent.collect` hands to `PPOAgent.update`: this process's episodes (positives, then negatives)
-    and which rows of the global batch they are (`GlobalRows.whole(len(batch))` in one process)."""
+    and which rows of the global batch they are (`GlobalRows.whole(len(batch))` in one process). For conversations
+    `rows` counts episodes, and `batch.episode` says which global episode each row (turn) belongs to."""
 
     batch: RolloutBatch
     rows: GlobalRows
@@ -219,7 +234,8 @@ def run_updates(step: Callable[[], dict[str, float]], num_updates: int, desc: st
 
 
 class PPOAgent:
-    """Trains a `PolicyWithValue` on a `PromptEditVectorEnv` (with `autoreset_mode="disabled"`).
+    """Trains a `PolicyWithValue` on a `PromptEditVectorEnv` (with `autoreset_mode="disabled"`), or on conversations
+    of a `PromptChatVectorEnv` (also with `sync_turns=True`; see the module docstring).
 
     The KL reference is the policy as it is when the agent is built (call after SFT). `integrity` is the
     content-integrity scorer whose `partial` gives CI(s_t) for the integrity-aware value. Rollouts and losses
@@ -233,7 +249,7 @@ class PPOAgent:
     def __init__(
         self,
         policy: PolicyWithValue,
-        env: PromptEditVectorEnv,
+        env: PromptEditVectorEnv | PromptChatVectorEnv,
         config: PPOConfig | None = None,
         integrity: ContentIntegrityScorer | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -258,7 +274,9 @@ class PPOAgent:
         )
         # token sampling and minibatch order; every process draws the same numbers from both
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.collector = RolloutCollector(policy, env, c.typical_mass, self.generator)
+        self.conversations = isinstance(env, PromptChatVectorEnv)  # episodes are conversations, rows are turns
+        collector = ChatRolloutCollector if self.conversations else RolloutCollector
+        self.collector = collector(policy, env, c.typical_mass, self.generator)
         self.num_updates = 0
         self.num_episodes = 0
         self.num_reward_calls = 0
@@ -278,11 +296,17 @@ class PPOAgent:
         shard = dp.shard(c.n_episodes)
         seed = c.seed * 1_000_003 + self.num_updates * c.n_episodes  # fresh, reproducible tasks per update
         batch = self.collector.collect(seed=seed + shard.start, shard=(shard.start, c.n_episodes))
-        picked = self.negatives.choose(batch.tasks, self.num_updates, dp)  # global episodes that get a negative
+        candidates = self._negative_rows(batch, shard.start)  # per local episode: the row a negative would copy
+        picked = self.negatives.choose([batch.tasks[r] for r in candidates], self.num_updates, dp)  # global episodes
         mine = [g for g in picked if shard.start <= g < shard.stop]
         if mine:
-            tasks = [batch.tasks[g - shard.start] for g in mine]
-            negatives = self.negatives.samples(self.policy, self.env, tasks, mine, self.num_updates)
+            rows = [candidates[g - shard.start] for g in mine]
+            tasks = [batch.tasks[r] for r in rows]
+            contexts = [_context_ids(batch, r) for r in rows] if self.conversations else None
+            negatives = self.negatives.samples(self.policy, self.env, tasks, mine, self.num_updates, contexts)
+            if self.conversations:  # each negative is an episode of its own, after the global positives
+                negatives.episode = torch.tensor([c.n_episodes + picked.index(g) for g in mine])
+                negatives.turn = batch.turn[rows]
             batch = RolloutBatch.concat([batch, negatives], pad_id=self.env.episodes.pad_id)
         if c.integrity_value_coef > 0:
             batch.integrity = prefix_integrity(
@@ -290,12 +314,28 @@ class PPOAgent:
             )
         return Collected(batch, dp.rows_of(c.n_episodes, derived=picked))
 
+    def _negative_rows(self, batch: RolloutBatch, start: int) -> list[int]:
+        """For each of this process's episodes, the row of `batch` whose task a negative would corrupt: the episode
+        itself, or for a conversation (global index `start + i`) the row of its turn `NegativeSampler.turn_of`."""
+        if not self.conversations:
+            return list(range(len(batch)))
+        episodes = batch.episode.tolist()
+        rows = []
+        for i in range(self.env.num_envs):
+            own = [r for r, e in enumerate(episodes) if e == start + i]
+            rows.append(own[self.negatives.turn_of(start + i, len(own), self.num_updates)])
+        return rows
+
     # -- advantages
     def advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-token rewards, advantages, critic targets, per-token KL), all `[B, T]`."""
         c = self.config
         kl = kl_estimate(batch.logprobs, batch.ref_logprobs, c.kl_estimator) * batch.mask
         rewards = token_rewards(batch.env_rewards, kl, self.kl_controller.value, batch.mask)
+        if batch.episode is not None:  # turns of conversations: GAE across each whole conversation
+            advantages, targets = conversation_gae(rewards, batch.values, batch.mask, batch.episode, batch.turn,
+                                                   c.gamma, c.gae_lambda, batch.integrity, c.integrity_value_coef)
+            return rewards, advantages, targets, kl
         advantages, targets = integrity_aware_gae(
             rewards, batch.values, batch.integrity, c.integrity_value_coef, batch.mask, c.gamma, c.gae_lambda
         )
@@ -305,7 +345,8 @@ class PPOAgent:
     def update(self, collected: Collected) -> dict[str, float]:
         """PPO epochs over minibatches of whole episodes; returns the update's (global) metrics.
 
-        Minibatches are drawn from a permutation of the global batch; each process steps on its rows of them.
+        Minibatches are drawn from a permutation of the global batch's episodes; each process steps on its rows of
+        them (for conversations, every turn of each of its conversations in the minibatch).
         """
         c = self.config
         batch, rows = collected.batch.to(self.policy.device), collected.rows
@@ -313,6 +354,7 @@ class PPOAgent:
         old = batch.sample_logprobs if c.old_logprob == "restricted" else batch.logprobs
         old = torch.where(batch.negative[:, None], batch.logprobs, old)
         stats: dict[str, list[float]] = {}
+        unit = _local_episode_of_rows(batch, rows)
         self.policy.train()
         epochs_run = 0
         for _ in range(c.n_epochs):
@@ -320,6 +362,8 @@ class PPOAgent:
             order = torch.randperm(rows.size, generator=self.generator)
             approx_kls = []
             for mb in rows.minibatches(order, c.batch_size):
+                if unit is not None:  # this process's episodes of the minibatch -> all their rows
+                    mb = torch.nonzero(torch.isin(unit, mb)).flatten()
                 terms = self._minibatch_step(batch.rows(mb), advantages[mb], targets[mb], old[mb])
                 for name, value in terms.items():
                     stats.setdefault(name, []).append(value)
@@ -378,12 +422,13 @@ class PPOAgent:
         collect_end, after = time.perf_counter(), self._profile_counters()
         metrics = self.update(collected)
         batch = collected.batch
-        positives, tokens, calls = self.parallel.sum_float(
-            float((~batch.negative).sum()), float(batch.mask[~batch.negative].sum()), float(len(batch))
+        positives, tokens, calls, episodes = self.parallel.sum_float(
+            float((~batch.negative).sum()), float(batch.mask[~batch.negative].sum()), float(len(batch)),
+            float(self.env.num_envs),
         )
-        self.kl_controller.update(metrics["objective/kl"], int(positives))
+        self.kl_controller.update(metrics["objective/kl"], int(positives))  # objective/kl is per row (turn)
         self.num_updates += 1
-        self.num_episodes += int(positives)
+        self.num_episodes += int(episodes)  # sampled episodes (conversations on the chat env)
         self.num_reward_calls += int(calls)
         end = time.perf_counter()
         metrics |= {
@@ -434,6 +479,26 @@ class PPOAgent:
             metrics[f"env/{name}"] = mean(batch.components[name], positive)
         for name, values in stats.items():
             metrics[f"ppo/{name}"] = float(np.mean(values))
+        if batch.episode is not None:
+            metrics |= self._conversation_metrics(batch)
+        return metrics
+
+    def _conversation_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        """`chat/return_mean` (sum of a conversation's turn rewards), `chat/turns_mean`, and per turn k (1-based)
+        and for each conversation's last turn: `chat/turn{k}/reward`, `chat/last/reward` and each reward term
+        (`chat/last/gold/content`: the gold content after the last turn), over the sampled conversations."""
+        dp, positive = self.parallel, ~batch.negative
+        last = positive & _is_last_turn(batch)
+        episodes = self.env.num_envs
+        returns_sum, turns_sum = dp.sum_float(float(batch.scores[positive].sum()), float(positive.sum()))
+        total = dp.sum_float(float(episodes))[0]
+        metrics = {"chat/return_mean": returns_sum / total, "chat/turns_mean": turns_sum / total}
+        max_turn = int(dp.gather(batch.turn.max().reshape(1).to(dp.device)).max())  # same keys in every process
+        groups = {f"turn{k + 1}": positive & (batch.turn == k) for k in range(max_turn + 1)} | {"last": last}
+        for group, where in groups.items():
+            metrics[f"chat/{group}/reward"] = float(dp.masked_mean(batch.scores, where))
+            for name in sorted(batch.components):
+                metrics[f"chat/{group}/{name}"] = float(dp.masked_mean(batch.components[name], where))
         return metrics
 
     def _explained_variance(self, predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
@@ -480,3 +545,28 @@ class PPOAgent:
 
     def _counters(self) -> dict[str, int]:
         return {"updates": self.num_updates, "episodes": self.num_episodes, "reward_calls": self.num_reward_calls}
+
+
+def _context_ids(batch: RolloutBatch, row: int) -> np.ndarray:
+    """Row `row`'s context token ids (without the left padding)."""
+    context = slice(0, batch.context_length)
+    return batch.input_ids[row, context][batch.attention_mask[row, context] == 1].cpu().numpy()
+
+
+def _local_episode_of_rows(batch: RolloutBatch, rows: GlobalRows) -> torch.Tensor | None:
+    """`[B]`: for each row of a conversation batch, the index of its episode among this process's episodes
+    (`rows.held`, global ids); None for a single-turn batch, whose rows are its episodes."""
+    if batch.episode is None:
+        return None
+    local_of = {int(g): u for u, g in enumerate(rows.held.tolist())}
+    return torch.tensor([local_of[int(g)] for g in batch.episode.tolist()], dtype=torch.long)
+
+
+def _is_last_turn(batch: RolloutBatch) -> torch.Tensor:
+    """`[B]` bool: the row is the last turn of its episode in `batch`."""
+    latest: dict[int, tuple[int, int]] = {}  # episode -> (turn, row)
+    for r, (e, k) in enumerate(zip(batch.episode.tolist(), batch.turn.tolist())):
+        latest[e] = max(latest.get(e, (k, r)), (k, r))
+    last = torch.zeros(len(batch), dtype=torch.bool)
+    last[[r for _, r in latest.values()]] = True
+    return last.to(batch.turn.device)

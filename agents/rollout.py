@@ -9,12 +9,18 @@ Per generated token t the batch records the action, log pi_old(a_t | s_t) under 
 under the distribution it was actually sampled from (the typical set when `typical_mass` is set), V(s_t), the
 reference model's log-prob, and the env's reward (the episode reward lands on the last token). Both episode
 endings (EOS and `max_new_tokens`) deliver the final reward, so no episode needs a bootstrap value.
+
+Conversations (`ChatRolloutCollector`, on a `PromptChatVectorEnv` with `sync_turns=True`): one row per (conversation,
+turn), holding that turn's context (history + current edit, as the env showed it) and the tokens written in it;
+`episode[B]` says which conversation a row belongs to and `turn[B]` which turn it is, rows ordered by conversation
+then turn. Each turn's reward lands on that turn's last token. Both collectors share one token loop
+(`RolloutCollector.sample_segment`): a single-turn episode is one segment, a conversation one segment per turn.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -24,7 +30,7 @@ from gymnasium.vector import AutoresetMode
 
 from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.sampling import action_logprobs, action_logprobs_and_entropy, sample_restricted, typical_mask
-from promptgym.envs import EditTask, PromptEditVectorEnv
+from promptgym.envs import Conversation, EditTask, PromptChatVectorEnv, PromptEditVectorEnv
 
 
 @dataclass
@@ -48,6 +54,8 @@ class RolloutBatch:
     prompts: list[str] = field(default_factory=list)
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     integrity: torch.Tensor | None = None  # [B, T] CI(s_t) of each prefix, when computed
+    episode: torch.Tensor | None = None  # [B] long: the (global) conversation of each row; None: one row per episode
+    turn: torch.Tensor | None = None  # [B] long: each row's turn in its conversation; None: single-turn episodes
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -106,6 +114,15 @@ class RolloutBatch:
         integrity = None
         if all(b.integrity is not None for b in batches):
             integrity = per_token("integrity", 0.0)
+
+        def per_row(name: str) -> torch.Tensor | None:
+            parts = [getattr(b, name) for b in batches]
+            if all(part is None for part in parts):
+                return None
+            if any(part is None for part in parts):
+                raise ValueError(f"RolloutBatch.concat: some batches have {name!r} and some do not; give every "
+                                 "batch of a conversation collection its episode and turn")
+            return torch.cat(parts)
         return RolloutBatch(
             input_ids=sequence("input_ids", pad_id),
             attention_mask=sequence("attention_mask", 0),
@@ -124,6 +141,8 @@ class RolloutBatch:
             prompts=[p for b in batches for p in b.prompts],
             components={k: torch.cat([b.components[k] for b in batches]) for k in sorted(names)},
             integrity=integrity,
+            episode=per_row("episode"),
+            turn=per_row("turn"),
         )
 
 
@@ -208,27 +227,52 @@ class RolloutCollector:
         (`max_new_tokens x total`, whatever the episodes' lengths) and each process uses its slice, so
         data-parallel processes together sample what one process would, and their generators stay in step.
         """
+        offset, total = _check_shard(shard, self.env.num_envs)
+        obs, _ = self.env.reset(seed=seed, options=options)
+        batch = self._sample(obs, offset, total)
+        return self._with_reference(batch) if reference else batch
+
+    def _sample(self, obs: dict[str, np.ndarray], offset: int, total: int) -> RolloutBatch:
+        """One episode per sub-env from the reset observation `obs`: one segment, all sub-envs."""
+        n, horizon = self.env.num_envs, self.env.episodes.max_new_tokens
+        uniforms = torch.rand(horizon, total, generator=self.generator, dtype=torch.float64)[:, offset : offset + n]
+        batch, _ = self.sample_segment(obs, torch.arange(n), uniforms, _episode_ended)
+        return batch
+
+    @torch.no_grad()
+    def sample_segment(
+        self,
+        obs: dict[str, np.ndarray],
+        rows: torch.Tensor,
+        uniforms: torch.Tensor,
+        ended: Callable[[np.ndarray, np.ndarray, dict], np.ndarray],
+    ) -> tuple[RolloutBatch, dict[str, np.ndarray]]:
+        """The token loop: sub-envs `rows` (the others get padding, which a finished or waiting sub-env ignores)
+        write from their current observation `obs` until `ended(terminated, truncated, infos)` (bool[num_envs])
+        has said so for each; one prefill of their contexts, then one KV-cached forward per token.
+
+        `uniforms[max_new_tokens, len(rows)]` drive the sampling. Returns the segment as a batch of `len(rows)`
+        rows (no reference pass; each row's task as it was when the segment started) and the env's last
+        observation (for a conversation: the next turns' first observations)."""
         env, pad = self.env, self.env.episodes.pad_id
-        n, horizon = env.num_envs, env.episodes.max_new_tokens
-        offset, total = shard if shard is not None else (0, n)
-        if offset < 0 or offset + n > total:
-            raise ValueError(f"shard={shard!r} does not hold this collector's {n} episodes")
+        n, horizon = len(rows), env.episodes.max_new_tokens
+        idx = rows.numpy()
         device = self.policy.device
-        obs, _ = env.reset(seed=seed, options=options)
-        ids, mask = _trimmed_context(obs, env.episodes.max_context_tokens)
+        tasks = [env.tasks[i] for i in idx]
+        ids, mask = _trimmed_context({k: v[idx] for k, v in obs.items()}, env.episodes.max_context_tokens)
         rec = {
             name: torch.zeros(n, horizon) for name in ("logprobs", "sample_logprobs", "values", "entropy", "rewards")
         }
         actions = torch.full((n, horizon), pad, dtype=torch.long)
         alive = torch.zeros(n, horizon, dtype=torch.bool)
         done = torch.zeros(n, dtype=torch.bool)
-        prompts: list[str] = [""] * n
+        prompts: list[str] = [""] * env.num_envs
         components: dict[str, torch.Tensor] = {}
+        env_actions = np.full(env.num_envs, pad, dtype=np.int64)
         was_training = self.policy.training
         self.policy.eval()
         device_mask = mask.to(device)
         out = self.policy(ids.to(device), device_mask, use_cache=True)
-        uniforms = torch.rand(horizon, total, generator=self.generator, dtype=torch.float64)[:, offset : offset + n]
         steps = 0
         for t in range(horizon):
             logits = out.logits[:, -1].float()
@@ -242,10 +286,11 @@ class RolloutCollector:
             rec["values"][:, t] = out.values[:, -1].float().cpu()
             rec["entropy"][:, t] = entropy.cpu()
             actions[:, t], alive[:, t] = action, active
-            _, rewards, terminated, truncated, infos = env.step(action.numpy())
-            rec["rewards"][:, t] = torch.from_numpy(rewards).float()
-            _record_finished(infos, prompts, components, n)
-            done |= torch.from_numpy(terminated | truncated)
+            env_actions[idx] = action.numpy()
+            obs, rewards, terminated, truncated, infos = env.step(env_actions)
+            rec["rewards"][:, t] = torch.from_numpy(rewards[idx]).float()
+            _record_finished(infos, prompts, components, env.num_envs)
+            done |= torch.from_numpy(ended(terminated, truncated, infos)[idx])
             steps = t + 1
             if done.all():
                 break
@@ -267,34 +312,109 @@ class RolloutCollector:
             scores=(rec["rewards"][:, :steps] * alive).sum(1),
             negative=torch.zeros(n, dtype=torch.bool),
             entropy=rec["entropy"][:, :steps] * alive,
-            tasks=list(env.tasks),
-            prompts=prompts,
-            components=components,
+            tasks=tasks,
+            prompts=[prompts[i] for i in idx],
+            components={name: values[rows] for name, values in components.items()},
         )
-        if reference:
-            start = time.perf_counter()
-            batch.ref_logprobs = reference_logprobs(self.policy, batch)
-            self.reference_seconds += time.perf_counter() - start
+        return batch, obs
+
+    def _with_reference(self, batch: RolloutBatch) -> RolloutBatch:
+        """`batch` with `ref_logprobs` filled by one teacher-forced pass of the reference model (timed)."""
+        start = time.perf_counter()
+        batch.ref_logprobs = reference_logprobs(self.policy, batch)
+        self.reference_seconds += time.perf_counter() - start
         return batch
+
+
+class ChatRolloutCollector(RolloutCollector):
+    """Samples one whole conversation per sub-environment of a `PromptChatVectorEnv`, turn by turn: every turn is
+    one `sample_segment` of all conversations still going (one prefill of their contexts, then one cached forward
+    per token), and becomes one row per conversation (see the module docstring).
+
+    `collect` takes `RolloutCollector.collect`'s arguments (`options` as `PromptChatVectorEnv.reset` takes them).
+    The env must use `autoreset_mode="disabled"` and `sync_turns=True` (turns start together, so the contexts of a
+    turn are known, and prefilled, at once). The uniforms of `max_turns x max_new_tokens x total` steps are drawn
+    up front, `max_turns` the most turns of any of the env's conversations, so data-parallel processes stay in
+    step whatever their conversations' lengths.
+    """
+
+    def __init__(
+        self,
+        policy: PolicyWithValue,
+        env: PromptChatVectorEnv,
+        typical_mass: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not isinstance(env, PromptChatVectorEnv) or not env.sync_turns:
+            raise ValueError(
+                f"env is {type(env).__name__}{'' if not hasattr(env, 'sync_turns') else ' with sync_turns=False'}; "
+                "the conversation collector needs PromptChatVectorEnv(..., sync_turns=True, autoreset_mode='disabled')"
+            )
+        super().__init__(policy, env, typical_mass, generator)
+
+    def _sample(self, obs: dict[str, np.ndarray], offset: int, total: int) -> RolloutBatch:
+        """One conversation per sub-env from the reset observation `obs`, a segment per turn; rows (conversation,
+        turn) ordered by conversation then turn, `episode` = `offset + i` for sub-env i."""
+        env = self.env
+        n, horizon = env.num_envs, env.episodes.max_new_tokens
+        max_turns = max(len(c.turns) for c in [*env.chats.conversations, *env.conversations])
+        uniforms = torch.rand(max_turns, horizon, total, generator=self.generator, dtype=torch.float64)
+        uniforms = uniforms[..., offset : offset + n]
+        finished = np.zeros(n, dtype=bool)
+        segments = []
+        for k in range(max_turns):
+            rows = torch.from_numpy(np.flatnonzero(~finished))
+            if not len(rows):
+                break
+            turns = torch.from_numpy(env.turns[rows.numpy()])
+            segment, obs = self.sample_segment(obs, rows, uniforms[k, :, rows], _turn_ended)
+            segment.episode, segment.turn = rows + offset, turns
+            segments.append(segment)
+            finished = env.finished
+        if not finished.all():
+            raise RuntimeError(f"conversations {np.flatnonzero(~finished).tolist()} did not end within {max_turns} "
+                               "turns; the env's conversations changed during collection")
+        batch = RolloutBatch.concat(segments, pad_id=env.episodes.pad_id)
+        return batch.rows(torch.from_numpy(np.lexsort((batch.turn.numpy(), batch.episode.numpy()))))
 
 
 def sample_episodes(
     policy: PolicyWithValue,
-    env: PromptEditVectorEnv,
+    env: PromptEditVectorEnv | PromptChatVectorEnv,
     seed: int,
-    tasks: Sequence[EditTask] | None = None,
+    tasks: Sequence[EditTask] | Sequence[Conversation] | None = None,
     typical_mass: float | None = None,
     generator: torch.Generator | None = None,
 ) -> RolloutBatch:
     """One sampled episode per sub-environment of `env` (no reference pass): what every evaluation, sample log
-    and `promptgym edit` draws. Sub-env i edits `tasks[i]`, or, without `tasks`, the task its reset draws.
+    and `promptgym edit` draws. Sub-env i edits `tasks[i]`, or, without `tasks`, the task its reset draws. On a
+    `PromptChatVectorEnv` (with `sync_turns=True`) `tasks` are `Conversation`s and each turn is a row.
 
     `seed` seeds the reset and, unless a `generator` is passed (to continue one stream over several batches),
     the sampling.
     """
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
-    collector = RolloutCollector(policy, env, typical_mass, generator)
-    return collector.collect(seed=seed, reference=False, options=None if tasks is None else {"tasks": list(tasks)})
+    chat = isinstance(env, PromptChatVectorEnv)
+    collector = (ChatRolloutCollector if chat else RolloutCollector)(policy, env, typical_mass, generator)
+    key = "conversations" if chat else "tasks"
+    return collector.collect(seed=seed, reference=False, options=None if tasks is None else {key: list(tasks)})
+
+
+def _check_shard(shard: tuple[int, int] | None, n: int) -> tuple[int, int]:
+    """(offset, total) of a collector's `n` episodes in the global batch; the whole batch without a shard."""
+    offset, total = shard if shard is not None else (0, n)
+    if offset < 0 or offset + n > total:
+        raise ValueError(f"shard={shard!r} does not hold this collector's {n} episodes")
+    return offset, total
+
+
+def _episode_ended(terminated: np.ndarray, truncated: np.ndarray, infos: dict) -> np.ndarray:
+    return terminated | truncated
+
+
+def _turn_ended(terminated: np.ndarray, truncated: np.ndarray, infos: dict) -> np.ndarray:
+    """A chat turn ended: the env's turn-end info (`turn`), or the conversation's end."""
+    return infos.get("_turn", np.zeros_like(terminated)) | terminated | truncated
 
 
 def _trimmed_context(obs: dict[str, np.ndarray], context_columns: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,10 @@ trains `policy.model` in place (the object the PPO agent uses) and never touches
 
 Tasks without a target are an error naming how many: filter them explicitly first
 (`[t for t in tasks if t.target is not None]`), so nothing is silently dropped.
+
+A training example may also be a `ContextExample`: token ids the policy reads (already encoded, e.g. a chat turn's
+history and edit exactly as `PromptChatEnv` encodes them) and the target it should write; `chat_examples` makes
+one per turn of each conversation along its reference path, so one SFT mixes single-turn tasks and chat turns.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,6 +43,8 @@ from promptgym.rewards.base import TaskLike
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from promptgym.envs.chat import ChatEpisodes, Conversation
 
 IGNORE_INDEX = -100  # label of positions left out of the loss (context tokens, padding), as in transformers
 
@@ -116,9 +122,40 @@ class SFTResult:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def encode_example(tokenizer: PreTrainedTokenizerBase, task: TaskLike, template: EditTemplate) -> tuple[list[int], int]:
-    """(token ids, number of context tokens) of one task: context (as the env encodes it) + completion + EOS."""
-    context_ids = list(tokenizer(template.context(task))["input_ids"])
+@dataclass(frozen=True)
+class ContextExample:
+    """An SFT example given by the context token ids the policy reads (special tokens included, as an env shows
+    them) and the `target` prompt it should write after them."""
+
+    context_ids: tuple[int, ...]
+    target: str | None
+    id: str = ""
+
+
+def chat_examples(chats: ChatEpisodes, conversations: Iterable[Conversation]) -> list[ContextExample]:
+    """One example per turn with a target of each conversation, along its reference path (the source, then each
+    turn's target): the turn's context (history + current edit) exactly as the chat env encodes it when the
+    earlier turns wrote their targets, and the turn's target. `chats` is a chat env's `ChatEpisodes` (its
+    template, tokenizer and `max_context_tokens`)."""
+    examples = []
+    for conversation in conversations:
+        prompts = [conversation.source]
+        for task in conversation.reference_tasks():
+            if task.target is not None:
+                ids, _, _ = chats.context(conversation, prompts)
+                examples.append(ContextExample(tuple(int(i) for i in ids), task.target, task.id))
+            prompts.append(task.target or prompts[-1])
+    return examples
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, task: TaskLike | ContextExample,
+                   template: EditTemplate) -> tuple[list[int], int]:
+    """(token ids, number of context tokens) of one task: context (as the env encodes it, or a `ContextExample`'s
+    own ids) + completion + EOS."""
+    if isinstance(task, ContextExample):
+        context_ids = list(task.context_ids)
+    else:
+        context_ids = list(tokenizer(template.context(task))["input_ids"])
     completion_ids = list(tokenizer(template.completion(task.target), add_special_tokens=False)["input_ids"])
     return context_ids + completion_ids + [int(tokenizer.eos_token_id)], len(context_ids)
 
@@ -231,7 +268,8 @@ def sft_warm_start(
     config: SFTConfig | None = None,
     progress: bool = True,
 ) -> SFTResult:
-    """Fine-tune the causal LM (a `PolicyWithValue`'s `.model`, updated in place) on the tasks' targets.
+    """Fine-tune the causal LM (a `PolicyWithValue`'s `.model`, updated in place) on the tasks' targets (tasks
+    and `ContextExample`s may be mixed in `train_tasks` and `eval_tasks`).
 
     Loss on completion tokens + EOS only. The held-out loss on `eval_tasks` is measured before and after
     (and every `config.eval_every` steps). Deterministic for a given `config.seed`; the caller's global torch

@@ -28,6 +28,16 @@ just ends; the conversation goes on). The step that ends a turn returns the next
 `PromptChatVectorEnv` steps N conversations and scores every turn that ends on the same step in one reward call;
 `PromptChatEnv` is the one-conversation view of it (same code path, same seeding: sub-environment i of a vector
 env reset with seed s behaves as `PromptChatEnv` reset with s + i).
+
+Turn-synchronous stepping (`PromptChatVectorEnv(..., sync_turns=True)`, opt-in): a sub-env whose turn ended (and
+whose conversation goes on) *waits*: the step that ended the turn returns its next turn's first observation as
+usual, then its actions are ignored, its observation stays frozen and its reward is 0 (`env.waiting[i]` is True)
+until no sub-env is writing a turn any more; at the end of that step every waiting sub-env is released, and all of
+them write the first token of their next turn on the next step. A rollout collector then prefills its KV cache
+once per turn for the whole batch instead of once per sub-env and turn. Per sub-env, the rewards, prompts and
+infos of each turn are those of unsynchronised stepping given the same tokens for that turn; only the steps on
+which they arrive differ. (With `autoreset_mode="next_step"`, a finished conversation is not writing; it resets
+on the next step, together with the release.)
 """
 
 from __future__ import annotations
@@ -268,7 +278,8 @@ class PromptChatVectorEnv(TokenVectorEnv):
     Args: `num_envs`; `conversations` (`Conversation`s, "demo" = the bundled train conversations, or a .jsonl
     path); `tokenizer`, `reward`, `max_new_tokens` as `PromptEditVectorEnv`; `template` a `ChatTemplate`;
     `max_context_tokens` the room for history + current turn (default 160); `autoreset_mode` "next_step"
-    (default) or "disabled" (a finished conversation stays frozen until reset, as a rollout collector needs).
+    (default) or "disabled" (a finished conversation stays frozen until reset, as a rollout collector needs);
+    `sync_turns` (default False) makes turns synchronous: see the module docstring.
     Reset options: `conversation` / `conversation_index` for every reset sub-env, `conversations` /
     `conversation_indices` one per sub-env, `reset_mask`, and `prompts` (the source and the prompts after the
     turns already played: the episode resumes at turn `len(prompts) - 1`, e.g. to continue a user's chat).
@@ -286,8 +297,11 @@ class PromptChatVectorEnv(TokenVectorEnv):
         max_new_tokens: int = 48,
         max_context_tokens: int = 160,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        sync_turns: bool = False,
     ) -> None:
         mode, num_envs = autoreset_mode_of(autoreset_mode), check_num_envs(num_envs)
+        if not isinstance(sync_turns, (bool, np.bool_)):
+            raise ValueError(f"sync_turns={sync_turns!r}; expected True or False")
         if tokenizer is None:
             from promptgym.envs.tokenizer import default_tokenizer
 
@@ -299,6 +313,18 @@ class PromptChatVectorEnv(TokenVectorEnv):
         self._allocate(num_envs, mode)
         self._conversations: list[Conversation | None] = [None] * num_envs
         self._prompts: list[list[str]] = [[] for _ in range(num_envs)]
+        self.sync_turns = bool(sync_turns)
+        self._waiting = np.zeros(num_envs, dtype=bool)
+
+    @property
+    def waiting(self) -> np.ndarray:
+        """bool[num_envs]: the sub-envs whose turn ended and that wait for the others (`sync_turns` only)."""
+        return self._waiting.copy()
+
+    @property
+    def finished(self) -> np.ndarray:
+        """bool[num_envs]: the sub-envs whose conversation's last turn has ended (and that were not reset since)."""
+        return np.array([c is not None and len(p) > len(c.turns) for c, p in zip(self._conversations, self._prompts)])
 
     @property
     def conversations(self) -> list[Conversation | None]:
@@ -330,12 +356,15 @@ class PromptChatVectorEnv(TokenVectorEnv):
         prompts = options.pop("prompts", None)
         conversation = self.chats.choose(self._rngs[i], options)
         self._conversations[i], self._prompts[i] = conversation, resume_prompts(conversation, prompts)
+        self._waiting[i] = False
         return self._start_turn(i)
 
     def step(self, actions):
-        actions, resetting, infos = self._begin_step(actions)
-        eos = ~resetting & (actions == self.episodes.eos_id)
-        turn_over = eos | (~resetting & (self._num_tokens >= self.episodes.max_new_tokens))
+        waiting = self._waiting.copy()
+        actions, resetting, infos = self._begin_step(actions, idle=waiting)
+        writing = ~resetting & ~waiting
+        eos = writing & (actions == self.episodes.eos_id)
+        turn_over = eos | (writing & (self._num_tokens >= self.episodes.max_new_tokens))
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
@@ -348,7 +377,10 @@ class PromptChatVectorEnv(TokenVectorEnv):
                     infos = self._add_info(infos, {"prompts": list(self._prompts[i])}, int(i))
                 else:
                     infos = self._add_info(infos, self._start_turn(i), int(i))
+                    self._waiting[i] = self.sync_turns
         self._end_step(terminated | truncated, resetting)
+        if not (~self._needs_reset & ~self._waiting).any():  # nobody is writing a turn: every waiting one starts
+            self._waiting[:] = False
         return self._observation(), rewards, terminated, truncated, infos
 
     def _score_turns(self, ended: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:

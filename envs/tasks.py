@@ -66,7 +66,7 @@ def split_by_source(tasks: Sequence[EditTask], share: float) -> tuple[list[EditT
 
     Every task of one source lands on the same side, the assignment depends only on the source text (CRC-32, not
     the run seed or the order of the file), and `share=1` keeps everything in `first`. Used to train SFT and PPO on
-    different sources (`data.sft_share`)."""
+    different sources (`data.sft_share`); anything with a `source` splits the same way (e.g. `Conversation`s)."""
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 1.0:
         raise ValueError(f"share={share!r}; expected a number in (0, 1]")
     first, rest = [], []

@@ -97,9 +97,10 @@ class TokenVectorEnv(VectorEnv):
             infos = self._add_info(infos, self._reset_one(i, per_env[i]), int(i))
         return self._observation(), infos
 
-    def _begin_step(self, actions) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    def _begin_step(self, actions, idle: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Check the actions, autoreset ("next_step") the sub-envs that finished last step, and write each other
-        sub-env's token. Returns (actions, the sub-envs that did not step, infos so far)."""
+        sub-env's token, but not those of the `idle` sub-envs (bool[num_envs], e.g. chat turns waiting for the
+        others). Returns (actions, the sub-envs that reset or were frozen, infos so far)."""
         if not self._was_reset:
             raise RuntimeError("step() called before reset(); call reset() first")
         actions = self._check_actions(actions)
@@ -108,7 +109,7 @@ class TokenVectorEnv(VectorEnv):
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             for i in np.flatnonzero(resetting):
                 infos = self._add_info(infos, self._reset_one(i, None), int(i))
-        stepping = np.flatnonzero(~resetting)
+        stepping = np.flatnonzero(~resetting if idle is None else ~(resetting | idle))
         positions = self.episodes.max_context_tokens + self._num_tokens[stepping]
         self._input_ids[stepping, positions] = actions[stepping]
         self._attention_mask[stepping, positions] = 1

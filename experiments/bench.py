@@ -387,7 +387,11 @@ def run_bench(
     for name, value in (("seeds", seeds), ("budget", budget), ("eval_episodes", eval_episodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}; expected a positive integer")
-    first_seed = variant_config(variants[0], None, overrides, reward, config).seed  # --set seed=S starts from S
+    first = variant_config(variants[0], None, overrides, reward, config)
+    if first.env.kind != "edit":
+        raise ValueError(f"config {os.fspath(config)!r} trains on env.kind={first.env.kind!r}; promptgym bench compares "
+                         "single-turn variants: compare chat training with python -m promptgym.experiments.bench_chat")
+    first_seed = first.seed  # --set seed=S starts from S
     seed_list = [first_seed + i for i in range(seeds)]
     out = Path(out)
     result = BenchResult([], variants, seed_list, budget, reward, list(overrides), eval_episodes,

@@ -13,8 +13,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from promptgym.agents import DataParallel, PolicyWithValue
-from promptgym.envs import EditTask, PromptEditVectorEnv, default_tokenizer, load_tasks, split_by_source
+from promptgym.agents import DataParallel, PolicyWithValue, chat_examples
+from promptgym.agents.sft import ContextExample
+from promptgym.envs import (
+    ChatTemplate,
+    Conversation,
+    EditTask,
+    PromptChatVectorEnv,
+    PromptEditVectorEnv,
+    default_tokenizer,
+    load_conversations,
+    load_tasks,
+    split_by_source,
+)
+from promptgym.envs.chat import ChatEpisodes
 from promptgym.envs.controls import control_tasks
 from promptgym.rewards import CompositeReward, Scorer, build_reward
 
@@ -40,6 +52,30 @@ def stage_tasks(config) -> tuple[list[EditTask], list[EditTask]]:
     if config.data.control_dropout is not None:
         sft = control_tasks(sft, config.data.control_dropout, seed=config.seed)
     return sft, rest
+
+
+def stage_conversations(config) -> tuple[list[Conversation], list[Conversation]]:
+    """`(sft_conversations, ppo_conversations)` of `data.conversations`' `data.train_split`, split by `data.sft_share`
+    on their sources exactly as `stage_tasks` splits the tasks (the same, below 1 disjoint, sources)."""
+    conversations = load_conversations(config.data.conversations, split=config.data.train_split)
+    share = config.data.sft_share
+    sft, rest = split_by_source(conversations, share) if share < 1 else (conversations, conversations)
+    if not sft or not rest:
+        raise ValueError(f"data.sft_share={share} leaves {len(sft)} SFT and {len(rest)} PPO conversations of the "
+                         f"{len(conversations)} in {config.data.train_split!r}; expected some of each")
+    return sft, rest
+
+
+def sft_examples(config, tokenizer) -> list[EditTask | ContextExample]:
+    """What the SFT warm start trains on: the SFT tasks (`stage_tasks`), plus with `sft.chat_turns` every turn of
+    the SFT conversations in its chat context along the reference path (`chat_examples`)."""
+    tasks: list[EditTask | ContextExample] = list(stage_tasks(config)[0])
+    if not config.sft.chat_turns:
+        return tasks
+    conversations = stage_conversations(config)[0]
+    chats = ChatEpisodes(conversations, tokenizer, ChatTemplate(), config.env.max_new_tokens,
+                         config.env.max_context_tokens)
+    return tasks + chat_examples(chats, conversations)
 
 
 def build_tokenizer(config) -> Any:
@@ -112,3 +148,29 @@ def build_vector_env(
         reward=reward,
         **{**kwargs, **overrides},
     )
+
+
+def build_chat_env(
+    config,
+    conversations: Sequence[Conversation],
+    tokenizer: Any,
+    reward: CompositeReward | Scorer,
+    num_envs: int | None = None,
+    **overrides: Any,
+) -> PromptChatVectorEnv:
+    """A `PromptChatVectorEnv` with the config's sizes, one conversation per sub-env and synchronous turns (what
+    `ChatRolloutCollector` needs): `num_envs` sub-envs (default one per conversation) drawing from
+    `conversations`. `overrides` go to the env as they are."""
+    kwargs = dict(max_new_tokens=config.env.max_new_tokens, max_context_tokens=config.env.max_context_tokens,
+                  autoreset_mode="disabled", sync_turns=True)
+    return PromptChatVectorEnv(len(conversations) if num_envs is None else num_envs, list(conversations),
+                               tokenizer, reward, **{**kwargs, **overrides})
+
+
+def build_training_env(config, tokenizer: Any, reward: CompositeReward | Scorer,
+                       num_envs: int) -> PromptEditVectorEnv | PromptChatVectorEnv:
+    """The env PPO trains on: `env.kind` "edit", the PPO tasks (`stage_tasks`); "chat", the PPO conversations
+    (`stage_conversations`); `num_envs` sub-envs, one episode each."""
+    if config.env.kind == "chat":
+        return build_chat_env(config, stage_conversations(config)[1], tokenizer, reward, num_envs)
+    return build_vector_env(config, stage_tasks(config)[1], tokenizer, reward, num_envs)

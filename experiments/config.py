@@ -90,6 +90,10 @@ class DataConfig:
     eval_split: Annotated[str, Field(min_length=1, description=(
         "held-out split: SFT held-out loss, evaluation, samples.jsonl"
     ))] = "test"
+    conversations: Annotated[str, Field(min_length=1, description=(
+        'load_conversations spec of the chat env (env.kind: chat) and of sft.chat_turns: "demo" or a .jsonl '
+        "path; its train_split / eval_split are used as the tasks' are"
+    ))] = "demo"
     num_eval_tasks: Annotated[int, Field(ge=1, description=(
         "how many tasks of eval_split form the fixed set whose edits go to samples.jsonl and the image grid at "
         "every evaluation"
@@ -98,13 +102,19 @@ class DataConfig:
 
 @config_dataclass(name="env")
 class EnvConfig:
-    """`PromptEditVectorEnv` sizes: tokens the policy may write, and the longest allowed encoded context."""
+    """The env PPO trains on (single-turn edits or multi-turn conversations) and its sizes: tokens the policy may
+    write, and the longest allowed encoded context."""
 
+    kind: Annotated[Literal["edit", "chat"], Field(description=(
+        "edit: one edit per episode (PromptEditVectorEnv on data.tasks); chat: a conversation of turns per episode "
+        "(PromptChatVectorEnv on data.conversations, turns synchronised, GAE across the conversation)"
+    ))] = "edit"
     max_new_tokens: Annotated[int, Field(ge=1, description=(
         "tokens the policy may write per episode (it ends at EOS or here)"
     ))] = 32
     max_context_tokens: Annotated[int, Field(ge=1, description=(
-        "longest allowed encoded context (the template around source and instruction), in tokens"
+        "longest allowed encoded context (the template around source and instruction; for chat, the history "
+        "too, oldest turns dropped to fit), in tokens"
     ))] = 64
 
 
@@ -227,6 +237,10 @@ class SFTStageConfig(SFTConfig):
     it can be passed to `sft_warm_start` as it is). Trains on `data.train_split`, held-out loss on `eval_split`."""
 
     enabled: Annotated[bool, Field(description="run the SFT warm start before PPO")] = True
+    chat_turns: Annotated[bool, Field(description=(
+        "also fine-tune on every turn of data.conversations (the SFT share of train_split's sources) along its "
+        "reference path, in the chat context (history + edit) the chat env shows"
+    ))] = False
 
 
 @config_dataclass(name="train")

@@ -1,4 +1,6 @@
 """`promptgym train`: SFT warm start, then DiffChat PPO, logged into a run directory (see `rundir.py`).
+With `env.kind: chat` (the `chat` preset) PPO trains on multi-turn conversations and the fixed evaluation set is a
+set of test conversations, logged one row per turn, with the summary's per-turn table.
 
     promptgym train [--config synth] [--out runs/NAME] [--set ppo.learning_rate=1e-4 ...]
     promptgym train --resume runs/NAME [--set train.num_updates=80]
@@ -30,16 +32,18 @@ from transformers.utils import logging as hf_logging
 from promptgym.agents import DataParallel, PolicyWithValue, PPOAgent, sft_warm_start
 from promptgym.agents.checkpoint import latest_checkpoint, verify_checksums, write_checksums
 from promptgym.agents.rollout import sample_episodes
-from promptgym.envs import EditTask, load_tasks
+from promptgym.envs import Conversation, EditTask, load_conversations, load_tasks
 from promptgym.experiments.builders import (
+    build_chat_env,
     build_parallel,
     build_policy,
     build_run_reward,
     build_tokenizer,
+    build_training_env,
     build_vector_env,
     policy_device,
     seed_everything,
-    stage_tasks,
+    sft_examples,
 )
 from promptgym.experiments.config import ConfigError, save_config
 from promptgym.experiments.plots import plot_image_grid, plot_training
@@ -74,19 +78,33 @@ def sample_rows(agent: PPOAgent, tasks: list[EditTask], update: int, config) -> 
     """One edited prompt per fixed task, sampled with a fixed seed, with its reward components."""
     env = build_vector_env(config, tasks, agent.env.tokenizer, agent.env.reward)
     batch = sample_episodes(agent.policy, env, SAMPLE_SEED, tasks, config.ppo.typical_mass)
-    return [
-        {
-            "update": update,
-            "task_id": task.id,
-            "source": task.source,
-            "instruction": task.instruction,
-            "target": task.target,
-            "prompt": batch.prompts[i],
-            "reward": float(batch.scores[i]),
-            "components": {name: float(values[i]) for name, values in batch.components.items()},
-        }
-        for i, task in enumerate(tasks)
-    ]
+    return [_sample_row(update, batch, i) for i in range(len(tasks))]
+
+
+def sample_chat_rows(agent: PPOAgent, conversations: list[Conversation], update: int, config) -> list[dict[str, Any]]:
+    """The fixed conversations played by the policy (fixed seed): one row per turn, its task the turn's edit of the
+    policy's own previous prompt, with `conversation_id`, `turn` (0-based) and `num_turns`."""
+    env = build_chat_env(config, conversations, agent.env.tokenizer, agent.env.reward)
+    batch = sample_episodes(agent.policy, env, SAMPLE_SEED, conversations, config.ppo.typical_mass)
+    rows = []
+    for r, (i, k) in enumerate(zip(batch.episode.tolist(), batch.turn.tolist())):
+        extra = {"conversation_id": conversations[i].id, "turn": k, "num_turns": len(conversations[i].turns)}
+        rows.append(_sample_row(update, batch, r) | extra)
+    return rows
+
+
+def _sample_row(update: int, batch, i: int) -> dict[str, Any]:
+    task = batch.tasks[i]
+    return {
+        "update": update,
+        "task_id": task.id,
+        "source": task.source,
+        "instruction": task.instruction,
+        "target": task.target,
+        "prompt": batch.prompts[i],
+        "reward": float(batch.scores[i]),
+        "components": {name: float(values[i]) for name, values in batch.components.items()},
+    }
 
 
 # -------------------------------------------------------------------------------------------------- training
@@ -108,15 +126,16 @@ class Trainer:
         self.resume = resume
         seed_everything(config.seed)
         self.tokenizer = build_tokenizer(config)
-        self.sft_tasks, self.train_tasks = stage_tasks(config)
         self.eval_tasks = load_tasks(config.data.tasks, split=config.data.eval_split)
         self.fixed_tasks = fixed_eval_tasks(self.eval_tasks, config.data.num_eval_tasks)
+        self.chat = config.env.kind == "chat"
+        self.fixed_conversations = fixed_eval_tasks(
+            load_conversations(config.data.conversations, split=config.data.eval_split), config.data.num_eval_tasks
+        ) if self.chat else []
         self.reward = build_run_reward(config, self.tokenizer)
         self.sft_result = None
         self.policy = self._starting_policy()
-        self.env = build_vector_env(
-            config, self.train_tasks, self.tokenizer, self.reward, config.ppo.n_episodes // self.parallel.world_size
-        )
+        self.env = build_training_env(config, self.tokenizer, self.reward, config.ppo.n_episodes // self.parallel.world_size)
         # the KL reference: the policy as it is now (the main process's, broadcast to all)
         self.agent = PPOAgent(self.policy, self.env, config.ppo, parallel=self.parallel)
         if resume:
@@ -137,7 +156,7 @@ class Trainer:
             self.sft_result = sft_warm_start(
                 policy,
                 self.tokenizer,
-                self.sft_tasks,
+                sft_examples(self.config, self.tokenizer),
                 [t for t in self.eval_tasks if t.target is not None][:256],
                 config=self.config.sft,
                 progress=self.config.logging.progress and self.is_main,
@@ -251,7 +270,10 @@ class Trainer:
         if self.fixed_tasks and self.is_main:
             reward = self.agent.env.reward
             state = reward.state_dict()
-            rows = sample_rows(self.agent, self.fixed_tasks, update, self.config)
+            if self.chat:
+                rows = sample_chat_rows(self.agent, self.fixed_conversations, update, self.config)
+            else:
+                rows = sample_rows(self.agent, self.fixed_tasks, update, self.config)
             reward.load_state_dict(state)
             self.run.append_jsonl(self.run.samples, rows)
 
@@ -309,7 +331,10 @@ class Trainer:
             )
         if samples:
             first_u, last_u = min(r["update"] for r in samples), max(r["update"] for r in samples)
-            lines += ["", *before_after_table(samples, first_u, last_u)]
+            what = "conversations' turns" if self.chat else "tasks"
+            lines += ["", *before_after_table(samples, first_u, last_u, what)]
+            if self.chat:
+                lines += ["", *chat_turn_table(samples, first_u, last_u)]
             verdict = gold_verdict(samples, first_u, last_u)
             if verdict:
                 lines += ["", verdict]
@@ -362,16 +387,34 @@ def _two_evaluations(samples: list[dict[str, Any]], first: int, last: int) -> tu
     return [r for r in samples if r["update"] == first], [r for r in samples if r["update"] == last]
 
 
-def before_after_table(samples: list[dict[str, Any]], first: int, last: int) -> list[str]:
-    """Markdown: reward and each component on the fixed test tasks at two evaluations, with the paired change
-    (last minus first, per task) and its 95% percentile-bootstrap CI over the tasks."""
+def before_after_table(samples: list[dict[str, Any]], first: int, last: int, what: str = "tasks") -> list[str]:
+    """Markdown: reward and each component on the fixed test tasks (`what`: what a row is) at two evaluations, with
+    the paired change (last minus first, per task) and its 95% percentile-bootstrap CI over the tasks."""
     before, after = _two_evaluations(samples, first, last)
     tasks = {r["task_id"] for r in before} & {r["task_id"] for r in after}
     return [
-        f"## Fixed test tasks: update {first} vs update {last} ({len(tasks)} tasks, one sample each)",
+        f"## Fixed test {what}: update {first} vs update {last} ({len(tasks)} {what}, one sample each)",
         "",
         *format_paired_table(paired_changes(before, after), f"update {first}", f"update {last}"),
     ]
+
+
+def chat_turn_table(samples: list[dict[str, Any]], first: int, last: int) -> list[str]:
+    """Markdown: reward and gold metrics of the fixed test conversations per turn (1-based) and after each
+    conversation's last turn, at two evaluations, with the paired change and its 95% bootstrap CI."""
+    before, after = _two_evaluations(samples, first, last)
+    groups = {f"turn {k + 1}": (lambda r, k=k: r["turn"] == k) for k in range(max(r["turn"] for r in samples) + 1)}
+    groups["after the last turn"] = lambda r: r["turn"] == r["num_turns"] - 1
+    present = [name for name in ("reward", *GOLD_TERMS, "gold/text_content")
+               if name == "reward" or any(name in r["components"] for r in samples)]
+    lines = [f"## Fixed test conversations per turn: update {first} vs update {last}", "",
+             f"| turn | metric | update {first} | update {last} | change (95% CI over conversations) | conversations |",
+             "|---|---|---|---|---|---|"]
+    for group, keep in groups.items():
+        for c in paired_changes([r for r in before if keep(r)], [r for r in after if keep(r)], present):
+            lines.append(f"| {group} | {c.name} | {c.before:.3f} | {c.after:.3f} | {c.change:+.3f} "
+                         f"[{c.low:+.3f}, {c.high:+.3f}] | {c.n} |")
+    return lines
 
 
 GOLD_TERMS = ("gold/content", "gold/aesthetic")
@@ -427,6 +470,8 @@ def train(config, out: str | Path, resume: bool = False, overwrite: bool = False
     run.check_out(resume=resume, overwrite=overwrite)  # before the lock creates the directory
     for split in (config.data.train_split, config.data.eval_split):  # a bad task file fails before anything is written
         load_tasks(config.data.tasks, split=split)
+        if config.env.kind == "chat" or config.sft.chat_turns:
+            load_conversations(config.data.conversations, split=split)
     with run.lock():
         run.check_out(resume=resume, overwrite=overwrite)  # again: another writer may have finished meanwhile
         if overwrite:

@@ -72,3 +72,20 @@ def deprecations_from_our_code_are_errors():
         yield
     finally:
         warnings.showwarning = previous
+
+
+# ------------------------------------------------------------------------------------ shared fixtures
+@pytest.fixture(scope="module")
+def tok():
+    """The embedded default tokenizer (a test module may define its own `tok`)."""
+    from promptgym.envs import default_tokenizer
+
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def valued_policy(tok):
+    """The seeded tiny policy with a non-zero value head and its KL reference frozen (`agent_helpers`)."""
+    from agent_helpers import valued_tiny_policy
+
+    return valued_tiny_policy(tok)

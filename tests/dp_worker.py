@@ -1,7 +1,7 @@
 """A PPO run in one process of a (possibly) data-parallel group, for tests/test_distributed.py.
 
 `run_agent(rank, world, ...)` joins a gloo group of `world` processes (file rendezvous), trains a seeded tiny
-policy for a few updates with the content-integrity reward and saves its metrics and its weights after every update
+policy for a few updates (on single edits, or with `chat` on conversations) with the content-integrity reward and saves its metrics and its weights after every update
 to `out/rank<rank>.pt`. With world=1 it is the single-process reference.
 """
 
@@ -12,25 +12,31 @@ import torch
 TASKS = 16
 
 
-def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: dict, updates: int) -> None:
+def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: dict, updates: int,
+              chat: bool = False) -> None:
     torch.set_num_threads(1)
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     from promptgym.agents import DataParallel, PolicyWithValue, PPOAgent, PPOConfig
-    from promptgym.envs import PromptEditVectorEnv, default_tokenizer, load_tasks
+    from promptgym.envs import (
+        PromptChatVectorEnv,
+        PromptEditVectorEnv,
+        default_tokenizer,
+        load_conversations,
+        load_tasks,
+    )
     from promptgym.rewards import ContentIntegrityScorer
 
     tokenizer = default_tokenizer()
     policy = PolicyWithValue.tiny(tokenizer, seed=0)
     config = PPOConfig(**config_kwargs)
-    env = PromptEditVectorEnv(
-        config.n_episodes // world,
-        tasks=load_tasks("demo", "train")[:TASKS],
-        tokenizer=tokenizer,
-        reward=ContentIntegrityScorer(mode="ratio"),
-        max_new_tokens=16,
-        autoreset_mode="disabled",
-    )
+    common = dict(tokenizer=tokenizer, reward=ContentIntegrityScorer(mode="ratio"), max_new_tokens=16,
+                  autoreset_mode="disabled")
+    if chat:  # conversations of 2-4 turns: the processes' shards differ in rows and turns
+        env = PromptChatVectorEnv(config.n_episodes // world, load_conversations("demo", "train")[:TASKS],
+                                  max_context_tokens=96, sync_turns=True, **common)
+    else:
+        env = PromptEditVectorEnv(config.n_episodes // world, tasks=load_tasks("demo", "train")[:TASKS], **common)
     agent = PPOAgent(policy, env, config, parallel=DataParallel(rank, world))
     history, states = [], []
     for _ in range(updates):

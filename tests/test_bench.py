@@ -209,6 +209,8 @@ def test_bad_variants_and_mismatched_configs_are_clear_errors():
     bench._check_shared(a, {"diffchat": bench.variant_config("diffchat", 0, config="tiny")})  # differ only in ppo
     with pytest.raises(ValueError, match="budget=0"):
         bench.run_bench(["ppo"], seeds=1, budget=0)
+    with pytest.raises(ValueError, match="bench_chat"):
+        bench.run_bench(["ppo"], seeds=1, budget=16, config="chat")
 
 
 def test_cli_rejects_unknown_variant(capsys):

@@ -247,3 +247,82 @@ def test_a_conversation_resumes_at_a_later_turn_from_given_prompts(env):
         env.reset(options={"conversation": CHAIN, "prompts": ["a cat"]})
     with pytest.raises(ValueError, match="expected 1 to 3 strings"):
         env.reset(options={"conversation": CHAIN, "prompts": [CHAIN.source] * 4})
+
+
+# ------------------------------------------------------------------------------------------------ sync_turns
+def turn_tokens(vec, rng, n_turns=4):
+    """Per sub-env and turn, the tokens it types: 1 to max_new_tokens + 2 random non-EOS tokens, then EOS (so some
+    turns end at EOS and some at the token limit)."""
+    eos, limit = vec.episodes.eos_id, vec.episodes.max_new_tokens
+    words = [t for t in range(5, vec.single_action_space.n) if t != eos]
+    return [[[*rng.choice(words, size=rng.integers(1, limit + 3)).tolist(), eos] for _ in range(n_turns)]
+            for _ in range(vec.num_envs)]
+
+
+def play(vec, tokens, seed):
+    """Step `vec` (autoreset disabled) until every conversation ended, each sub-env typing tokens[i][turn] in its
+    current turn (anything while it waits). Returns per sub-env the (turn, reward, prompt) of every turn, and the
+    turn each sub-env was writing at every step."""
+    vec.reset(seed=seed)
+    cursor = np.zeros(vec.num_envs, dtype=int)
+    turns = [[] for _ in range(vec.num_envs)]
+    writing_turns = []
+    done = np.zeros(vec.num_envs, dtype=bool)
+    while not done.all():
+        writing = ~done & ~vec.waiting
+        writing_turns.append({int(vec.turns[i]) for i in np.flatnonzero(writing)})
+        actions = np.array([tokens[i][vec.turns[i]][cursor[i]] if writing[i] else 7 for i in range(vec.num_envs)])
+        _, rewards, terminated, truncated, infos = vec.step(actions)
+        cursor[writing] += 1
+        for i in np.flatnonzero(infos.get("_turn", np.zeros(vec.num_envs, dtype=bool))):
+            turns[i].append((int(infos["turn"][i]), float(rewards[i]), infos["prompt"][i]))
+            cursor[i] = 0
+        assert (rewards[~writing] == 0).all()
+        done |= terminated | truncated
+    return turns, writing_turns
+
+
+def test_sync_turns_gives_the_unsynchronised_turns_and_starts_every_turn_together():
+    make = lambda sync: PromptChatVectorEnv(5, reward=INTEGRITY, max_new_tokens=6, max_context_tokens=96,  # noqa: E731
+                                            autoreset_mode="disabled", sync_turns=sync)
+    synced, free = make(True), make(False)
+    tokens = turn_tokens(synced, np.random.default_rng(0))
+    got, writing_turns = play(synced, tokens, seed=3)
+    expected, free_turns = play(free, tokens, seed=3)
+    assert got == expected and all(len(t) >= 2 for t in got)
+    assert all(len(turns) == 1 for turns in writing_turns)  # synchronised: every writer is on the same turn
+    assert any(len(turns) > 1 for turns in free_turns)  # (unsynchronised, they drift apart)
+
+
+def test_a_waiting_sub_env_ignores_actions_and_keeps_its_next_turn_observation():
+    vec = PromptChatVectorEnv(2, [CHAIN], reward=INTEGRITY, max_new_tokens=6, max_context_tokens=96,
+                              autoreset_mode="disabled", sync_turns=True)
+    obs, _ = vec.reset(seed=0)
+    eos, a = vec.episodes.eos_id, int(vec.tokenizer.convert_tokens_to_ids("a"))
+    obs, rewards, *_, infos = vec.step(np.array([eos, a]))  # sub-env 0 ends turn 0 at once; 1 goes on
+    assert vec.waiting.tolist() == [True, False] and infos["turn_start"][0] == 1
+    frozen = obs["input_ids"][0].copy()
+    for _ in range(2):
+        obs, rewards, terminated, truncated, _ = vec.step(np.array([a, a]))
+        np.testing.assert_array_equal(obs["input_ids"][0], frozen)
+        assert rewards[0] == 0 and not terminated[0] and vec.turns.tolist() == [1, 0]
+    vec.step(np.array([a, eos]))  # sub-env 1 ends turn 0: nobody writes, so both start turn 1 on the next step
+    assert vec.waiting.tolist() == [False, False] and vec.turns.tolist() == [1, 1]
+    obs, *_ = vec.step(np.array([a, a]))
+    assert (obs["attention_mask"][:, vec.episodes.max_context_tokens] == 1).all()  # both wrote their first token
+    with pytest.raises(ValueError, match="sync_turns"):
+        PromptChatVectorEnv(2, [CHAIN], reward=INTEGRITY, sync_turns="yes")
+
+
+def test_sync_turns_with_next_step_autoreset_releases_the_waiting_with_the_reset():
+    one_turn = Conversation("a cat", (ChatTurn("make it red", "a red cat"),), id="one")
+    vec = PromptChatVectorEnv(2, [one_turn, CHAIN], reward=INTEGRITY, max_new_tokens=6, max_context_tokens=96,
+                              sync_turns=True)
+    vec.reset(seed=0, options={"conversation_indices": [0, 1]})
+    eos, a = vec.episodes.eos_id, int(vec.tokenizer.convert_tokens_to_ids("a"))
+    _, _, terminated, _, _ = vec.step(np.array([a, eos]))  # sub-env 1 ends turn 0 and waits for sub-env 0
+    assert vec.waiting.tolist() == [False, True] and not terminated.any()
+    _, _, terminated, _, _ = vec.step(np.array([eos, a]))  # sub-env 0's conversation ends: nobody writes any more
+    assert terminated.tolist() == [True, False] and vec.waiting.tolist() == [False, False]
+    _, rewards, terminated, _, infos = vec.step(np.array([a, a]))  # 0 resets (its action ignored), 1 writes turn 1
+    assert infos["_conversation_id"][0] and vec.turns.tolist() == [0, 1] and rewards.tolist() == [0.0, 0.0]

@@ -30,7 +30,7 @@ from promptgym.experiments.config import (
 )
 
 PRESETS = ["tiny", "diffchat-sd15", "ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat", "synth", "synth-gold",
-           "surrogate"]
+           "surrogate", "chat"]
 ABLATIONS = ["ppo", "ppo+adm", "ppo+neg", "ppo+civalue", "diffchat"]
 DIFFCHAT_KNOBS = ("typical_mass", "negative_fraction", "integrity_value_coef")
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"

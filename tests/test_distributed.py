@@ -116,6 +116,34 @@ def test_two_processes_make_the_single_process_update(tmp_path):
     _compare_metrics(ranks[0]["history"], ranks[1]["history"], rel=0.0)  # every process reports global metrics
 
 
+def test_two_processes_make_the_single_process_update_on_conversations(tmp_path):
+    config = ALL_REFINEMENTS | {"batch_size": 2, "negative_fraction": 0.5}  # 8 conversations + 4 negative turns
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    single.mkdir(), parallel.mkdir()
+    dp_worker.run_agent(0, 1, "", str(single), config, 1, True)
+    mp.start_processes(dp_worker.run_agent, args=(2, str(tmp_path / "rendezvous"), str(parallel), config, 1, True),
+                       nprocs=2, start_method="spawn")
+    reference = torch.load(single / "rank0.pt")
+    ranks = [torch.load(parallel / f"rank{r}.pt") for r in (0, 1)]
+    for name, value in ranks[0]["states"][0].items():
+        assert torch.equal(value, ranks[1]["states"][0][name]), name
+    # the same update up to float summation order, as above; here the processes' contexts (history included) are
+    # left-padded to other widths than the single process's, and Adam turns the noise on ~0 gradients of the tied
+    # embedding's unused tokens into steps of up to learning_rate: measured 4e-4 of the distance moved elsewhere
+    start = PolicyWithValue.tiny(default_tokenizer(), seed=0).state_dict()
+    tied = {"model.transformer.word_embeddings.weight", "model.lm_head.weight"}
+    first = {k: v for k, v in reference["states"][0].items() if k not in tied}
+    got = {k: v for k, v in ranks[0]["states"][0].items() if k not in tied}
+    assert _distance(got, first) < 1e-3 * _distance(first, {k: start[k] for k in first})
+    for name in tied:
+        assert (ranks[0]["states"][0][name] - reference["states"][0][name]).abs().max() <= 1.1 * config["learning_rate"]
+    history = ranks[0]["history"][0]
+    assert history["negatives/count"] == 4.0 and history["counters/episodes"] == 8.0
+    assert history["counters/reward_calls"] == reference["history"][0]["counters/reward_calls"] > 8 + 4
+    _compare_metrics(reference["history"], ranks[0]["history"], rel=1e-4)
+    _compare_metrics(ranks[0]["history"], ranks[1]["history"], rel=0.0)
+
+
 SMALL_RUN = [
     "sft.max_steps=30",
     "ppo.n_episodes=8",

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from agent_helpers import assert_resume_equals_uninterrupted
 
 from promptgym.agents.distributed import DataParallel, GlobalRows
 from promptgym.agents.gae import compute_gae
@@ -195,17 +196,7 @@ def test_restricted_old_logprob_mode_runs(tok):
 
 def test_resume_equals_uninterrupted(tok, tmp_path):
     overrides = {"negative_fraction": 0.5, "typical_mass": 0.9, "kl_target": 0.1}
-    a = make_agent(tok, **overrides)
-    a.step()
-    a.save(tmp_path / "ckpt")
-    expected = a.step()
-    b = make_agent(tok, **overrides)  # same starting policy: the KL reference
-    b.load(tmp_path / "ckpt")
-    got = b.step()
-    timing = {k for k in expected if k.startswith("time/")}
-    assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in expected.items() if k not in timing}
-    for p, q in zip(a.policy.parameters(), b.policy.parameters()):
-        assert torch.equal(p, q)
+    assert_resume_equals_uninterrupted(lambda: make_agent(tok, **overrides), tmp_path / "ckpt")
 
 
 def test_agent_checks_env_size(tok):

@@ -3,28 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from agent_helpers import assert_equals_teacher_forcing
 
 from promptgym.agents.integrity_value import prefix_integrity
 from promptgym.agents.negatives import keyword_vocabulary, negative_samples
-from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions, reference_logprobs
 from promptgym.agents.sampling import typical_mask
-from promptgym.envs import EditTemplate, PromptEditVectorEnv, default_tokenizer, load_tasks
+from promptgym.envs import EditTemplate, PromptEditVectorEnv, load_tasks
 from promptgym.rewards import ContentIntegrityScorer, EditResult
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return default_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def policy(tok):
-    policy = PolicyWithValue.tiny(tok, seed=0)
-    with torch.no_grad():  # a non-zero value head, so value equality is a real check
-        policy.value_head.summary.weight.normal_(generator=torch.Generator().manual_seed(0))
-    policy.freeze_reference()
-    return policy
 
 
 def make_env(tok, n=6, max_new_tokens=12, **kwargs):
@@ -35,25 +21,15 @@ def make_env(tok, n=6, max_new_tokens=12, **kwargs):
 
 
 @pytest.mark.parametrize("typical_mass", [None, 0.9])
-def test_cached_rollout_logprobs_equal_teacher_forced_recompute(tok, policy, typical_mass):
+def test_cached_rollout_logprobs_equal_teacher_forced_recompute(tok, valued_policy, typical_mass):
     env = make_env(tok)
-    batch = RolloutCollector(policy, env, typical_mass, torch.Generator().manual_seed(1)).collect(seed=3)
-    with torch.no_grad():
-        logprobs, values, entropy, restricted = evaluate_actions(policy.eval(), batch, typical_mass)
-    m = batch.mask
-    torch.testing.assert_close(batch.logprobs[m], logprobs[m], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(batch.values[m], values[m], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(batch.entropy[m], entropy[m], atol=1e-4, rtol=1e-4)
-    if typical_mass is None:
-        torch.testing.assert_close(batch.sample_logprobs, batch.logprobs)
-    else:
-        torch.testing.assert_close(batch.sample_logprobs[m], restricted[m], atol=1e-4, rtol=1e-4)
-        assert (batch.sample_logprobs[m] >= batch.logprobs[m] - 1e-6).all()  # renormalised: never less likely
+    batch = RolloutCollector(valued_policy, env, typical_mass, torch.Generator().manual_seed(1)).collect(seed=3)
+    assert_equals_teacher_forcing(valued_policy, batch, typical_mass)
 
 
-def test_rollout_layout_rewards_and_prompts(tok, policy):
+def test_rollout_layout_rewards_and_prompts(tok, valued_policy):
     env = make_env(tok, n=5, max_new_tokens=10)
-    batch = RolloutCollector(policy, env).collect(seed=0)
+    batch = RolloutCollector(valued_policy, env).collect(seed=0)
     assert batch.mask.shape == batch.actions.shape and batch.mask.shape[1] <= 10
     lengths = batch.lengths.tolist()
     for i in range(len(batch)):
@@ -73,66 +49,66 @@ def test_rollout_layout_rewards_and_prompts(tok, policy):
     assert context.shape[1] <= env.episodes.max_context_tokens
 
 
-def test_reference_logprobs_equal_policy_before_training(tok, policy):
-    batch = RolloutCollector(policy, make_env(tok)).collect(seed=1)
+def test_reference_logprobs_equal_policy_before_training(tok, valued_policy):
+    batch = RolloutCollector(valued_policy, make_env(tok)).collect(seed=1)
     torch.testing.assert_close(batch.ref_logprobs[batch.mask], batch.logprobs[batch.mask], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(reference_logprobs(policy, batch), batch.ref_logprobs)
+    torch.testing.assert_close(reference_logprobs(valued_policy, batch), batch.ref_logprobs)
 
 
-def test_typical_sampling_only_draws_typical_tokens(tok, policy):
+def test_typical_sampling_only_draws_typical_tokens(tok, valued_policy):
     env = make_env(tok, n=4, max_new_tokens=8)
-    batch = RolloutCollector(policy, env, 0.5, torch.Generator().manual_seed(0)).collect(seed=0)
+    batch = RolloutCollector(valued_policy, env, 0.5, torch.Generator().manual_seed(0)).collect(seed=0)
     with torch.no_grad():
-        out = policy.eval()(batch.input_ids, batch.attention_mask)
+        out = valued_policy.eval()(batch.input_ids, batch.attention_mask)
     cols = slice(batch.context_length - 1, batch.context_length - 1 + batch.actions.shape[1])
     keep = typical_mask(out.logits[:, cols].float(), 0.5)
     chosen = keep.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
     assert chosen[batch.mask].all()
 
 
-def test_collection_is_seeded(tok, policy):
-    a = RolloutCollector(policy, make_env(tok), 0.9, torch.Generator().manual_seed(5)).collect(seed=2)
-    b = RolloutCollector(policy, make_env(tok), 0.9, torch.Generator().manual_seed(5)).collect(seed=2)
+def test_collection_is_seeded(tok, valued_policy):
+    a = RolloutCollector(valued_policy, make_env(tok), 0.9, torch.Generator().manual_seed(5)).collect(seed=2)
+    b = RolloutCollector(valued_policy, make_env(tok), 0.9, torch.Generator().manual_seed(5)).collect(seed=2)
     assert torch.equal(a.actions, b.actions) and a.prompts == b.prompts
 
 
-def test_collector_needs_disabled_autoreset(tok, policy):
+def test_collector_needs_disabled_autoreset(tok, valued_policy):
     with pytest.raises(ValueError, match="autoreset_mode='disabled'"):
-        RolloutCollector(policy, PromptEditVectorEnv(2, tokenizer=tok, reward=ContentIntegrityScorer()))
+        RolloutCollector(valued_policy, PromptEditVectorEnv(2, tokenizer=tok, reward=ContentIntegrityScorer()))
     with pytest.raises(ValueError, match="typical_mass=1.5"):
-        RolloutCollector(policy, make_env(tok), typical_mass=1.5)
+        RolloutCollector(valued_policy, make_env(tok), typical_mass=1.5)
 
 
-def test_negatives_score_lower_than_their_targets(tok, policy):
+def test_negatives_score_lower_than_their_targets(tok, valued_policy):
     env = make_env(tok, n=2, max_new_tokens=40)
     tasks = load_tasks("demo", "test")[:40]
-    negatives = negative_samples(policy, env, tasks, 0.5, np.random.default_rng(0), keyword_vocabulary(tasks))
+    negatives = negative_samples(valued_policy, env, tasks, 0.5, np.random.default_rng(0), keyword_vocabulary(tasks))
     targets = env.reward([EditResult(t, t.target) for t in tasks]).total
     assert (negatives.scores <= targets).all() and (negatives.scores < targets).float().mean() > 0.9
     assert negatives.negative.all() and all(p != t.target for p, t in zip(negatives.prompts, tasks))
     with torch.no_grad():
-        logprobs, values, _, _ = evaluate_actions(policy.eval(), negatives)
+        logprobs, values, _, _ = evaluate_actions(valued_policy.eval(), negatives)
     torch.testing.assert_close(negatives.logprobs[negatives.mask], logprobs[negatives.mask], atol=1e-4, rtol=1e-4)
     last = negatives.lengths - 1
     assert (negatives.actions[torch.arange(len(tasks)), last] == tok.eos_token_id).all()
 
 
-def test_concat_pads_context_left_and_tokens_right(tok, policy):
+def test_concat_pads_context_left_and_tokens_right(tok, valued_policy):
     env = make_env(tok, n=3, max_new_tokens=6)
-    a = RolloutCollector(policy, env).collect(seed=0)
+    a = RolloutCollector(valued_policy, env).collect(seed=0)
     tasks = load_tasks("demo", "test")[:2]
-    b = negative_samples(policy, env, tasks, 0.5, np.random.default_rng(0), keyword_vocabulary(tasks))
+    b = negative_samples(valued_policy, env, tasks, 0.5, np.random.default_rng(0), keyword_vocabulary(tasks))
     both = RolloutBatch.concat([a, b], pad_id=tok.pad_token_id)
     assert len(both) == 5 and both.negative.tolist() == [False] * 3 + [True] * 2
     with torch.no_grad():
-        logprobs, *_ = evaluate_actions(policy.eval(), both)
+        logprobs, *_ = evaluate_actions(valued_policy.eval(), both)
     torch.testing.assert_close(both.logprobs[both.mask], logprobs[both.mask], atol=1e-4, rtol=1e-4)
 
 
-def test_prefix_integrity_is_partial_integrity_of_each_prefix(tok, policy):
+def test_prefix_integrity_is_partial_integrity_of_each_prefix(tok, valued_policy):
     env = make_env(tok, n=2, max_new_tokens=40)
     tasks = load_tasks("demo", "test")[:3]
-    batch = negative_samples(policy, env, tasks, 0.0001, np.random.default_rng(0), keyword_vocabulary(tasks))
+    batch = negative_samples(valued_policy, env, tasks, 0.0001, np.random.default_rng(0), keyword_vocabulary(tasks))
     scorer = ContentIntegrityScorer()
     ci = prefix_integrity(batch, tok, EditTemplate(), scorer.partial)
     for i, task in enumerate(tasks):
