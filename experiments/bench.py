@@ -1,6 +1,6 @@
 """`promptgym bench`: PPO variants, baselines and an oracle trained for the same budget of reward calls, over seeds.
 
-    promptgym bench [--config synth] [--variants sft,ppo,...,oracle] [--seeds 5] [--budget 1024]
+    promptgym bench [--config synth] [--variants sft,ppo,...,surrogate,oracle] [--seeds 5] [--budget 1024]
                     [--reward config|integrity] [--out runs/bench] [--resume] [--set key=value ...]
 
 The rules that make the comparison fair:
@@ -9,8 +9,8 @@ The rules that make the comparison fair:
   negatives count too: `PPOAgent.num_reward_calls`). Every variant trains until it has used at least `budget`
   reward calls and stops at the first update / rollout / generation batch at or past it (so it uses between
   `budget` and `budget + batch - 1`; the table reports the calls actually used).
-- **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO, RWR, the oracle)
-  starts from a deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table
+- **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO, RWR, the
+  surrogate row, the oracle) starts from a deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table
   says so). The `sft` row is that start evaluated with no RL.
 - **Config.** Every variant of a seed runs on `--config` (default: the synth world, as `promptgym train`) with the
   same `--set` overrides and seed. A PPO variant lays its ablation preset's `ppo` section over it (`ppo`: no
@@ -19,8 +19,10 @@ The rules that make the comparison fair:
   `ppo.learning_rate`, `ppo.kl_coef` as TRL's `beta`; `rwr`, reward-weighted likelihood on the policy's own
   samples (`promptgym.agents.rwr`, Lee et al. 2023), takes the same and `ppo.kl_coef` as its exact-KL anchor to the
   start). The `oracle` is the config's own PPO trained on the
-  *gold* reward (`synth-gold`: gold content + gold aesthetic), the upper bound of what a proxy could give; it
-  needs a synth-world config. Variants may differ in nothing else (checked).
+  *gold* reward (`synth-gold`: gold content + gold aesthetic), the upper bound of what a proxy could give; the
+  `surrogate` row is the config's own PPO trained on BeautifulPrompt's text-only surrogate reward (`surrogate`:
+  MiniLM regressors of the image scores, no render in training, the gold monitors off); both need a synth-world
+  config. Variants may differ in nothing else (checked).
 - **Final score.** The same evaluation for every variant, not counted in the budget and always with the config's
   (proxy) reward, whose outputs carry the gold metrics on the synth world: `eval_episodes` fresh episodes on the
   eval split (`data.eval_split`), sampled with one seed from the full policy distribution at temperature 1, and,
@@ -83,8 +85,13 @@ REFINEMENTS = ("ppo+adm", "ppo+neg", "ppo+civalue", "diffchat")
 BASELINES = ("sb3-ppo", "grpo", "rloo", "rwr")
 ORACLE = "oracle"  # the config's PPO on the gold reward: the upper bound of a proxy
 ORACLE_PRESET = "synth-gold"
-ORACLE_PROXIES = ("synth", "surrogate")  # the synth-world proxy presets an oracle can stand beside
-VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES + (ORACLE,)
+SURROGATE = "surrogate"  # the config's PPO on BeautifulPrompt's text-only surrogate reward (no renders in training)
+# Variants that train the config's PPO on another reward of the synth world: {variant: its build_reward preset, what
+# it means}. They are scored like every variant, by the config's reward, whose outputs carry gold.
+TRAINING_REWARDS = {ORACLE: (ORACLE_PRESET, "the synth world's gold metrics"),
+                    SURROGATE: ("surrogate", "the text-only surrogate reward of the synth world")}
+ORACLE_PROXIES = ("synth", "surrogate")  # the synth-world proxy presets these variants can stand beside
+VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES + (SURROGATE, ORACLE)
 REWARDS = ("config", "integrity")
 # --reward integrity: content integrity only, as a ratio (no image terms, so no renders)
 INTEGRITY_OVERRIDES = (
@@ -142,7 +149,9 @@ def parse_variants(text: str | Sequence[str]) -> list[str]:
 def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = (), reward: str = "config",
                    config: str | os.PathLike = DEFAULT_CONFIG):
     """The config a variant runs with on `seed` (None: the config's): `config` with the variant's layer (a PPO
-    variant's ablation `ppo` section; the oracle's gold reward), then `overrides` and the reward choice."""
+    variant's ablation `ppo` section; the training reward of the oracle and the surrogate row), then `overrides`
+    and the reward choice. The `surrogate` row trains without the gold monitors (text-only, as that reward is
+    meant to run); its final evaluation, like every row's, carries gold."""
 
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
@@ -150,26 +159,29 @@ def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = ()
         raise ValueError(f"reward={reward!r}; expected one of {list(REWARDS)}")
     extra = list(INTEGRITY_OVERRIDES) if reward == "integrity" else []
     settings = [*overrides, *extra, *([f"seed={seed}"] if seed is not None else [])]
-    if variant == ORACLE:
+    if variant in TRAINING_REWARDS:
+        preset, meaning = TRAINING_REWARDS[variant]
         base = load_config(config, settings)
         if reward != "config" or base.reward.preset not in ORACLE_PROXIES:
             raise ValueError(
-                f"the {ORACLE!r} variant trains on the synth world's gold metrics, so it needs a config whose reward "
-                f"preset is 'synth' or 'surrogate' and --reward config; got preset {base.reward.preset!r} with "
-                f"--reward {reward}"
+                f"the {variant!r} variant trains on {meaning}, so it needs a config whose reward preset is 'synth' "
+                f"or 'surrogate' and --reward config; got preset {base.reward.preset!r} with --reward {reward}"
             )
-        return load_config(config, [*overrides, *([f"seed={seed}"] if seed is not None else [])],
-                           layer=preset_layer(ORACLE_PRESET))
+        layer = preset_layer(preset)
+        if variant == SURROGATE:
+            layer = {**layer, "reward": {**layer.get("reward", {}), "monitors": False}}
+        return load_config(config, [*overrides, *([f"seed={seed}"] if seed is not None else [])], layer=layer)
     layer = {"ppo": preset_layer(variant)["ppo"]} if variant in PPO_VARIANTS else None
     return load_config(config, settings, layer=layer)
 
 
 def _check_shared(base: Any, configs: dict[str, Any]) -> None:
     """The variants of a seed must agree with the seed's `base` config (the `sft` reference's) on everything but
-    `ppo` (they share one SFT start and one reward); the oracle differs in its training reward too."""
+    `ppo` (they share one SFT start and one reward); the oracle and the surrogate row differ in their training
+    reward too."""
     for name, config in configs.items():
         for section in SHARED_SECTIONS:
-            if name == ORACLE and section == "reward":
+            if name in TRAINING_REWARDS and section == "reward":
                 continue
             if getattr(config, section) != getattr(base, section):
                 raise ValueError(
@@ -195,10 +207,10 @@ class SeedContext:
 
     tokenizer: Any
     start: Any  # the SFT'd PolicyWithValue (None when only SB3 runs)
-    reward: Any  # the config's reward: every variant's evaluation, and the training reward but the oracle's
+    reward: Any  # the config's reward: every variant's evaluation, and the training reward of all but TRAINING_REWARDS
     eval_tasks: list[Any]
     eval_episodes: int
-    oracle_reward: Any = None
+    training_rewards: dict[str, Any] = field(default_factory=dict)  # {variant of TRAINING_REWARDS: its reward}
 
 
 def _evaluate(config: Any, model: Any, ctx: SeedContext, eval_seed: int = EVAL_SEED) -> tuple[float, dict, float]:
@@ -217,10 +229,11 @@ def _stationary(reward: float, components: dict[str, float], *rest: Any) -> tupl
 
 def run_ppo_variant(variant: str, config: Any, policy: Any, ctx: SeedContext, budget: int) -> RunResult:
     """Our PPO (`config.ppo`) on `policy` (trained in place) until `PPOAgent.num_reward_calls >= budget`; the
-    oracle trains on the gold reward and is scored like every other variant."""
-    reward = ctx.oracle_reward if variant == ORACLE else ctx.reward
+    oracle and the surrogate row train on their own reward (`TRAINING_REWARDS`) and are scored like every variant."""
+    reward = ctx.training_rewards.get(variant, ctx.reward)
     env = build_vector_env(config, stage_tasks(config)[1], ctx.tokenizer, reward, config.ppo.n_episodes)
-    info = {"ppo": dataclasses.asdict(config.ppo), **({"training_reward": ORACLE_PRESET} if variant == ORACLE else {})}
+    info = {"ppo": dataclasses.asdict(config.ppo),
+            **({"training_reward": TRAINING_REWARDS[variant][0]} if variant in TRAINING_REWARDS else {})}
     return _run_agent(variant, PPOAgent(policy, env, config.ppo), config, ctx, budget, info)
 
 
@@ -303,10 +316,10 @@ def run_baseline(variant: str, config: Any, policy: Any, ctx: SeedContext, budge
                                trained=None)
 
 
-def _seed_context(seed: int, base: Any, variants: Sequence[str], oracle: Any, eval_episodes: int,
+def _seed_context(seed: int, base: Any, variants: Sequence[str], configs: dict[str, Any], eval_episodes: int,
                   result: BenchResult, bar: Any) -> SeedContext:
     """Tokenizer, SFT start, rewards and eval tasks of one seed, built from its `base` config (the `sft` row's);
-    the oracle's training reward from its own config when it runs."""
+    the training rewards of the oracle and the surrogate row from their own configs when they run."""
     seed_everything(seed)
     tokenizer = build_tokenizer(base)
     eval_tasks = load_tasks(base.data.tasks, split=base.data.eval_split)
@@ -320,13 +333,12 @@ def _seed_context(seed: int, base: Any, variants: Sequence[str], oracle: Any, ev
                            [t for t in eval_tasks if t.target is not None][:256], config=base.sft, progress=False)
         result.sft_wall_time_s[seed] = time.perf_counter() - start
     ctx = SeedContext(tokenizer, start_policy, build_run_reward(base, tokenizer), eval_tasks, eval_episodes)
-    if ORACLE in variants:
-        ctx.oracle_reward = build_run_reward(oracle, tokenizer)
+    ctx.training_rewards = {v: build_run_reward(configs[v], tokenizer) for v in variants if v in TRAINING_REWARDS}
     return ctx
 
 
 def _run_variant(variant: str, config: Any, ctx: SeedContext, budget: int) -> RunResult:
-    for reward in (ctx.reward, ctx.oracle_reward):
+    for reward in (ctx.reward, *ctx.training_rewards.values()):
         if reward is not None:
             clear_reward_caches(reward)  # no variant profits from renders cached by an earlier one
             if isinstance(reward, CompositeReward):
@@ -335,7 +347,7 @@ def _run_variant(variant: str, config: Any, ctx: SeedContext, budget: int) -> Ru
     policy = copy.deepcopy(ctx.start) if ctx.start is not None and variant != "sb3-ppo" else None
     if variant == REFERENCE:
         return run_reference(config, policy, ctx, budget)
-    if variant in PPO_VARIANTS or variant == ORACLE:
+    if variant in PPO_VARIANTS or variant in TRAINING_REWARDS:
         return run_ppo_variant(variant, config, policy, ctx, budget)
     if variant == "rwr":
         return run_rwr_variant(config, policy, ctx, budget)
@@ -410,7 +422,7 @@ def run_bench(
             base = variant_config(REFERENCE, seed, overrides, reward, config)
             configs = {v: variant_config(v, seed, overrides, reward, config) for v in variants}
             _check_shared(base, configs)
-            ctx = _seed_context(seed, base, todo, configs.get(ORACLE), eval_episodes, result, bar)
+            ctx = _seed_context(seed, base, todo, configs, eval_episodes, result, bar)
             for variant in todo:
                 bar.set_postfix_str(f"seed {seed}: {variant}")
                 run = _run_variant(variant, configs[variant], ctx, budget)
@@ -556,8 +568,8 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
         f"- config `{result.config}`; budget {result.budget} reward calls per run; seeds {result.seeds}; reward: "
         f"`{result.reward}`" + (" (content integrity ratio only)" if result.reward == "integrity" else
                                 " (the config's reward)")
-        + ("; the oracle trains on the gold reward and is scored by the config's, as every variant"
-           if result.of(ORACLE) else ""),
+        + ("".join(f"; `{v}` trains on {TRAINING_REWARDS[v][1]} and is scored by the config's, as every variant"
+                   for v in TRAINING_REWARDS if result.of(v))),
         f"- overrides: {result.overrides or 'none'}",
         f"- cells: interquartile mean over seeds [95% stratified-bootstrap CI] of the final evaluation: "
         f"{result.eval_episodes} fresh episodes on the eval split (seeded, not counted in the budget); proxy reward: "

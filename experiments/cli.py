@@ -11,7 +11,7 @@
     promptgym reward fit-surrogate --out DIR [--prompts 2400] [--seed 0] [--pairs FILE]
     promptgym reward simulate-feedback --out LABELS.jsonl [--n 2000] [--noise 0.0] [--seed 0] [--held-out exclude|only]
     promptgym reward fit-feedback --labels LABELS.jsonl --out DIR [--aux-weight 0.5] [--perturbations 3] [--seed 0]
-    promptgym bench [--config synth] [--variants sft,ppo,grpo,...,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
+    promptgym bench [--config synth] [--variants sft,ppo,grpo,...,surrogate,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
     promptgym demo [--policy target|source|random] [--episodes N]
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
 
@@ -146,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="train PPO variants and baselines for the same reward-call budget")
     bench.add_argument("--config", default=DEFAULT_CONFIG,
                        help=f"base config of every variant: a preset name or a YAML path (default: {DEFAULT_CONFIG})")
-    bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo,rwr,oracle",
+    bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo,rwr,"
+                       "surrogate,oracle",
                        help="comma-separated variants (default: all; sft = the SFT start without RL, the reference; "
-                       "oracle = PPO on the gold reward, synth configs only)")
+                       "surrogate = PPO on the text-only surrogate reward, oracle = PPO on the gold reward: synth "
+                       "configs only)")
     bench.add_argument("--seeds", type=_positive_int, default=5, help="seeds per variant (default: 5)")
     bench.add_argument("--budget", type=_positive_int, default=1024, help="reward calls per run (default: 1024)")
     bench.add_argument("--resume", action="store_true",

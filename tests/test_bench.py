@@ -194,6 +194,25 @@ def test_variant_configs_lay_the_ablation_and_the_oracle_over_the_base_config():
         bench.variant_config("oracle", 0, reward="integrity", config="synth")
 
 
+def test_the_surrogate_row_trains_synth_ppo_on_the_text_only_reward_without_monitors():
+    base = bench.variant_config("sft", 1, ["ppo.n_epochs=2"], config="synth")
+    row = bench.variant_config("surrogate", 1, ["ppo.n_epochs=2"], config="synth")
+    assert row.reward.preset == "surrogate" and row.reward.monitors is False  # no render in training
+    assert row.reward.weights == {"aesthetic": 0.7, "pickscore": 0.3, "integrity": 2.0}  # synth's integrity weight
+    assert (row.reward.integrity, row.reward.normalize) == (base.reward.integrity, base.reward.normalize)
+    assert row.ppo == base.ppo and row.policy == base.policy and row.sft == base.sft and row.seed == 1
+    bench._check_shared(base, {"surrogate": row})  # differs from the base only in its training reward
+    with pytest.raises(ValueError, match="'surrogate' variant trains on the text-only surrogate.*got preset 'tiny'"):
+        bench.variant_config("surrogate", 0, config="tiny")
+
+
+def test_the_cli_default_runs_every_variant():
+    from promptgym.experiments.cli import build_parser
+
+    args = build_parser().parse_args(["bench"])
+    assert bench.parse_variants(args.variants) == list(bench.VARIANTS)
+
+
 def test_bad_variants_and_mismatched_configs_are_clear_errors():
     assert bench.parse_variants("ppo, grpo") == ["ppo", "grpo"]
     with pytest.raises(ValueError, match="unknown \\['ppo\\+foo'\\]"):
@@ -216,3 +235,14 @@ def test_bad_variants_and_mismatched_configs_are_clear_errors():
 def test_cli_rejects_unknown_variant(capsys):
     assert main(["bench", "--variants", "ppo,nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_surrogate_row_trains_without_renders_and_is_scored_with_gold(tmp_path):
+    small = ["sft.max_steps=2", "ppo.n_episodes=4", "ppo.batch_size=4", "ppo.n_epochs=1", "policy.num_layers=1"]
+    result = bench.run_bench(["surrogate"], seeds=1, budget=8, out=tmp_path, overrides=small, eval_episodes=4,
+                             progress=False, config="synth")
+    (run,) = result.runs
+    assert run.info["training_reward"] == "surrogate" and run.reward_calls >= 8
+    assert not any(k.startswith("gold/") for point in run.curve_components for k in point)  # monitors off in training
+    assert {"gold/content", "gold/aesthetic"} <= set(run.eval_components)  # scored by synth's reward, with gold
+    assert "surrogate` trains on the text-only surrogate reward" in (tmp_path / "bench.md").read_text()
