@@ -337,6 +337,22 @@ def _seed_context(seed: int, base: Any, variants: Sequence[str], configs: dict[s
     return ctx
 
 
+def _check_resumed_start(seed: int, ctx: SeedContext, runs: Sequence[RunResult]) -> None:
+    """A resumed seed's new runs must start from the SFT weights its finished runs started from: SFT is rerun on
+    resume, and another torch thread count (or another version of the code) gives other weights, which would break
+    the bench's one-start-per-seed rule without a trace."""
+    if ctx.start is None:
+        return
+    sha = weights_sha256(ctx.start)
+    earlier = sorted({run.start_sha256 for run in runs if run.seed == seed and run.start == "sft"} - {sha, None})
+    if earlier:
+        raise ValueError(
+            f"--resume: seed {seed}'s SFT start now has weights {sha[:12]}, its finished runs started from "
+            f"{[h[:12] for h in earlier]}; resume with the --threads and the code they ran with, or remove seed {seed}'s "
+            "runs from bench.json to rerun them"
+        )
+
+
 def _run_variant(variant: str, config: Any, ctx: SeedContext, budget: int) -> RunResult:
     for reward in (ctx.reward, *ctx.training_rewards.values()):
         if reward is not None:
@@ -423,6 +439,7 @@ def run_bench(
             configs = {v: variant_config(v, seed, overrides, reward, config) for v in variants}
             _check_shared(base, configs)
             ctx = _seed_context(seed, base, todo, configs, eval_episodes, result, bar)
+            _check_resumed_start(seed, ctx, result.runs)
             for variant in todo:
                 bar.set_postfix_str(f"seed {seed}: {variant}")
                 run = _run_variant(variant, configs[variant], ctx, budget)

@@ -5,11 +5,13 @@ checked against an independent bootstrap."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("stable_baselines3")
 pytest.importorskip("trl")
@@ -164,7 +166,7 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(tmp_path, monkeyp
     settings, loaded = bench.load_bench(tmp_path)
     assert settings == done.settings() and [r.to_dict() for r in loaded] == [r.to_dict() for r in runs]
     ran = []
-    monkeypatch.setattr(bench, "_seed_context", lambda *args: None)
+    monkeypatch.setattr(bench, "_seed_context", lambda *args: bench.SeedContext(None, None, None, [], 8))
     monkeypatch.setattr(bench, "_run_variant", lambda variant, config, ctx, budget: ran.append(variant) or _run(
         variant, config.seed, 0.7))
     result = bench.run_bench(["sft", "ppo", "grpo"], seeds=1, budget=16, out=tmp_path, reward="integrity",
@@ -177,6 +179,24 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(tmp_path, monkeyp
                         progress=False, config="tiny", resume=True)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         bench.run_bench(["sft"], seeds=1, budget=16, out=tmp_path / "new", resume=True, config="tiny")
+
+
+def test_resume_refuses_a_seed_whose_sft_start_changed(tmp_path, monkeypatch):
+    start = torch.nn.Linear(2, 2)
+    finished = dataclasses.replace(_run("ppo", 0, 0.6), start_sha256=bench.weights_sha256(start))
+    bench.write_bench(bench.BenchResult([finished], ["ppo", "grpo"], [0], 16, "integrity", [], 8, config="tiny"),
+                      tmp_path)
+    monkeypatch.setattr(bench, "_run_variant", lambda variant, config, ctx, budget: _run(variant, config.seed, 0.7))
+    same = bench.SeedContext(None, start, None, [], 8)
+    monkeypatch.setattr(bench, "_seed_context", lambda *args: same)
+    result = bench.run_bench(["ppo", "grpo"], seeds=1, budget=16, out=tmp_path, reward="integrity", eval_episodes=8,
+                             progress=False, config="tiny", resume=True)
+    assert [r.variant for r in result.runs] == ["ppo", "grpo"]  # the same start: grpo ran beside the finished ppo
+    other = torch.nn.Linear(2, 2)  # e.g. SFT rerun with another torch thread count
+    monkeypatch.setattr(bench, "_seed_context", lambda *args: bench.SeedContext(None, other, None, [], 8))
+    with pytest.raises(ValueError, match="seed 0's SFT start now has weights .*--threads"):
+        bench.run_bench(["ppo", "grpo", "rloo"], seeds=1, budget=16, out=tmp_path, reward="integrity",
+                        eval_episodes=8, progress=False, config="tiny", resume=True)
 
 
 def test_variant_configs_lay_the_ablation_and_the_oracle_over_the_base_config():
