@@ -685,7 +685,7 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
             panels[label] = {v: c for v, c in panels[label].items() if all(c)}
         panels = {k: v for k, v in panels.items() if v}
         if panels:
-            files.append(plot_curve_panels(panels, out / "curves.png", band="ci",
+            files.append(plot_curve_panels(panels, out / "curves.png", band="ci", order=result.variants, smooth=3,
                                            title=f"bench on {result.config}, {result.budget} reward calls"))
     finals = {v: [(r.eval_kl, r.eval_components) for r in result.of(v) if r.eval_kl is not None]
               for v in result.variants}
@@ -693,7 +693,8 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
     if finals and any(k in c for p in finals.values() for _, c in p for k in GOLD):
         trajectories = {v: [[(c["kl"], c) for c in r.curve_components if "kl" in c] for r in result.of(v)]
                         for v in finals}
-        files.append(plot_gold_vs_kl(finals, out / "gold_vs_kl.png", metrics=GOLD, trajectories=trajectories))
+        files.append(plot_gold_vs_kl(finals, out / "gold_vs_kl.png", metrics=GOLD, trajectories=trajectories,
+                                     order=result.variants))
     return files
 
 

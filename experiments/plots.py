@@ -94,6 +94,19 @@ def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
+VARIANT_MARKERS = ("o", "s", "^", "D")
+VARIANT_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def variant_style(i: int) -> tuple[str, str, str]:
+    """(colour, marker, linestyle) of the i-th variant of a plot: the ten `C0`-`C9` colours, then the same colours
+    with another marker and line style, so eleven or more variants (the bench has twelve) stay distinguishable."""
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+        raise ValueError(f"i={i!r}; expected an integer >= 0")
+    cycle = i // 10
+    return f"C{i % 10}", VARIANT_MARKERS[cycle % len(VARIANT_MARKERS)], VARIANT_LINESTYLES[cycle % len(VARIANT_LINESTYLES)]
+
+
 def _auto_window(n: int) -> int:
     return max(1, min(25, n // 8))
 
@@ -324,37 +337,51 @@ def plot_curve_panels(
     band: str = "ci",
     xlabel: str = "reward calls",
     title: str = "Learning curves (mean over seeds)",
+    order: Sequence[str] | None = None,
+    smooth: int = 1,
 ) -> Path:
     """`plot_learning_curves` for several metrics side by side: `panels[ylabel][variant]` = per-seed curves; each
-    variant keeps its colour in every panel, and the legend is in the first."""
+    variant keeps its colour in every panel (`variant_style` of its place in `order`, default the order of first
+    appearance, so another plot given the same `order` matches), and the legend is in the first. `smooth` > 1 draws
+    each seed's trailing mean over that many points before the mean over seeds."""
     if band not in BANDS:
         raise ValueError(f"band={band!r}; expected one of {list(BANDS)}")
     if not isinstance(panels, Mapping) or not panels:
         raise ValueError(f"panels={panels!r:.80}; expected a non-empty mapping {{ylabel: {{variant: curves}}}}")
-    colors = {}
     for curves in panels.values():
         if not isinstance(curves, Mapping) or not curves:
             raise ValueError(f"curves={curves!r:.80}; expected a non-empty mapping {{variant: per-seed curves}}")
-        for variant in curves:
-            colors.setdefault(variant, f"C{len(colors) % 10}")
+    styles = _variant_styles([v for curves in panels.values() for v in curves], order)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4.4), layout="constrained",
                              squeeze=False)
     for ax, (ylabel, curves) in zip(axes[0], panels.items()):
         for variant, data in curves.items():
-            _draw_curve(ax, variant, data, band, colors[variant])
+            color, _, linestyle = styles[variant]
+            _draw_curve(ax, variant, data, band, color, linestyle, smooth)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best", framealpha=0.85)
-    fig.suptitle(f"{title}; {BAND_TEXT[band]}", fontsize=10)
+    smoothing = f"; each seed's trailing mean over {smooth} points" if smooth > 1 else ""
+    fig.suptitle(f"{title}; {BAND_TEXT[band]}{smoothing}", fontsize=10)
     return _save(fig, Path(path))
 
 
-def _draw_curve(ax: Any, variant: str, data: Any, band: str, color: str) -> None:
+def _variant_styles(variants: Sequence[str], order: Sequence[str] | None) -> dict[str, tuple[str, str, str]]:
+    """{variant: variant_style(its index in `order`)}; variants missing from `order` follow it in first-seen order."""
+    ranked = list(dict.fromkeys([*(order or []), *variants]))
+    return {variant: variant_style(ranked.index(variant)) for variant in dict.fromkeys(variants)}
+
+
+def _draw_curve(ax: Any, variant: str, data: Any, band: str, color: str, linestyle: str = "-",
+                smooth: int = 1) -> None:
     seeds = _seed_curves(variant, data)
+    if smooth > 1:
+        seeds = [(x, rolling_mean(y, smooth)) for x, y in seeds]
     grid, ys = _common_grid(variant, seeds)
     mean = ys.mean(0)
-    ax.plot(grid, mean, color=color, linewidth=2.0, label=f"{variant} (n={len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    ax.plot(grid, mean, color=color, linestyle=linestyle, linewidth=2.0,
+            label=f"{variant} (n={len(seeds)} seed{'s' * (len(seeds) > 1)})")
     if band != "none" and len(seeds) > 1:
         low, high = {"minmax": lambda: (ys.min(0), ys.max(0)), "std": lambda: (mean - ys.std(0), mean + ys.std(0)),
                      "ci": lambda: bootstrap_mean_band(ys)}[band]()
@@ -377,36 +404,41 @@ def plot_gold_vs_kl(
     metrics: Sequence[str] = ("gold/content", "gold/aesthetic"),
     trajectories: Mapping[str, Sequence[Sequence[tuple[float, Mapping[str, float]]]]] | None = None,
     title: str = "Gold against KL to the start",
+    smooth: int = 5,
+    order: Sequence[str] | None = None,
 ) -> Path:
     """Over-optimisation: one panel per gold metric against the KL to the start (nats per episode).
 
     `finals[variant]` = per-seed `(kl, {metric: value})` of the final evaluation (small dots; the large marker is
     their mean); `trajectories[variant]` = per-seed training curves of `(kl, {metric: value})` points, drawn as the
-    mean over seeds point by point (seeds with fewer points are cut to the shortest). A variant whose points have
-    no KL (NaN) is left out of the plot."""
+    mean over seeds point by point (seeds with fewer points are cut to the shortest), then a trailing mean over
+    `smooth` updates of both coordinates (one update's 32 episodes are noisy; 1 draws them raw). A variant whose
+    points have no KL (NaN) is left out of the plot. Styles follow `order` as in `plot_curve_panels`."""
     if not finals:
         raise ValueError("finals is empty; expected {variant: [(kl, {metric: value}), ...]}")
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.4 * len(metrics) + 1.5, 4.4), layout="constrained",
                              squeeze=False)
+    styles = _variant_styles(list(finals), order)
     for ax, metric in zip(axes[0], metrics):
-        for i, (variant, points) in enumerate(finals.items()):
-            color = f"C{i % 10}"
+        for variant, points in finals.items():
+            color, marker, linestyle = styles[variant]
             pts = np.array([(kl, values.get(metric, math.nan)) for kl, values in points], dtype=np.float64)
             pts = pts[np.isfinite(pts).all(1)] if len(pts) else pts
             if len(pts) == 0:
                 continue
-            ax.scatter(pts[:, 0], pts[:, 1], color=color, s=14, alpha=0.45, linewidths=0)
-            ax.scatter([pts[:, 0].mean()], [pts[:, 1].mean()], color=color, s=70, edgecolors="black",
+            ax.scatter(pts[:, 0], pts[:, 1], color=color, marker=marker, s=14, alpha=0.45, linewidths=0)
+            ax.scatter([pts[:, 0].mean()], [pts[:, 1].mean()], color=color, marker=marker, s=70, edgecolors="black",
                        linewidths=0.6, label=variant, zorder=3)
             curve = _mean_trajectory((trajectories or {}).get(variant, []), metric)
             if curve is not None:
-                ax.plot(curve[:, 0], curve[:, 1], color=color, linewidth=1.2, alpha=0.8)
+                smoothed = np.stack([rolling_mean(curve[:, 0], smooth), rolling_mean(curve[:, 1], smooth)], axis=1)
+                ax.plot(smoothed[:, 0], smoothed[:, 1], color=color, linestyle=linestyle, linewidth=1.2, alpha=0.8)
         ax.set_xlabel("KL to the start (nats per episode)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best", framealpha=0.85)
     fig.suptitle(f"{title}: dots = seeds' final evaluations, large = their mean, lines = training episodes "
-                 "(mean over seeds)", fontsize=9)
+                 f"(mean over seeds{f', trailing mean over {smooth} updates' if smooth > 1 else ''})", fontsize=9)
     return _save(fig, Path(path))
 
 

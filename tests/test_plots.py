@@ -216,3 +216,25 @@ def test_curve_panels_with_ci_bands_and_gold_vs_kl(tmp_path):
         plot_gold_vs_kl({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="non-empty mapping"):
         plot_curve_panels({}, tmp_path / "x.png")
+
+
+def test_variant_styles_stay_distinct_past_ten_and_match_across_plots(tmp_path):
+    from promptgym.experiments.plots import _variant_styles, plot_curve_panels, plot_gold_vs_kl, variant_style
+
+    styles = [variant_style(i) for i in range(12)]
+    assert len(set(styles)) == 12  # the bench's twelve variants: colour, marker and line style never all repeat
+    assert styles[0] == ("C0", "o", "-") and styles[10] == ("C0", "s", "--")
+    with pytest.raises(ValueError, match="i=-1"):
+        variant_style(-1)
+    order = ["sft", "ppo", "grpo"]
+    # a plot without the sft row (the learning curves) still gives ppo and grpo the styles the gold-vs-KL plot does
+    assert _variant_styles(["grpo", "ppo"], order) == {"grpo": variant_style(2), "ppo": variant_style(1)}
+    assert _variant_styles(["new", "ppo"], order) == {"new": variant_style(3), "ppo": variant_style(1)}
+    curves = {"ppo": [[(0, 0.0), (5, 1.0), (10, 0.0)]], "grpo": [(0, 0.2), (10, 0.4)]}
+    assert_png(plot_curve_panels({"reward": curves}, tmp_path / "c.png", order=order, smooth=3), min_width=500)
+    finals = {"sft": [(0.0, {"gold/content": 0.9})], "ppo": [(2.0, {"gold/content": 0.8})]}
+    trajectories = {"ppo": [[(0.5, {"gold/content": 0.9}), (2.0, {"gold/content": 0.8})]]}
+    assert_png(plot_gold_vs_kl(finals, tmp_path / "k.png", trajectories=trajectories, order=order, smooth=2),
+               min_width=500)
+    with pytest.raises(ValueError, match="window=0"):
+        plot_gold_vs_kl(finals, tmp_path / "k.png", trajectories=trajectories, smooth=0)
