@@ -72,7 +72,7 @@ from promptgym.experiments.builders import (
 from promptgym.experiments.config import load_config, preset_layer
 from promptgym.experiments.plots import plot_curve_panels, plot_gold_vs_kl
 from promptgym.experiments.stats import iqm_ci, mean_ci
-from promptgym.rewards import CompositeReward, clear_reward_caches
+from promptgym.rewards import CompositeReward, clear_reward_caches, reward_stats
 from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
 
 if TYPE_CHECKING:  # agents.baselines imports stable-baselines3 and trl (seconds): loaded when a run needs it
@@ -101,6 +101,7 @@ INTEGRITY_OVERRIDES = (
 )
 SHARED_SECTIONS = ("data", "env", "policy", "reward", "sft")  # must agree across variants of a seed
 GOLD = ("gold/content", "gold/aesthetic")
+COST_KEYS = ("cpu_time_s", "images_rendered")  # a run's training cost in its `info`, beside its wall time
 EVAL_SEED = 12345
 # A run's entry in bench.json: these fields of its RunResult, in this order
 RUN_FIELDS = ("variant", "seed", "curve", "curve_components", "eval_reward", "eval_components", "eval_kl",
@@ -266,7 +267,7 @@ def _run_agent(variant: str, agent: Any, config: Any, ctx: SeedContext, budget: 
     curve: list[tuple[int, float]] = []
     components: list[dict[str, float]] = []
     last: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while agent.num_reward_calls < budget:
         last = agent.step()
         curve.append((agent.num_reward_calls, float(last["env/reward_mean"])))
@@ -274,10 +275,24 @@ def _run_agent(variant: str, agent: Any, config: Any, ctx: SeedContext, budget: 
                            if key.startswith("env/") and not key.startswith("env/reward")}
                           | {"kl": float(last["objective/kl"])})
     wall_time_s = time.perf_counter() - start
+    cost = _training_cost(cpu_start, agent.env.reward)
     eval_reward, eval_components, eval_kl = _evaluate(config, agent.policy.model, ctx)
-    info = {"updates": agent.num_updates, "episodes": agent.num_episodes, "last_kl": last.get("objective/kl"), **info}
+    info = {"updates": agent.num_updates, "episodes": agent.num_episodes, "last_kl": last.get("objective/kl"), **cost,
+            **info}
     return RunResult(variant, config.seed, curve, eval_reward, eval_components, agent.num_reward_calls, budget,
                      wall_time_s, "sft", start_sha, info, curve_components=components, eval_kl=eval_kl)
+
+
+def _training_cost(cpu_start: float, reward: Any) -> dict[str, float]:
+    """What a run's training cost beside its wall time: the process's CPU seconds since `cpu_start` (all threads; on
+    a shared machine a steadier measure than wall time) and the images its reward rendered (the caches, and so the
+    counters, are cleared before every run; absent when the reward renders nothing)."""
+    cost = {"cpu_time_s": time.process_time() - cpu_start}
+    rendered = [v for k, v in reward_stats(reward).items() if k.endswith("images_rendered")] \
+        if isinstance(reward, CompositeReward) else []
+    if rendered:
+        cost["images_rendered"] = float(sum(rendered))
+    return cost
 
 
 def run_reference(config: Any, policy: Any, ctx: SeedContext, budget: int) -> RunResult:
@@ -305,9 +320,11 @@ def run_baseline(variant: str, config: Any, policy: Any, ctx: SeedContext, budge
         start, start_sha = "scratch", None
     else:
         start, start_sha = "sft", weights_sha256(policy)
+        cpu_start = time.process_time()
         result = run_trl(variant, policy, ctx.tokenizer, tasks, ctx.reward, budget, config.seed,
                          batch_size=config.ppo.n_episodes, num_generations=num_generations,
                          learning_rate=config.ppo.learning_rate, beta=config.ppo.kl_coef, **common)
+        result.info.update(_training_cost(cpu_start, ctx.reward))
         result.eval_reward, result.eval_components, eval_kl = _evaluate(config, result.trained.to("cpu"), ctx)
     info = {k: v for k, v in result.info.items() if k != "last_log"}
     return dataclasses.replace(result, variant=variant, curve=[(int(x), float(y)) for x, y in result.curve],
@@ -500,6 +517,9 @@ def summary_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[str,
             row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _paired_change(result, runs, key, REFERENCE,
                                                                                      n_resamples)
         row["wall_time_s"] = float(np.mean([r.wall_time_s for r in runs]))
+        for key in COST_KEYS:  # recorded since 2026-11-30: n/a for the runs of older benches
+            values = [float(r.info[key]) for r in runs if key in r.info]
+            row[key] = float(np.mean(values)) if values else math.nan
         row["reward_calls"] = float(np.mean([r.reward_calls for r in runs]))
         row["reward_calls_min"] = min(r.reward_calls for r in runs)
         row["reward_calls_max"] = max(r.reward_calls for r in runs)
@@ -543,7 +563,7 @@ def refinement_rows(result: BenchResult, n_resamples: int = 2000) -> list[dict[s
 def _value_keys(rows: list[dict[str, Any]]) -> list[str]:
     keys = list(rows[0]) if rows else []
     return [k for k in keys if k not in ("variant", "start", "seeds") and not k.endswith(("_ci_low", "_ci_high"))
-            and not k.startswith(("wall_time", "reward_calls")) and not k.endswith("_vs_sft")]
+            and not k.startswith(("wall_time", "reward_calls")) and k not in COST_KEYS and not k.endswith("_vs_sft")]
 
 
 def _vs_sft_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -578,7 +598,7 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
                    refinements: list[dict[str, Any]] | None = None) -> str:
     keys, paired = _value_keys(rows), _vs_sft_keys(rows)
     header = ["variant", "start", "seeds", *[_column(k) for k in keys], *[_column(k) for k in paired],
-              "wall time (s)", "reward calls"]
+              "wall time (s)", "CPU time (s)", "images rendered", "reward calls"]
     lines = [
         "# promptgym bench",
         "",
@@ -595,7 +615,8 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
         "seed's SFT start",
         "- start: SFT = a copy of the seed's SFT'd policy (shared by every LM variant of the seed); scratch = SB3 "
         "PPO, which has no language model",
-        "- wall time: training only (mean over seeds; SFT and evaluation excluded)",
+        "- wall time, CPU time (of the process, all threads: steadier than wall time on a shared machine), images "
+        "rendered by the training reward: training only (mean over seeds; SFT and evaluation excluded)",
         *(["- vs SFT: the variant's eval minus the same seed's sft row, mean [95% bootstrap CI] over seeds"]
           if paired else []),
         "",
@@ -607,7 +628,7 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
                  else f"{row['reward_calls_min']}–{row['reward_calls_max']}")
         cells = [row["variant"], START_TEXT.get(row["start"], row["start"]), str(row["seeds"]),
                  *[_ci_text(row, k) for k in keys], *[_signed_ci_text(row, k) for k in paired],
-                 f"{row['wall_time_s']:.1f}", calls]
+                 f"{row['wall_time_s']:.1f}", *[_cost_text(row[k]) for k in COST_KEYS], calls]
         lines.append("| " + " | ".join(cells) + " |")
     if refinements:
         rkeys = [k for k in refinements[0] if k not in ("variant", "seeds") and not k.endswith(("_ci_low", "_ci_high"))]
@@ -622,6 +643,10 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
         lines += ["", "On the tiny stack the image terms come from random tiny models: they exercise the pipeline "
                       "and say nothing about image quality."]
     return "\n".join(lines) + "\n"
+
+
+def _cost_text(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def print_table(result: BenchResult, rows: list[dict[str, Any]]) -> None:

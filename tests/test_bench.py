@@ -57,6 +57,8 @@ def test_bench_writes_table_csv_json_and_plot(bench_dir):
                 "reward_calls", "budget", "wall_time_s", "start", "start_sha256", "info"]
     assert all(list(run) == run_keys for run in raw["runs"])  # a run's entry: these columns, in this order
     assert sft["variant"] == "sft" and sft["reward_calls"] == 0 and sft["curve"] == []
+    for run in raw["runs"][1:]:  # the integrity reward renders nothing: CPU time, no image count
+        assert run["info"]["cpu_time_s"] > 0 and "images_rendered" not in run["info"], run["variant"]
     assert sft["eval_kl"] == pytest.approx(0.0, abs=1e-6)  # the start against itself
     assert all(run["eval_kl"] is not None for run in raw["runs"])  # every LM variant has its KL to the start
     for row, run in zip(rows[1:], raw["runs"][1:]):  # one seed: the change vs SFT is the plain difference
@@ -266,3 +268,20 @@ def test_a_surrogate_row_trains_without_renders_and_is_scored_with_gold(tmp_path
     assert not any(k.startswith("gold/") for point in run.curve_components for k in point)  # monitors off in training
     assert {"gold/content", "gold/aesthetic"} <= set(run.eval_components)  # scored by synth's reward, with gold
     assert "surrogate` trains on the text-only surrogate reward" in (tmp_path / "bench.md").read_text()
+
+
+def test_training_cost_counts_cpu_seconds_and_the_rewards_renders():
+    import time
+
+    from promptgym.rewards import EditTask, build_reward
+    from promptgym.rewards.base import EditResult
+
+    reward = build_reward("tiny")
+    start = time.process_time()
+    task = EditTask("a cat", "make it red", target="a red cat")
+    reward([EditResult(task, "a red cat"), EditResult(task, "a red cat, vivid")])
+    cost = bench._training_cost(start, reward)
+    renderer = reward.terms["aesthetic"][0].renderer
+    assert cost["images_rendered"] == renderer.images_rendered == 3 * renderer.images_per_prompt  # 2 edits + source
+    assert cost["cpu_time_s"] > 0
+    assert set(bench._training_cost(start, object())) == {"cpu_time_s"}  # a reward that is not a CompositeReward
