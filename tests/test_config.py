@@ -59,7 +59,9 @@ def test_default_is_the_synth_world_on_tinys_settings():
     assert default.data.sft_share == 0.5  # SFT and PPO on different sources (README)
     assert (default.reward.normalize, default.reward.integrity, default.reward.weights["integrity"]) == (
         True, {"mode": "ratio"}, 2.0)  # what kept gold content (README)
-    same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft, "data": tiny.data}
+    assert default.train.num_updates == 26  # the bench's 1,040 reward calls: half the content loss of 60 (README)
+    same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft, "data": tiny.data,
+            "train": tiny.train}
     assert dataclasses.replace(default, **same) == tiny
 
 
