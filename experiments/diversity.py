@@ -26,8 +26,8 @@ Three views, each computed per task over its K sampled edited prompts, then aver
 With K = 1 none of them says anything about the spread of candidates: `task_diversity` gives NaN for such tasks
 (the evaluation adds a note), never an error.
 
-Measured on the default synth run, SFT start vs PPO after 60 updates (`promptgym eval RUN --samples 4 --max-tasks 32
---seed 1 --against start`; 32 test tasks, paired changes with 95% CIs over tasks, the README's eval section has the
+Measured on the previous (60-update) default synth run, SFT start vs PPO after 60 updates (`promptgym eval RUN
+--samples 4 --max-tasks 32 --seed 1 --against start`; 32 test tasks, paired changes with 95% CIs over tasks, the README's eval section has the
 table): RL collapses diversity. `diversity` 0.062 -> 0.024 (-0.039 [-0.054, -0.022], -62%), distinct-1 0.366 ->
 0.238 (-35%), distinct-2 0.419 -> 0.264 (-37%), distinct prompts 3.66 -> 1.44 of 4 (PPO writes one prompt 4 times
 on 23 of 32 tasks), distinct scenes 1.25 -> 1.25 (the start's variation was wording and modifiers, not content).
