@@ -432,7 +432,7 @@ def run_bench(
     for name, value in (("seeds", seeds), ("budget", budget), ("eval_episodes", eval_episodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}; expected a positive integer")
-    first = variant_config(variants[0], None, overrides, reward, config)
+    first, *_ = [variant_config(v, None, overrides, reward, config) for v in variants]  # every variant's errors first
     if first.env.kind != "edit":
         raise ValueError(f"config {os.fspath(config)!r} trains on env.kind={first.env.kind!r}; promptgym bench compares "
                          "single-turn variants: compare chat training with python -m promptgym.experiments.bench_chat")

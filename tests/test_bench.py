@@ -228,6 +228,12 @@ def test_the_surrogate_row_trains_synth_ppo_on_the_text_only_reward_without_moni
         bench.variant_config("surrogate", 0, config="tiny")
 
 
+def test_a_bench_checks_every_variant_before_it_starts(tmp_path):
+    with pytest.raises(ValueError, match="'surrogate' variant .*got preset 'tiny'"):
+        bench.run_bench(["sft", "surrogate"], seeds=1, budget=8, out=tmp_path / "out", config="tiny", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
 def test_the_cli_default_runs_every_variant():
     from promptgym.experiments.cli import build_parser
 
