@@ -37,6 +37,9 @@ Outputs in OUT: `bench.md` and `bench.csv` (the tables), `bench.json` (every run
 scores, KL, timings; rewritten after each run, so `--resume` continues an interrupted bench where it stopped),
 `curves.png` (proxy reward and gold metrics against reward calls, mean over seeds with 95% CI bands) and
 `gold_vs_kl.png` (each gold metric against the KL to the start: the over-optimisation picture).
+
+Seeds run in parallel as separate processes (`--set seed=S --seeds 1 --out DIR_S`, one per core) and are joined by
+`promptgym bench --merge DIR_0 DIR_1 ... --out DIR` (`merge_benches`: same settings checked, one SFT start per seed).
 """
 
 from __future__ import annotations
@@ -409,6 +412,40 @@ def _resumed_runs(result: BenchResult, out: Path) -> list[RunResult]:
     result.sft_wall_time_s.update({int(k): v for k, v in raw.get("sft_wall_time_s", {}).items()
                                    if int(k) in result.seeds})
     return [run for run in runs if run.variant in result.variants and run.seed in result.seeds]
+
+
+def merge_benches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> BenchResult:
+    """The runs of several bench directories as one bench in `out` (tables and plots rewritten): how seeds run in
+    parallel processes (`--set seed=S --seeds 1 --out DIR_S`, one per core) become one table. Every source must
+    have the same settings (as `--resume` checks); a later source's run of a (variant, seed) replaces an earlier
+    one's, and every language-model run of a seed must then start from the same SFT weights (checked: replace a
+    seed whole, not in part)."""
+    if not sources:
+        raise ValueError("merge_benches needs at least one bench directory")
+    loaded = [(Path(src), *load_bench(src)) for src in sources]
+    first_path, first_settings, _ = loaded[0]
+    for path, settings, _ in loaded[1:]:
+        differing = {k: (first_settings[k], settings[k]) for k in RESUME_KEYS if settings[k] != first_settings[k]}
+        if differing:
+            raise ValueError(f"{path}/bench.json has other settings than {first_path}/bench.json: {differing}")
+    runs: dict[tuple[str, int], RunResult] = {}
+    sft_wall: dict[int, float] = {}
+    for path, _, found in loaded:
+        runs.update({(run.variant, run.seed): run for run in found})
+        raw = json.loads((path / "bench.json").read_text(encoding="utf-8"))
+        sft_wall.update({int(k): float(v) for k, v in raw.get("sft_wall_time_s", {}).items()})
+    for seed in sorted({seed for _, seed in runs}):
+        starts = {run.start_sha256 for run in runs.values() if run.seed == seed and run.start == "sft"} - {None}
+        if len(starts) > 1:
+            raise ValueError(f"merged seed {seed} has runs from {len(starts)} different SFT starts "
+                             f"{sorted(h[:12] for h in starts)}; replace a seed with all of its runs")
+    variants = [v for v in VARIANTS if any(variant == v for variant, _ in runs)]
+    seeds = sorted({seed for _, seed in runs})
+    result = BenchResult(sorted(runs.values(), key=lambda r: (variants.index(r.variant), r.seed)), variants, seeds,
+                         first_settings["budget"], first_settings["reward"], list(first_settings["overrides"]),
+                         first_settings["eval_episodes"], sft_wall, config=first_settings["config"])
+    result.files = write_bench(result, out)
+    return result
 
 
 def run_bench(

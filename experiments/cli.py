@@ -12,6 +12,7 @@
     promptgym reward simulate-feedback --out LABELS.jsonl [--n 2000] [--noise 0.0] [--seed 0] [--held-out exclude|only]
     promptgym reward fit-feedback --labels LABELS.jsonl --out DIR [--aux-weight 0.5] [--perturbations 3] [--seed 0]
     promptgym bench [--config synth] [--variants sft,ppo,grpo,...,surrogate,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
+    promptgym bench --merge DIR [DIR ...] --out DIR
     promptgym demo [--policy target|source|random] [--episodes N]
     promptgym config show [synth|NAME|PATH] [--set key=value ...]
 
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dotted override applied to every variant, e.g. --set sft.max_steps=50 (repeatable)")
     bench.add_argument("--threads", type=int, default=1,
                        help="torch.set_num_threads (default 1: tiny models on a shared CPU; 0 keeps torch's default)")
+    bench.add_argument("--merge", nargs="+", metavar="DIR",
+                       help="train nothing: merge these benches' runs (same settings; a later DIR replaces an earlier "
+                       "one's runs of the same variant and seed) into --out and rewrite its tables and plots")
     bench.set_defaults(handler=run_bench)
 
     world = commands.add_parser("world", parents=[debug], help="the synth world: build (train) its models")
@@ -379,6 +383,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from promptgym.experiments import bench
 
+    if args.merge:
+        result = bench.merge_benches(args.merge, args.out)
+        bench.print_table(result, bench.summary_rows(result))
+        print(f"merged {len(args.merge)} benches into {args.out}: " + ", ".join(path.name for path in result.files))
+        return 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     variants = bench.parse_variants(args.variants)  # a ValueError is the user's: one line, exit code 2

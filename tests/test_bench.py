@@ -291,3 +291,40 @@ def test_training_cost_counts_cpu_seconds_and_the_rewards_renders():
     assert cost["images_rendered"] == renderer.images_rendered == 3 * renderer.images_per_prompt  # 2 edits + source
     assert cost["cpu_time_s"] > 0
     assert set(bench._training_cost(start, object())) == {"cpu_time_s"}  # a reward that is not a CompositeReward
+
+
+def _bench_dir(path, runs, budget=16):
+    variants = [v for v in bench.VARIANTS if any(r.variant == v for r in runs)]
+    seeds = sorted({r.seed for r in runs})
+    bench.write_bench(bench.BenchResult(runs, variants, seeds, budget, "integrity", [], 8, config="tiny"), path)
+    return path
+
+
+def test_merge_joins_seeds_run_apart_and_a_later_bench_replaces_a_seed_whole(tmp_path):
+    start, other = "a" * 64, "b" * 64
+    seed0 = [dataclasses.replace(_run(v, 0, 0.5), start_sha256=start) for v in ("sft", "ppo")]
+    seed1 = [dataclasses.replace(_run(v, 1, 0.6), start_sha256=other) for v in ("sft", "ppo", "grpo")]
+    rerun0 = [dataclasses.replace(_run(v, 0, 0.9), start_sha256=other) for v in ("sft", "ppo")]
+    a, b, c = (_bench_dir(tmp_path / n, r) for n, r in (("a", seed0), ("b", seed1), ("c", rerun0)))
+    merged = bench.merge_benches([a, b], tmp_path / "ab")
+    assert [(r.variant, r.seed) for r in merged.runs] == [("sft", 0), ("sft", 1), ("ppo", 0), ("ppo", 1), ("grpo", 1)]
+    assert merged.seeds == [0, 1] and (tmp_path / "ab" / "bench.md").is_file()
+    assert bench.load_bench(tmp_path / "ab")[0] == bench.load_bench(a)[0]  # the sources' settings, resumable
+    replaced = bench.merge_benches([a, b, c], tmp_path / "abc")  # c reran seed 0 whole: its runs win
+    assert [r.eval_reward for r in replaced.of("ppo")] == [0.9, 0.6]
+    partial = _bench_dir(tmp_path / "d", rerun0[1:])  # seed 0's ppo alone, from another start: a mixed seed
+    with pytest.raises(ValueError, match="merged seed 0 has runs from 2 different SFT starts"):
+        bench.merge_benches([a, partial], tmp_path / "bad")
+    longer = _bench_dir(tmp_path / "e", seed1, budget=32)
+    with pytest.raises(ValueError, match="other settings.*budget"):
+        bench.merge_benches([a, longer], tmp_path / "bad")
+
+
+def test_cli_merges_benches_and_names_a_missing_one(tmp_path, capsys):
+    a = _bench_dir(tmp_path / "a", [_run("sft", 0, 0.5), _run("ppo", 0, 0.6)])
+    b = _bench_dir(tmp_path / "b", [_run("sft", 1, 0.5), _run("ppo", 1, 0.7)])
+    assert main(["bench", "--merge", str(a), str(b), "--out", str(tmp_path / "m")]) == 0
+    assert "merged 2 benches" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m" / "bench.json").read_text())["seeds"] == [0, 1]
+    assert main(["bench", "--merge", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")]) == 2
+    assert "no bench.json" in capsys.readouterr().err
