@@ -423,6 +423,8 @@ def merge_benches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) 
     if not sources:
         raise ValueError("merge_benches needs at least one bench directory")
     loaded = [(Path(src), *load_bench(src)) for src in sources]
+    for _, settings, _ in loaded:  # `--set seed=S` only chooses a bench's seeds: benches of other seeds still join
+        settings["overrides"] = [o for o in settings["overrides"] or [] if not str(o).replace(" ", "").startswith("seed=")]
     first_path, first_settings, _ = loaded[0]
     for path, settings, _ in loaded[1:]:
         differing = {k: (first_settings[k], settings[k]) for k in RESUME_KEYS if settings[k] != first_settings[k]}

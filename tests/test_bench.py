@@ -293,10 +293,11 @@ def test_training_cost_counts_cpu_seconds_and_the_rewards_renders():
     assert set(bench._training_cost(start, object())) == {"cpu_time_s"}  # a reward that is not a CompositeReward
 
 
-def _bench_dir(path, runs, budget=16):
+def _bench_dir(path, runs, budget=16, overrides=()):
     variants = [v for v in bench.VARIANTS if any(r.variant == v for r in runs)]
     seeds = sorted({r.seed for r in runs})
-    bench.write_bench(bench.BenchResult(runs, variants, seeds, budget, "integrity", [], 8, config="tiny"), path)
+    bench.write_bench(bench.BenchResult(runs, variants, seeds, budget, "integrity", list(overrides), 8, config="tiny"),
+                      path)
     return path
 
 
@@ -305,7 +306,8 @@ def test_merge_joins_seeds_run_apart_and_a_later_bench_replaces_a_seed_whole(tmp
     seed0 = [dataclasses.replace(_run(v, 0, 0.5), start_sha256=start) for v in ("sft", "ppo")]
     seed1 = [dataclasses.replace(_run(v, 1, 0.6), start_sha256=other) for v in ("sft", "ppo", "grpo")]
     rerun0 = [dataclasses.replace(_run(v, 0, 0.9), start_sha256=other) for v in ("sft", "ppo")]
-    a, b, c = (_bench_dir(tmp_path / n, r) for n, r in (("a", seed0), ("b", seed1), ("c", rerun0)))
+    a, c = (_bench_dir(tmp_path / n, r) for n, r in (("a", seed0), ("c", rerun0)))
+    b = _bench_dir(tmp_path / "b", seed1, overrides=["seed=1"])  # `--set seed=1 --seeds 1`: its seed only
     merged = bench.merge_benches([a, b], tmp_path / "ab")
     assert [(r.variant, r.seed) for r in merged.runs] == [("sft", 0), ("sft", 1), ("ppo", 0), ("ppo", 1), ("grpo", 1)]
     assert merged.seeds == [0, 1] and (tmp_path / "ab" / "bench.md").is_file()
@@ -318,6 +320,9 @@ def test_merge_joins_seeds_run_apart_and_a_later_bench_replaces_a_seed_whole(tmp
     longer = _bench_dir(tmp_path / "e", seed1, budget=32)
     with pytest.raises(ValueError, match="other settings.*budget"):
         bench.merge_benches([a, longer], tmp_path / "bad")
+    tuned = _bench_dir(tmp_path / "f", seed1, overrides=["seed=1", "ppo.kl_coef=0.1"])
+    with pytest.raises(ValueError, match="other settings.*overrides"):
+        bench.merge_benches([a, tuned], tmp_path / "bad")
 
 
 def test_cli_merges_benches_and_names_a_missing_one(tmp_path, capsys):
