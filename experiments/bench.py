@@ -10,8 +10,8 @@ The rules that make the comparison fair:
   reward calls and stops at the first update / rollout / generation batch at or past it (so it uses between
   `budget` and `budget + batch - 1`; the table reports the calls actually used).
 - **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO, RWR, the
-  surrogate row, the oracle) starts from a deep copy of that SFT'd policy. SB3 PPO has no language model: it starts from scratch (the table
-  says so). The `sft` row is that start evaluated with no RL.
+  surrogate row, the oracle) starts from a deep copy of that SFT'd policy. SB3 PPO has no language model: it starts
+  from scratch (the table says so). The `sft` row is that start evaluated with no RL.
 - **Config.** Every variant of a seed runs on `--config` (default: the synth world, as `promptgym train`) with the
   same `--set` overrides and seed. A PPO variant lays its ablation preset's `ppo` section over it (`ppo`: no
   DiffChat refinement; `ppo+adm`, `ppo+neg`, `ppo+civalue`: one each; `diffchat`: all three); the reference and
@@ -52,7 +52,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -357,6 +357,11 @@ def _seed_context(seed: int, base: Any, variants: Sequence[str], configs: dict[s
     return ctx
 
 
+def _sft_starts(runs: Iterable[RunResult], seed: int) -> set[str]:
+    """The weights fingerprints of the SFT starts `seed`'s language-model runs started from (older runs: none)."""
+    return {run.start_sha256 for run in runs if run.seed == seed and run.start == "sft"} - {None}
+
+
 def _check_resumed_start(seed: int, ctx: SeedContext, runs: Sequence[RunResult]) -> None:
     """A resumed seed's new runs must start from the SFT weights its finished runs started from: SFT is rerun on
     resume, and another torch thread count (or another version of the code) gives other weights, which would break
@@ -364,7 +369,7 @@ def _check_resumed_start(seed: int, ctx: SeedContext, runs: Sequence[RunResult])
     if ctx.start is None:
         return
     sha = weights_sha256(ctx.start)
-    earlier = sorted({run.start_sha256 for run in runs if run.seed == seed and run.start == "sft"} - {sha, None})
+    earlier = sorted(_sft_starts(runs, seed) - {sha})
     if earlier:
         raise ValueError(
             f"--resume: seed {seed}'s SFT start now has weights {sha[:12]}, its finished runs started from "
@@ -424,7 +429,8 @@ def merge_benches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) 
         raise ValueError("merge_benches needs at least one bench directory")
     loaded = [(Path(src), *load_bench(src)) for src in sources]
     for _, settings, _ in loaded:  # `--set seed=S` only chooses a bench's seeds: benches of other seeds still join
-        settings["overrides"] = [o for o in settings["overrides"] or [] if not str(o).replace(" ", "").startswith("seed=")]
+        overrides = [str(o) for o in settings["overrides"] or []]
+        settings["overrides"] = [o for o in overrides if not "".join(o.split()).startswith("seed=")]
     first_path, first_settings, _ = loaded[0]
     for path, settings, _ in loaded[1:]:
         differing = {k: (first_settings[k], settings[k]) for k in RESUME_KEYS if settings[k] != first_settings[k]}
@@ -437,7 +443,7 @@ def merge_benches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) 
         raw = json.loads((path / "bench.json").read_text(encoding="utf-8"))
         sft_wall.update({int(k): float(v) for k, v in raw.get("sft_wall_time_s", {}).items()})
     for seed in sorted({seed for _, seed in runs}):
-        starts = {run.start_sha256 for run in runs.values() if run.seed == seed and run.start == "sft"} - {None}
+        starts = _sft_starts(runs.values(), seed)
         if len(starts) > 1:
             raise ValueError(f"merged seed {seed} has runs from {len(starts)} different SFT starts "
                              f"{sorted(h[:12] for h in starts)}; replace a seed with all of its runs")
@@ -471,7 +477,7 @@ def run_bench(
     for name, value in (("seeds", seeds), ("budget", budget), ("eval_episodes", eval_episodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}; expected a positive integer")
-    first, *_ = [variant_config(v, None, overrides, reward, config) for v in variants]  # every variant's errors first
+    first, *_ = [variant_config(v, None, overrides, reward, config) for v in variants]  # every variant's errors now
     if first.env.kind != "edit":
         raise ValueError(f"config {os.fspath(config)!r} trains on env.kind={first.env.kind!r}; promptgym bench compares "
                          "single-turn variants: compare chat training with python -m promptgym.experiments.bench_chat")
