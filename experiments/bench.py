@@ -36,7 +36,9 @@ The rules that make the comparison fair:
 Outputs in OUT: `bench.md` and `bench.csv` (the tables), `bench.json` (every run's raw numbers: curves, eval
 scores, KL, timings; rewritten after each run, so `--resume` continues an interrupted bench where it stopped),
 `curves.png` (proxy reward and gold metrics against reward calls, mean over seeds with 95% CI bands) and
-`gold_vs_kl.png` (each gold metric against the KL to the start: the over-optimisation picture).
+`gold_vs_kl.png` (each gold metric against the KL to the start: the over-optimisation picture). bench.md also
+has the speed per result against `grpo` (`promptgym.experiments.speed`): the CPU seconds each variant's learning
+curve took to reach GRPO's final gold aesthetic and proxy on the same seed.
 
 Seeds run in parallel as separate processes (`--set seed=S --seeds 1 --out DIR_S`, one per core) and are joined by
 `promptgym bench --merge DIR_0 DIR_1 ... --out DIR` (`merge_benches`: same settings checked, one SFT start per seed).
@@ -74,6 +76,8 @@ from promptgym.experiments.builders import (
 )
 from promptgym.experiments.config import load_config, preset_layer
 from promptgym.experiments.plots import plot_curve_panels, plot_gold_vs_kl
+from promptgym.experiments.speed import DEFAULT_METRICS as SPEED_METRICS
+from promptgym.experiments.speed import speed_rows
 from promptgym.experiments.stats import iqm_ci, mean_ci
 from promptgym.rewards import CompositeReward, clear_reward_caches, reward_stats
 from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
@@ -106,6 +110,8 @@ SHARED_SECTIONS = ("data", "env", "policy", "reward", "sft")  # must agree acros
 GOLD = ("gold/content", "gold/aesthetic")
 COST_KEYS = ("cpu_time_s", "images_rendered")  # a run's training cost in its `info`, beside its wall time
 EVAL_SEED = 12345
+SPEED_REFERENCE = "grpo"  # speed per result is measured against TRL GRPO's (issue 11's yardstick)
+SPEED_SMOOTH = 4  # curve points in the trailing mean whose first crossing of the reference's final level counts
 # A run's entry in bench.json: these fields of its RunResult, in this order
 RUN_FIELDS = ("variant", "seed", "curve", "curve_components", "eval_reward", "eval_components", "eval_kl",
               "reward_calls", "budget", "wall_time_s", "start", "start_sha256", "info")
@@ -275,8 +281,9 @@ def _run_agent(variant: str, agent: Any, config: Any, ctx: SeedContext, budget: 
         last = agent.step()
         curve.append((agent.num_reward_calls, float(last["env/reward_mean"])))
         components.append({key[len("env/"):]: float(value) for key, value in last.items()
-                           if key.startswith("env/") and not key.startswith("env/reward")}
-                          | {"kl": float(last["objective/kl"])})
+                           if key.startswith("env/") and key not in ("env/reward_mean", "env/reward_std")}
+                          | {"kl": float(last["objective/kl"]), "wall_s": time.perf_counter() - start,
+                             "cpu_s": time.process_time() - cpu_start})
     wall_time_s = time.perf_counter() - start
     cost = _training_cost(cpu_start, agent.env.reward)
     eval_reward, eval_components, eval_kl = _evaluate(config, agent.policy.model, ctx)
@@ -630,7 +637,7 @@ def _ci_text(row: dict[str, Any], key: str) -> str:
 
 START_TEXT = {"sft": "SFT", "scratch": "scratch (no LM)"}
 COLUMN_TEXT = {"reward": "proxy reward", "kl": "KL to start", "gold/content": "gold content",
-               "gold/aesthetic": "gold aesthetic", "gold/text_content": "gold text content"}
+               "gold/aesthetic": "gold aesthetic", "gold/text_content": "gold text content", "reward/unnormalized": "proxy reward"}
 
 
 def _column(key: str) -> str:
@@ -640,7 +647,7 @@ def _column(key: str) -> str:
 
 
 def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
-                   refinements: list[dict[str, Any]] | None = None) -> str:
+                   refinements: list[dict[str, Any]] | None = None, speed: list[dict[str, Any]] | None = None) -> str:
     keys, paired = _value_keys(rows), _vs_sft_keys(rows)
     header = ["variant", "start", "seeds", *[_column(k) for k in keys], *[_column(k) for k in paired],
               "wall time (s)", "CPU time (s)", "images rendered", "reward calls"]
@@ -684,10 +691,38 @@ def markdown_table(result: BenchResult, rows: list[dict[str, Any]],
         for row in refinements:
             lines.append(f"| {row['variant']} | {row['seeds']} | "
                          + " | ".join(_signed_ci_text(row, k) for k in rkeys) + " |")
+    if speed:
+        lines += ["", *speed_markdown(speed)]
     if result.reward == "config" and load_config(result.config, list(result.overrides)).reward.preset == "tiny":
         lines += ["", "On the tiny stack the image terms come from random tiny models: they exercise the pipeline "
                       "and say nothing about image quality."]
     return "\n".join(lines) + "\n"
+
+
+def bench_speed_rows(result: BenchResult) -> list[dict[str, Any]]:
+    """Speed per result against `SPEED_REFERENCE` (`promptgym.experiments.speed`): per variant and seed, the CPU
+    seconds of training until its learning curve reached the reference's final level of gold aesthetic and of the
+    proxy (the proxy not for the rows trained on another reward); [] when the reference did not run."""
+    return speed_rows(result.runs, SPEED_REFERENCE, SPEED_METRICS, smooth=SPEED_SMOOTH, clock="cpu_s",
+                      skip={"reward/unnormalized": list(TRAINING_REWARDS)})
+
+
+def speed_markdown(speed: list[dict[str, Any]]) -> list[str]:
+    """The bench.md section of `bench_speed_rows`."""
+    lines = [f"## Speed per result against `{SPEED_REFERENCE}`", "",
+             f"CPU seconds of training until the trailing mean of {SPEED_SMOOTH} learning-curve points (training "
+             f"samples) first reached `{SPEED_REFERENCE}`'s final trailing mean on the same seed; speed = "
+             f"`{SPEED_REFERENCE}`'s time to that level / the variant's (above 1: there sooner; 0: not within the "
+             "budget), median over seeds. *: some times spread linearly over reward calls from the run's total "
+             "(runs recorded before per-point times).", "",
+             "| metric | variant | reached / seeds | CPU s to the level (median) | speed (median) | speed per seed |",
+             "|---|---|---|---|---|---|"]
+    for row in speed:
+        time_text = "n/a" if row["median_time"] is None else f"{row['median_time']:.0f}"
+        per_seed = ", ".join(f"{s}: {v:.2f}" for s, v in zip(row["seeds"], row["speed"], strict=True))
+        lines.append(f"| {_column(row['metric'])} | {row['variant']}{'*' if row['estimated'] else ''} | "
+                     f"{row['reached']}/{len(row['seeds'])} | {time_text} | {row['median_speed']:.2f} | {per_seed} |")
+    return lines
 
 
 def _cost_text(value: float) -> str:
@@ -720,7 +755,8 @@ def write_bench(result: BenchResult, out: str | os.PathLike) -> list[Path]:
     rows = summary_rows(result)
     refinements = refinement_rows(result)
     md = out / "bench.md"
-    md.write_text(markdown_table(result, rows, refinements), encoding="utf-8")
+    speed = bench_speed_rows(result)
+    md.write_text(markdown_table(result, rows, refinements, speed), encoding="utf-8")
     csv_path = out / "bench.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["variant"])
@@ -733,6 +769,7 @@ def write_bench(result: BenchResult, out: str | os.PathLike) -> list[Path]:
         "sft_wall_time_s": {str(k): v for k, v in result.sft_wall_time_s.items()},
         "summary": rows,
         "refinements_vs_ppo": refinements,
+        f"speed_vs_{SPEED_REFERENCE}": speed,
         "runs": [run.to_dict(RUN_FIELDS) for run in result.runs],
     }
     json_path = out / "bench.json"

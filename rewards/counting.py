@@ -8,6 +8,7 @@ reward instead of inferring them from an algorithm's settings, and read their le
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ class CountingReward(RewardWrapper):
         self.batch_sizes: list[int] = []  # episodes scored by each call
         self.totals: list[float] = []  # total reward of each episode, in order
         self.components: list[dict[str, float]] = []  # components of each episode, in order
+        self._clock = (time.perf_counter(), time.process_time())
+        self.elapsed: list[dict[str, float]] = []  # per call: wall and CPU seconds since construction when it ended
 
     def __repr__(self) -> str:
         return f"CountingReward({self.inner!r}, reward_calls={self.reward_calls})"
@@ -37,7 +40,18 @@ class CountingReward(RewardWrapper):
         self.batch_sizes.append(len(output))
         self.totals.extend(output.total.tolist())
         self.components.extend(output.row(i) for i in range(len(output)))
+        self.elapsed.append({"wall_s": time.perf_counter() - self._clock[0], "cpu_s": time.process_time() - self._clock[1]})
         return output
+
+    def elapsed_at(self, reward_calls: int) -> dict[str, float]:
+        """Wall and CPU seconds from construction to the end of the call that scored episode `reward_calls` (1-based;
+        the training time a learning-curve point at that many reward calls cost; CPU seconds are the process's)."""
+        end = 0
+        for size, stamp in zip(self.batch_sizes, self.elapsed, strict=True):
+            end += size
+            if end >= reward_calls:
+                return dict(stamp)
+        raise ValueError(f"reward_calls={reward_calls}; only {self.reward_calls} episodes were scored")
 
     @property
     def reward_calls(self) -> int:

@@ -80,6 +80,9 @@ def test_bench_respects_the_budget_and_logs_curves_in_reward_calls(bench_dir):
         assert all(math.isfinite(y) for _, y in run["curve"])
         assert len(run["curve_components"]) == len(run["curve"])  # one component mean per curve point
         assert all("integrity" in c for c in run["curve_components"])
+        for clock in ("cpu_s", "wall_s"):  # training time so far at each point: positive, never decreasing
+            times = [c[clock] for c in run["curve_components"]]
+            assert times[0] > 0 and times == sorted(times), (run["variant"], clock)
 
 
 def test_lm_variants_share_one_sft_start_equal_to_an_independent_sft(bench_dir):
@@ -159,6 +162,34 @@ def test_change_vs_sft_and_refinements_vs_ppo_are_paired_by_seed():
     assert refinement["kl"] == pytest.approx(0.0)
     assert bench.refinement_rows(bench.BenchResult(runs[:2] + runs[5:], ["sft", "diffchat"], [0, 1], 16,
                                                    "integrity", [], 8)) == []  # no plain ppo: nothing to pair
+
+
+def _timed(variant, seed, aesthetic, proxy, seconds):
+    """A run whose curve has per-point CPU times, gold aesthetic and the unnormalised proxy."""
+    curve = [(32 * (i + 1), 0.0) for i in range(len(seconds))]
+    parts = [{"gold/aesthetic": a, "reward/unnormalized": p, "cpu_s": t, "wall_s": t}
+             for a, p, t in zip(aesthetic, proxy, seconds)]
+    return RunResult(variant, seed, curve, 0.0, {}, curve[-1][0], 128, seconds[-1], "sft", curve_components=parts)
+
+
+def test_bench_md_has_the_speed_per_result_against_grpo(tmp_path):
+    runs = [_timed("grpo", 0, [0.1, 0.2, 0.4, 0.5], [0.1, 0.2, 0.3, 0.4], [10, 20, 30, 40]),
+            _timed("ppo", 0, [0.5] * 4, [0.0, 0.1, 0.2, 0.2], [15, 30, 45, 60]),
+            _timed("oracle", 0, [0.2] * 4, [9.0] * 4, [15, 30, 45, 60])]
+    result = bench.BenchResult(runs, ["ppo", "grpo", "oracle"], [0], 128, "config", [], 8, config="tiny")
+    speed = {(row["metric"], row["variant"]): row for row in bench.bench_speed_rows(result)}
+    # grpo's final trailing mean (4 points) is 0.3 aesthetic, reached at its 4th point (40 s); ppo is there at 15 s
+    assert speed["gold/aesthetic", "ppo"]["speed"] == [40 / 15] and speed["gold/aesthetic", "grpo"]["speed"] == [1.0]
+    assert speed["gold/aesthetic", "oracle"]["speed"] == [0.0]  # never reaches 0.3
+    # proxy level 0.25: ppo's trailing means end at 0.125: not reached; the oracle's proxy is another reward's
+    assert speed["reward/unnormalized", "ppo"]["speed"] == [0.0] and ("reward/unnormalized", "oracle") not in speed
+    bench.write_bench(result, tmp_path)
+    md = (tmp_path / "bench.md").read_text()
+    assert "## Speed per result against `grpo`" in md
+    assert "| gold aesthetic | ppo | 1/1 | 15 | 2.67 | 0: 2.67 |" in md
+    assert "| proxy reward | ppo | 0/1 | n/a | 0.00 | 0: 0.00 |" in md
+    raw = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["variant"] for row in raw["speed_vs_grpo"]] == ["grpo", "ppo", "oracle", "grpo", "ppo"]
 
 
 def test_resume_keeps_finished_runs_and_refuses_other_settings(tmp_path, monkeypatch):

@@ -54,6 +54,21 @@ def test_counting_reward_records_every_call_and_returns_the_inner_output(tasks):
     assert repr(counter) == f"CountingReward({inner!r}, reward_calls=5)"
 
 
+def test_counting_reward_stamps_each_call_with_the_training_time_so_far(tasks, monkeypatch):
+    clock = {"wall": 100.0, "cpu": 50.0}
+    monkeypatch.setattr("promptgym.rewards.counting.time.perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr("promptgym.rewards.counting.time.process_time", lambda: clock["cpu"])
+    counter = CountingReward(integrity_and_length())
+    for size, (wall, cpu) in zip([2, 3, 1], [(1.5, 1.0), (4.0, 2.5), (6.0, 3.0)]):
+        clock.update(wall=100.0 + wall, cpu=50.0 + cpu)
+        counter([EditResult(task, task.source) for task in tasks[:size]])
+    assert counter.elapsed == [{"wall_s": 1.5, "cpu_s": 1.0}, {"wall_s": 4.0, "cpu_s": 2.5}, {"wall_s": 6.0, "cpu_s": 3.0}]
+    # Episode n (1-based) was scored by the call whose cumulative count first reaches n.
+    assert [counter.elapsed_at(n)["cpu_s"] for n in range(1, 7)] == [1.0, 1.0, 2.5, 2.5, 2.5, 3.0]
+    with pytest.raises(ValueError, match="only 6 episodes"):
+        counter.elapsed_at(7)
+
+
 def test_counting_reward_is_used_as_the_reward_and_shares_the_inner_state():
     inner = CompositeReward({"integrity": (ContentIntegrityScorer(), 1.0)}, normalize=True)
     counter = CountingReward(inner)

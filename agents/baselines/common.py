@@ -29,7 +29,8 @@ class RunResult:
     curve: (reward calls so far, mean total reward of the episodes scored since the previous point) per update /
         rollout / generation batch, x increasing.
     curve_components: per curve point, the mean of each reward component over the same episodes (gold metrics
-        included on the synth world), and `"kl"` (per-episode KL to the start, nats) where the trainer measures it.
+        included on the synth world), `"kl"` (per-episode KL to the start, nats) where the trainer measures it, and
+        `"wall_s"` / `"cpu_s"`: the training time spent up to that point (wall, and the process's CPU seconds).
     eval_reward / eval_components: means over `eval_episodes` fresh episodes on the evaluation tasks (None / {} when
         no evaluation was asked for; these calls are not part of the budget).
     eval_kl: mean over the evaluation episodes of sum_t log pi(a_t|s_t) - log pi_start(a_t|s_t) (k1, nats per episode)
@@ -111,7 +112,8 @@ def run_result(
         variant=variant,
         seed=seed,
         curve=curve,
-        curve_components=window_means(counter.components, [int(x) for x, _ in curve]),
+        curve_components=[means | counter.elapsed_at(int(x)) for means, (x, _)
+                          in zip(window_means(counter.components, [int(x) for x, _ in curve]), curve, strict=True)],
         eval_reward=None,
         eval_components={},
         reward_calls=counter.reward_calls,
