@@ -11,6 +11,7 @@
     promptgym reward fit-surrogate --out DIR [--prompts 2400] [--seed 0] [--pairs FILE]
     promptgym reward simulate-feedback --out LABELS.jsonl [--n 2000] [--noise 0.0] [--seed 0] [--held-out exclude|only]
     promptgym reward fit-feedback --labels LABELS.jsonl --out DIR [--aux-weight 0.5] [--perturbations 3] [--seed 0]
+    promptgym reward build-score-table --out PATH [--config synth] [--splits train,test] [--add]
     promptgym bench [--config synth] [--variants sft,ppo,grpo,...,surrogate,oracle] [--seeds 5] [--budget 1024] [--resume] [--out DIR]
     promptgym bench --merge DIR [DIR ...] --out DIR
     promptgym demo [--policy target|source|random] [--episodes N]
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("fit-surrogate", "fit the text-only surrogate rewards (aes_rm, ps_rm) to the synth image scores"),
         ("simulate-feedback", "label synth renders with the gold judge (a labels file)"),
         ("fit-feedback", "train the feedback reward model (Lee et al. 2023) on a labels file"),
+        ("build-score-table", "precompute the image terms' scores of a task set's sources (no source renders)"),
     ):
         sub = reward_commands.add_parser(name, help=summary, add_help=False)
         sub.add_argument("reward_args", nargs=argparse.REMAINDER, help=f"see promptgym reward {name} --help")
@@ -408,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from promptgym.experiments import surrogate_fit
 
         return surrogate_fit.main(argv[2:])
+    if argv[:2] == ["reward", "build-score-table"]:  # likewise
+        from promptgym.experiments import score_table_build
+
+        return score_table_build.main(argv[2:])
     if argv[:1] == ["reward"] and argv[1:2] in (["simulate-feedback"], ["fit-feedback"]):  # their own parsers too
         from promptgym.experiments import feedback
 

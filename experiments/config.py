@@ -152,6 +152,11 @@ class RewardConfig:
     monitors: Annotated[bool, Field(description=(
         "the gold monitors of the synth-world presets (false: no gold columns; surrogate then renders nothing)"
     ))] = True
+    score_table: Annotated[str | None, Field(description=(
+        "precomputed source scores of the image terms (promptgym.rewards.score_table): auto (synth: the shipped "
+        "table of the demo tasks' sources; used where the render settings and weights match), a path, or null "
+        "(render every source)"
+    ))] = "auto"
 
     def __post_init__(self) -> None:
         from promptgym.rewards.integrity import ContentIntegrityScorer
@@ -199,6 +204,7 @@ class RewardConfig:
             "seed": self.seed,
             "device": self.device,
             "monitors": self.monitors,
+            "score_table": self.score_table,
         }
 
 

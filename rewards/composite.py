@@ -103,6 +103,7 @@ class CompositeReward:
         self.stats = {name: RunningMeanStd() for name in self.normalize}
         self.monitors = dict(monitors or {})
         self.call_seconds = 0.0  # wall time spent in __call__ (a profile, not state: never checkpointed)
+        self.score_table = None  # a ScoreTable of source scores attached by `ScoreTable.attach` (not state)
         for name, scorer in self.monitors.items():
             if not callable(scorer):
                 raise ValueError(f"monitors[{name!r}]={scorer!r}; expected a Scorer")
@@ -248,13 +249,18 @@ class RewardWrapper:
         return f"{type(self).__name__}({self.inner!r})"
 
 
+def unwrap(reward: Any) -> Any:
+    """The reward inside any `RewardWrapper`s (the reward itself when it is not wrapped)."""
+    while isinstance(reward, RewardWrapper):
+        reward = reward.inner
+    return reward
+
+
 def reward_seconds(reward: Any) -> tuple[float, float] | None:
     """(seconds spent in the reward's calls, seconds its distinct renderers spent rendering) so far, for a
     `CompositeReward` (or a wrapper of one); None for another kind of reward. The difference is the scoring
     overhead on top of the renders."""
-    inner = reward
-    while isinstance(inner, RewardWrapper):
-        inner = inner.inner
+    inner = unwrap(reward)
     if not isinstance(inner, CompositeReward):
         return None
     renderers = {id(r): r for scorer in [s for s, _ in inner.terms.values()] + list(inner.monitors.values())

@@ -169,6 +169,9 @@ class ScoreCache:
     A render is a pure function of (prompt, k, renderer config), so its score is too while the scorer's weights
     stay fixed: a prompt scored before (in delta mode, every task's source prompt) costs neither a render nor a
     forward. Call `clear()` after changing a scorer's weights in place; `size=0` disables the cache.
+
+    `pin(entries)` adds scores computed elsewhere (a `ScoreTable`'s: a task set's source prompts) outside the LRU
+    bound; they are looked up first, counted in `pinned_hits`, and emptied by `clear()` like the rest.
     """
 
     def __init__(self, size: int = 4096) -> None:
@@ -176,11 +179,23 @@ class ScoreCache:
             raise ValueError(f"score_cache_size must be an int >= 0 (0 disables the cache), got {size!r}")
         self.size = size
         self._scores = LRU(size)  # (renderer fingerprint, prompt, text) -> score
+        self._pinned: dict[tuple[str, str, str], float] = {}  # the same keys, from a ScoreTable: never evicted
         self.hits = 0
         self.misses = 0
+        self.pinned_hits = 0
 
     def clear(self) -> None:
         self._scores.clear()
+        self._pinned.clear()
+
+    def pin(self, entries: Mapping[tuple[str, str, str], float]) -> None:
+        """Add precomputed scores keyed `(renderer fingerprint, prompt, text)`, kept beside the LRU until `clear()`."""
+        self._pinned.update({tuple(key): float(value) for key, value in entries.items()})
+
+    @property
+    def pinned(self) -> int:
+        """How many pinned scores there are."""
+        return len(self._pinned)
 
     def scores(
         self,
@@ -192,8 +207,10 @@ class ScoreCache:
         """Scores `[N]`: cached ones looked up, the others rendered and scored in one batch."""
         fingerprint = renderer.fingerprint()
         keys = [(fingerprint, prompt, text) for prompt, text in zip(prompts, texts, strict=True)]
-        known = {key: self._scores[key] for key in dict.fromkeys(keys) if key in self._scores}  # read before storing
-        missing = [key for key in dict.fromkeys(keys) if key not in known]  # new scores may evict
+        known = {key: self._pinned[key] for key in dict.fromkeys(keys) if key in self._pinned}
+        self.pinned_hits += sum(key in known for key in keys)
+        known |= {key: self._scores[key] for key in dict.fromkeys(keys) if key not in known and key in self._scores}
+        missing = [key for key in dict.fromkeys(keys) if key not in known]  # new scores may evict (read them first)
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
@@ -211,11 +228,13 @@ class ScoreCache:
         """Entries (in recency order) and counters, exactly, for checkpoints; `load_state` restores them."""
         items = self._scores.items()
         return {"keys": [list(key) for key, _ in items], "values": [value for _, value in items],
-                "hits": self.hits, "misses": self.misses}
+                "hits": self.hits, "misses": self.misses, "pinned_hits": self.pinned_hits}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state` saved (the pinned scores are not state: they come from the table, re-attached)."""
         self._scores.load((tuple(key), float(value)) for key, value in zip(state["keys"], state["values"], strict=True))
         self.hits, self.misses = int(state["hits"]), int(state["misses"])
+        self.pinned_hits = int(state.get("pinned_hits", 0))
 
 
 # ---------------------------------------------------------------------- aesthetic
@@ -427,12 +446,17 @@ class AestheticScorer:
         scores = self.mlp(embeds.flatten(0, 1).to(head_dtype)).reshape(embeds.shape[:2])
         return scores.float().mean(dim=1).cpu()
 
+    def texts_for(self, results: Sequence[EditResult]) -> list[str]:
+        """The text of each result's score-cache key: none (an aesthetic score depends on the images only)."""
+        return [""] * len(results)
+
     @torch.inference_mode()
     def __call__(self, results: Sequence[EditResult]) -> torch.Tensor:
         """Scores `[N]` of the edited prompts' renders (rendered or taken from the caches, see `ScoreCache`)."""
         renderer = _check_renderer(self.renderer, type(self).__name__)
         prompts = [result.prompt for result in results]
-        scores = self.score_cache.scores(renderer, prompts, [""] * len(prompts), lambda images, _: self.score_images(images))
+        scores = self.score_cache.scores(renderer, prompts, self.texts_for(results),
+                                         lambda images, _: self.score_images(images))
         return check_scores(self.name, scores, len(results))
 
 

@@ -37,6 +37,7 @@ the proxy, exactly as `synth` does. `monitors=False` drops them (then no render 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from promptgym.rewards.image_scorers import AestheticScorer, PickScoreScorer
 from promptgym.rewards.integrity import ContentIntegrityScorer
 from promptgym.rewards.render import DiffusersRenderer
 from promptgym.rewards.scene_render import SceneRenderer
+from promptgym.rewards.score_table import ScoreTable
 from promptgym.rewards.surrogate import SentenceEmbedder, SurrogateScorer, surrogate_path
 from promptgym.rewards.world import SYNTH_RENDER_SETTINGS, synth_path
 
@@ -57,6 +59,7 @@ PRESETS = ("tiny", "synth", "synth-gold", "surrogate", "diffchat-sd15")
 IMAGE_TERMS = ("aesthetic", "pickscore")
 DEFAULT_WEIGHTS = {"aesthetic": 1.0, "pickscore": 1.0, "integrity": 1.0}
 SYNTH_OPTIONAL_WEIGHTS = {"feedback": 0.0}  # synth-only image terms, off unless weighted
+SYNTH_SCORE_TABLE = "source_scores.json"  # in the synth world's directory: `promptgym reward build-score-table`
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_L14 = "openai/clip-vit-large-patch14"
 LAION_MLP = "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
@@ -103,6 +106,7 @@ def build_reward(
     seed: int = 0,
     device: str | None = None,
     monitors: bool = True,
+    score_table: str | os.PathLike | None = "auto",
 ) -> CompositeReward:
     """The `preset` reward stack, with overrides.
 
@@ -127,13 +131,28 @@ def build_reward(
             the CPU.
         monitors: False drops the gold monitors of the synth-world presets (`synth`, `synth-gold`, `surrogate`):
             no gold columns, and `surrogate` renders nothing.
+        score_table: precomputed source scores of the image terms (`promptgym.rewards.score_table`): "auto" (the
+            world's shipped table, `synth` only: the demo tasks' sources at the default render settings; the terms
+            whose settings or weights differ simply miss it), a path to a table, or None (render every source).
     """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}; expected one of {list(PRESETS)}")
     if preset != "tiny" and tokenizer is not None:
         raise ValueError("tokenizer is only used by the tiny preset; trained and real checkpoints bring their own tokenizers")
     if preset == "synth-gold":
-        return _synth_gold_reward(weights, renderer, integrity, delta, normalize, on_error, seed, monitors)
+        reward = _synth_gold_reward(weights, renderer, integrity, delta, normalize, on_error, seed, monitors)
+    else:
+        reward = _preset_reward(preset, tokenizer, weights, renderer, integrity, delta, normalize, on_error, seed,
+                                device, monitors)
+    if (table := _score_table(preset, score_table)) is not None:
+        table.attach(reward)
+    return reward
+
+
+def _preset_reward(preset: str, tokenizer: Any, weights: Mapping[str, float] | None,
+                   renderer: Mapping[str, Any] | None, integrity: Mapping[str, Any] | None,
+                   delta: bool | list[str] | None, normalize: bool | list[str] | None, on_error: str, seed: int,
+                   device: str | None, monitors: bool) -> CompositeReward:
     terms = default_weights(preset)
     weights = {**terms, **(weights or {})}
     unknown = sorted(set(weights) - set(terms))
@@ -165,6 +184,20 @@ def build_reward(
         on_error=on_error,
         monitors=gold,
     )
+
+
+def _score_table(preset: str, spec: str | os.PathLike | None) -> ScoreTable | None:
+    """The `score_table` argument of `build_reward` as a table (None: no table)."""
+    if spec is None:
+        return None
+    if str(spec) != "auto":
+        return ScoreTable.load(spec)
+    if preset != "synth":
+        return None
+    try:
+        return ScoreTable.load(synth_path(SYNTH_SCORE_TABLE))
+    except FileNotFoundError:  # a world without a shipped table (e.g. one built elsewhere with PROMPTGYM_SYNTH_DIR)
+        return None
 
 
 def synth_renderer(seed: int = 0, overrides: Mapping[str, Any] | None = None) -> DiffusersRenderer:
@@ -296,7 +329,8 @@ def preset_renderer(preset: str = "tiny", *, tokenizer: Any = None, seed: int = 
 
 def clear_reward_caches(reward: CompositeReward) -> None:
     """Empty every render cache, image-score cache and text-embedding cache behind a reward's terms and monitors
-    (e.g. after changing model weights; the `surrogate` reward's only renderer is its gold monitors')."""
+    (e.g. after changing model weights; the `surrogate` reward's only renderer is its gold monitors'), then pin the
+    reward's `ScoreTable` again where its terms' signatures still match."""
     for scorer in [scorer for scorer, _ in reward.terms.values()] + list(getattr(reward, "monitors", {}).values()):
         if (cache := getattr(scorer, "score_cache", None)) is not None:
             cache.clear()
@@ -304,6 +338,8 @@ def clear_reward_caches(reward: CompositeReward) -> None:
             renderer.clear_cache()
         if (embedder := getattr(scorer, "embedder", None)) is not None:
             embedder.clear_cache()
+    if (table := getattr(reward, "score_table", None)) is not None:
+        table.attach(reward)  # a table is not a cache; re-matched to the (maybe changed) weights
 
 
 def reward_stats(reward: CompositeReward) -> dict[str, float]:
@@ -312,7 +348,8 @@ def reward_stats(reward: CompositeReward) -> dict[str, float]:
     stats: dict[str, float] = {}
     for name, (scorer, _) in reward.terms.items():
         if (cache := getattr(scorer, "score_cache", None)) is not None:
-            stats |= {f"score_cache/{name}_hits": float(cache.hits), f"score_cache/{name}_misses": float(cache.misses)}
+            stats |= {f"score_cache/{name}_hits": float(cache.hits), f"score_cache/{name}_misses": float(cache.misses),
+                      f"score_cache/{name}_table_hits": float(cache.pinned_hits)}
     renderers = {id(r): r for scorer, _ in reward.terms.values() if (r := getattr(scorer, "renderer", None)) is not None}
     for i, renderer in enumerate(renderers.values()):
         prefix = "render/" if len(renderers) == 1 else f"render{i}/"

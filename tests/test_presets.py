@@ -269,8 +269,10 @@ def test_one_render_per_batch_shared_by_both_image_scorers(tokenizer, results):
         assert reward_stats(reward) == {
             "score_cache/aesthetic_hits": 0.0,
             "score_cache/aesthetic_misses": float(prompts),
+            "score_cache/aesthetic_table_hits": 0.0,  # the tiny stack has no score table
             "score_cache/pickscore_hits": 0.0,
             "score_cache/pickscore_misses": float(prompts),
+            "score_cache/pickscore_table_hits": 0.0,
             "render/cache_hits": float(images),  # the second image scorer found every image
             "render/cache_misses": float(images),
             "render/pipeline_calls": 1.0,
