@@ -183,7 +183,11 @@ def test_bench_md_has_the_speed_per_result_against_grpo(tmp_path):
     assert speed["gold/aesthetic", "oracle"]["speed"] == [0.0]  # never reaches 0.3
     # proxy level 0.25: ppo's trailing means end at 0.125: not reached; the oracle's proxy is another reward's
     assert speed["reward/unnormalized", "ppo"]["speed"] == [0.0] and ("reward/unnormalized", "oracle") not in speed
-    bench.write_bench(result, tmp_path)
+    files = bench.write_bench(result, tmp_path)
+    assert files[-1].name == "speed.png" and files[-1].stat().st_size > 0  # the curves against CPU seconds
+    assert set(bench._speed_panels(result, ["ppo", "grpo", "oracle"])) == {"gold aesthetic (training episodes)",
+                                                                           "proxy reward (training episodes)"}
+    assert "oracle" not in bench._speed_panels(result, ["oracle"]).get("proxy reward (training episodes)", {})
     md = (tmp_path / "bench.md").read_text()
     assert "## Speed per result against `grpo`" in md
     assert "| gold aesthetic | ppo | 1/1 | 15 | 2.67 | 0: 2.67 |" in md
