@@ -78,7 +78,7 @@ from promptgym.experiments.builders import (
 from promptgym.experiments.config import load_config, preset_layer
 from promptgym.experiments.plots import plot_curve_panels, plot_gold_vs_kl
 from promptgym.experiments.speed import DEFAULT_METRICS as SPEED_METRICS
-from promptgym.experiments.speed import elapsed, speed_rows
+from promptgym.experiments.speed import elapsed, metric_curve, speed_rows
 from promptgym.experiments.stats import iqm_ci, mean_ci
 from promptgym.rewards import CompositeReward, clear_reward_caches, reward_stats
 from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
@@ -822,7 +822,7 @@ def _speed_panels(result: BenchResult, trained: Sequence[str]) -> dict[str, dict
             runs = result.of(variant)
             if metric == "reward/unnormalized" and variant in TRAINING_REWARDS:
                 continue
-            if all(elapsed(r, "cpu_s")[0] and not elapsed(r, "cpu_s")[1] and metric in (r.curve_components or [{}])[0]
+            if all(elapsed(r, "cpu_s")[0] and not elapsed(r, "cpu_s")[1] and metric_curve(r, metric) is not None
                    for r in runs):
                 panels.setdefault(label, {})[variant] = [[(c["cpu_s"], c[metric]) for c in r.curve_components]
                                                          for r in runs]

@@ -105,10 +105,11 @@ def _speed_row(variant: str, runs: list[Any], by_seed: dict[int, Any], levels: d
     for run in sorted(runs, key=lambda r: r.seed):
         reference = by_seed[run.seed]
         ref_time = time_to_reach(reference, metric, levels[run.seed], smooth, clock)
-        own = time_to_reach(run, metric, levels[run.seed], smooth, clock)
-        if ref_time is None or not elapsed(run, clock)[0]:
+        own_times, own_estimated = elapsed(run, clock)
+        if ref_time is None or not own_times:
             continue
-        estimated |= elapsed(run, clock)[1] or elapsed(reference, clock)[1]
+        own = time_to_reach(run, metric, levels[run.seed], smooth, clock)
+        estimated |= own_estimated or elapsed(reference, clock)[1]
         seeds.append(run.seed)
         reference_times.append(ref_time)
         times.append(own)

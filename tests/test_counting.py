@@ -55,6 +55,7 @@ def test_counting_reward_records_every_call_and_returns_the_inner_output(tasks):
 
 
 def test_counting_reward_stamps_each_call_with_the_training_time_so_far(tasks, monkeypatch):
+    # a fake clock: this checks the bookkeeping (which call's stamp a curve point gets), not how fast anything runs
     clock = {"wall": 100.0, "cpu": 50.0}
     monkeypatch.setattr("promptgym.rewards.counting.time.perf_counter", lambda: clock["wall"])
     monkeypatch.setattr("promptgym.rewards.counting.time.process_time", lambda: clock["cpu"])
