@@ -11,11 +11,14 @@ renders it, the others find the images in the renderer's cache / last-batch memo
 
 Images are preprocessed with the models' own image processors (`CLIPImageProcessor`: resize, centre crop,
 normalise); the renders are already floats in [0, 1], so the processors get `do_rescale=False` and are not
-rescaled by 1/255 a second time.
+rescaled by 1/255 a second time. Where a processor leaves an image's size as it is (the synth world's 32 x 32 renders
+and processors), `preprocess_images` takes a batched tensor path instead of the processor's per-image one, after
+checking on probe images that it gives exactly the processor's pixels (see `preprocess_images`).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -63,15 +66,65 @@ def check_images(images: torch.Tensor, n: int | None = None) -> torch.Tensor:
     return images
 
 
+def _processor_pixels(image_processor: Any, images: torch.Tensor) -> torch.Tensor:
+    return image_processor(images=list(images), do_rescale=False, return_tensors="pt")["pixel_values"]
+
+
+def _normalized(image_processor: Any, images: torch.Tensor) -> torch.Tensor:
+    if not getattr(image_processor, "do_normalize", False):
+        return images
+    mean = torch.tensor(image_processor.image_mean, dtype=images.dtype).view(-1, 1, 1)
+    std = torch.tensor(image_processor.image_std, dtype=images.dtype).view(-1, 1, 1)
+    return (images - mean) / std
+
+
+# What a processor that keeps the image size may do to the pixels before normalising: the PIL backend converts a
+# float image to 8 bits (floor(255 x)) as any real render saved as an image is; a tensor backend keeps the floats.
+_SAME_SIZE_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "8-bit": lambda images: torch.floor(images * 255) / 255,
+    "float": lambda images: images,
+}
+_PROBES = 2  # probe images per check
+_SAME_SIZE_FORM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> {(H, W, config): form}
+
+
+def _same_size_form(image_processor: Any, height: int, width: int) -> str | None:
+    """The `_SAME_SIZE_FORMS` entry that reproduces `image_processor` exactly on `height x width` images, or None
+    (it resizes, crops, or does something else): decided once per processor, size and processor configuration, on
+    seeded random probe images, so the batched path never changes a score."""
+    key = (height, width, repr(sorted(image_processor.to_dict().items())))
+    try:
+        known = _SAME_SIZE_FORM.setdefault(image_processor, {})
+    except TypeError:  # a processor that cannot be weakly referenced or hashed: always its own path
+        return None
+    if key not in known:
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.rand(_PROBES, 3, height, width, generator=generator)
+        reference = _processor_pixels(image_processor, probes)
+        known[key] = next((name for name, form in _SAME_SIZE_FORMS.items()
+                           if torch.equal(_normalized(image_processor, form(probes)), reference)), None)
+    return known[key]
+
+
 def preprocess_images(processor: Any, images: torch.Tensor) -> torch.Tensor:
     """`pixel_values[M, 3, h, w]` from `images[M, 3, H, W]` in [0, 1] via the model's image processor.
 
-    `processor` is an image processor or a processor with an `.image_processor` (e.g. `CLIPProcessor`).
+    `processor` is an image processor or a processor with an `.image_processor` (e.g. `CLIPImageProcessor`).
     `do_rescale=False`: the images are already in [0, 1] and must not be divided by 255 again.
+
+    The processor works image by image (through PIL with transformers' default backend: ~0.3 ms per 32 x 32 image,
+    more than the synth world's CLIP forward). When it keeps the image size (resize and centre crop to H x W), the
+    same pixels come from one batched tensor operation (8-bit conversion where the processor does it, then its
+    normalisation), ~40x faster; that path is used only after `_same_size_form` found it bit-identical to the
+    processor on probe images, so scores never depend on which path ran.
     """
     image_processor = getattr(processor, "image_processor", processor)
-    batch = image_processor(images=list(images.float().cpu()), do_rescale=False, return_tensors="pt")
-    return batch["pixel_values"]
+    images = images.float().cpu()
+    if images.ndim == 4 and images.shape[0] > 0:
+        form = _same_size_form(image_processor, int(images.shape[-2]), int(images.shape[-1]))
+        if form is not None:
+            return _normalized(image_processor, _SAME_SIZE_FORMS[form](images))
+    return _processor_pixels(image_processor, images)
 
 
 def _pooled(output: Any, embeds_field: str) -> torch.Tensor:

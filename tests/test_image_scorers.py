@@ -97,6 +97,43 @@ def test_preprocessing_does_not_rescale_twice(aesthetic):
     torch.testing.assert_close(pixel_values[1], expected_zeros, atol=1e-4, rtol=0)
 
 
+def test_same_size_path_gives_the_processors_exact_pixels(aesthetic, varied_images):
+    from promptgym.rewards.image_scorers import _SAME_SIZE_FORM
+
+    flat = varied_images.flatten(0, 1)  # real renders, 32 x 32: the processor keeps the size
+    assert torch.equal(preprocess_images(aesthetic.processor, flat), reference_pixel_values(aesthetic.processor,
+                                                                                            varied_images))
+    # the batched path was taken (a form was found for 32 x 32), and the two forms differ on these renders
+    assert [form for key, form in _SAME_SIZE_FORM[aesthetic.processor].items() if key[:2] == (32, 32)] in (
+        ["8-bit"], ["float"])
+    assert not torch.equal(torch.floor(flat * 255) / 255, flat)
+
+
+def test_same_size_path_is_rechecked_when_the_processor_changes(aesthetic):
+    processor = copy.deepcopy(aesthetic.processor)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    before = preprocess_images(processor, images)
+    processor.image_mean = [0.5, 0.5, 0.5]  # a new normalisation: a new check, and the processor's new pixels
+    after = preprocess_images(processor, images)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, reference_pixel_values(processor, images[:, None]))
+    assert len(_same_size_checks(processor)) == 2
+
+
+def test_processor_that_resizes_takes_its_own_path(aesthetic):
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))  # upsized to 32 by the processor
+    pixel_values = preprocess_images(aesthetic.processor, images)
+    assert pixel_values.shape == (2, 3, 32, 32)
+    assert torch.equal(pixel_values, reference_pixel_values(aesthetic.processor, images[:, None]))
+    assert [form for key, form in _same_size_checks(aesthetic.processor).items() if key[:2] == (16, 16)] == [None]
+
+
+def _same_size_checks(processor):
+    from promptgym.rewards.image_scorers import _SAME_SIZE_FORM
+
+    return _SAME_SIZE_FORM[processor]
+
+
 # ---------------------------------------------------------------------- aesthetic
 
 

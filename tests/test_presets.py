@@ -361,6 +361,21 @@ def test_bench_reward_quick_runs(capsys):
     head = report["headline"]
     assert head["edits"] == 1 and head["images"] == 4
     assert head["raw_s"] > 0 and head["reward_s"] > 0 and 0 < head["cached_fraction"] < 1
+    assert "where the scoring goes" in printed and set(report["split"]) == {"aesthetic", "pickscore", "integrity"}
+
+
+def test_bench_reward_times_the_synth_stack_with_its_monitors(capsys):
+    """`--preset synth`: the trained stack without the source-score table (the reward renders exactly the pairs
+    the raw pipeline does, or `time_round` raises), its gold monitors in the split, the 5% target."""
+    from promptgym.experiments.bench_reward import main
+
+    report = main(["--quick", "--preset", "synth", "--sizes", "1"])
+    printed = capsys.readouterr().out
+    assert "synth reward stack" in printed and "target <= 5%" in printed
+    assert report["headline"]["images"] == 4
+    assert set(report["split"]) == {"aesthetic", "pickscore", "integrity", "gold/content", "gold/aesthetic",
+                                    "gold/text_content"}
+    assert all(seconds > 0 for seconds in report["split"].values())
 
 
 def test_bench_raw_pipeline_call_matches_the_renderer(tokenizer):
