@@ -22,7 +22,8 @@ samples), named after the samples file (`headroom_start_test.md` for `start_test
 every candidate's prompt and reward components (`.jsonl`) and a plot (`.png`: gold content against gold aesthetic,
 the samples, every suffix and the two picks, with CIs). The candidates' scores depend on the tasks and the reward
 only, so `--candidates` reuses an earlier `.jsonl` (same tasks and config) to pair other samples with them (another
-seed's start, a final policy) without rendering again.
+seed's start, a final policy) without rendering again. The proxy column compares only samples and candidates
+scored by the same reward (an oracle run's samples carry the gold reward's total).
 """
 
 from __future__ import annotations
@@ -247,12 +248,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = args.out or args.samples.parent
     out.mkdir(parents=True, exist_ok=True)
     stem = args.samples.stem.removesuffix("_samples")
-    (out / f"headroom_{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in candidates))
+    if not args.candidates:  # reused candidates stay where they are
+        (out / f"headroom_{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in candidates))
     text = format_headroom(rows, samples, str(args.samples))
     (out / f"headroom_{stem}.md").write_text(text)
     plot_headroom(rows, samples, out / f"headroom_{stem}.png")
     print(text)
-    print(f"written to {out}/: headroom_{stem}.md, .jsonl, .png")
+    print(f"written to {out}/: headroom_{stem}.md, {'' if args.candidates else '.jsonl, '}.png")
     return {"rows": rows, "candidates": candidates}
 
 

@@ -80,6 +80,7 @@ def test_headroom_end_to_end_on_the_synth_stack(tmp_path):
     again = headroom.main([str(path), "--candidates", str(path.parent / "headroom_start_test.jsonl"),
                            "--out", str(tmp_path / "again")])
     assert again["rows"] == report["rows"]
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["headroom_start_test.md", "headroom_start_test.png"]
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({**samples[0], "task_id": "elsewhere"}) + "\n")
     with pytest.raises(SystemExit):
