@@ -59,9 +59,12 @@ def test_default_is_the_synth_world_on_tinys_settings():
     assert default.data.sft_share == 0.5  # SFT and PPO on different sources (README)
     assert (default.reward.normalize, default.reward.integrity, default.reward.weights["integrity"]) == (
         True, {"mode": "ratio"}, 2.0)  # what kept gold content (README)
-    assert default.train.num_updates == 26  # the bench's 1,040 reward calls: half the content loss of 60 (README)
+    assert default.train.num_updates == 32  # the bench's 1,024 reward calls (README, items 10 and 12)
+    # of DiffChat's refinements only the integrity-aware value (README, item 12); the rest of PPO is tiny's
+    assert default.ppo == dataclasses.replace(tiny.ppo, typical_mass=None, negative_fraction=0.0)
+    assert default.ppo.integrity_value_coef > 0
     same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft, "data": tiny.data,
-            "train": tiny.train}
+            "train": tiny.train, "ppo": tiny.ppo}
     assert dataclasses.replace(default, **same) == tiny
 
 
