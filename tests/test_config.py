@@ -60,8 +60,9 @@ def test_default_is_the_synth_world_on_tinys_settings():
     assert (default.reward.normalize, default.reward.integrity, default.reward.weights["integrity"]) == (
         True, {"mode": "ratio"}, 2.0)  # what kept gold content (README)
     assert default.train.num_updates == 32  # the bench's 1,024 reward calls (README, items 10 and 12)
-    # of DiffChat's refinements only the integrity-aware value (README, item 12); the rest of PPO is tiny's
-    assert default.ppo == dataclasses.replace(tiny.ppo, typical_mass=None, negative_fraction=0.0)
+    # of DiffChat's refinements only the integrity-aware value (README, item 12), a third of tiny's learning rate
+    # (item 14); the rest of PPO is tiny's
+    assert default.ppo == dataclasses.replace(tiny.ppo, typical_mass=None, negative_fraction=0.0, learning_rate=1e-4)
     assert default.ppo.integrity_value_coef > 0
     same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft, "data": tiny.data,
             "train": tiny.train, "ppo": tiny.ppo}
