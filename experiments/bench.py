@@ -822,11 +822,16 @@ def _speed_panels(result: BenchResult, trained: Sequence[str]) -> dict[str, dict
             runs = result.of(variant)
             if metric == "reward/unnormalized" and variant in TRAINING_REWARDS:
                 continue
-            if all(elapsed(r, "cpu_s")[0] and not elapsed(r, "cpu_s")[1] and metric_curve(r, metric) is not None
-                   for r in runs):
+            if all(_measured_times(r) and metric_curve(r, metric) is not None for r in runs):
                 panels.setdefault(label, {})[variant] = [[(c["cpu_s"], c[metric]) for c in r.curve_components]
                                                          for r in runs]
     return panels
+
+
+def _measured_times(run: RunResult) -> bool:
+    """Whether every curve point of `run` carries its own training CPU time (not spread linearly from a total)."""
+    times, estimated = elapsed(run, "cpu_s")
+    return bool(times) and not estimated
 
 
 def _curve(run: RunResult, metric: str) -> list[tuple[float, float]]:

@@ -15,9 +15,8 @@ renders its source prompt: a batch of B edits renders 2 * B * K images (K = imag
 - *reward, cached*: the same batch again (every image score is in the scorers' `ScoreCache`: no render, no CLIP forward).
 
 Printed: medians over `--rounds` rounds (after one warm-up round) of images/s, counting the images the renderer
-actually rendered (its counters); the scoring overhead `(reward time - raw time) / raw time` (target <= 15% on tiny, whose renderer is as tiny as
-its scorers; <= 5% on synth); the
-cached batch's time as a fraction of the uncached one (target <= 2%); both ratios are medians of per-round
+actually rendered (its counters); the scoring overhead `(reward time - raw time) / raw time` (target <= 15% on
+tiny, whose renderer is as tiny as its scorers; <= 5% on synth); the cached batch's time as a fraction of the uncached one (target <= 2%); both ratios are medians of per-round
 ratios (the raw and the uncached reward calls are adjacent and swap order every round, so slow load drifts
 cancel). Then where the scoring time goes (`scoring_split`: each image term's `score_images` on the renders of the
 edits and their sources, content integrity, and each gold monitor on the edits, with every image already rendered;
@@ -44,7 +43,7 @@ OVERHEAD_TARGETS = {"tiny": 0.15, "synth": 0.05}
 CACHED_TARGET = 0.02
 
 
-def bench_reward(preset: str) -> CompositeReward:
+def timed_reward(preset: str) -> CompositeReward:
     """The reward the benchmark times: the tiny stack, or the synth stack with its gold monitors and no
     source-score table (so that the reward renders exactly the pairs `rendered_pairs` lists)."""
     if preset == "tiny":
@@ -250,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    reward = bench_reward(args.preset)
+    reward = timed_reward(args.preset)
     target = OVERHEAD_TARGETS[args.preset]
     renderer = shared_renderer(reward)
     if args.chunk is not None:

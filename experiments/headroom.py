@@ -66,10 +66,6 @@ def sample_tasks(samples: Sequence[Mapping[str, Any]]) -> list[EditTask]:
     return [task for task in tasks.values() if task.target_scene is not None]
 
 
-def proxy_value(components: Mapping[str, float], total: float) -> float:
-    return float(components.get("reward/unnormalized", total))
-
-
 def candidate_records(reward: CompositeReward, tasks: Sequence[EditTask], sets: Sequence[tuple[str, ...]],
                       progress: bool = True) -> list[dict[str, Any]]:
     """One record per (task, modifier set): the target scene with those modifiers, scored by `reward`."""
@@ -83,14 +79,13 @@ def candidate_records(reward: CompositeReward, tasks: Sequence[EditTask], sets: 
         for i, modifiers in enumerate(sets):
             components = out.row(i)
             records.append({"task_id": task.id, "modifiers": list(modifiers), "prompt": results[i].prompt,
-                            "reward": float(out.total[i]), "components": components,
-                            PROXY: proxy_value(components, float(out.total[i]))})
+                            "reward": float(out.total[i]), "components": components})
     return records
 
 
 def _value(record: Mapping[str, Any], metric: str) -> float:
     if metric == PROXY:
-        return proxy_value(record.get("components", {}), record["reward"])
+        return float(record.get("components", {}).get("reward/unnormalized", record["reward"]))
     return float(record.get("components", {}).get(metric, math.nan))
 
 

@@ -109,13 +109,13 @@ def _same_size_form(image_processor: Any, height: int, width: int) -> str | None
 def preprocess_images(processor: Any, images: torch.Tensor) -> torch.Tensor:
     """`pixel_values[M, 3, h, w]` from `images[M, 3, H, W]` in [0, 1] via the model's image processor.
 
-    `processor` is an image processor or a processor with an `.image_processor` (e.g. `CLIPImageProcessor`).
+    `processor` is an image processor or a processor with an `.image_processor` (e.g. `CLIPProcessor`).
     `do_rescale=False`: the images are already in [0, 1] and must not be divided by 255 again.
 
     The processor works image by image (through PIL with transformers' default backend: ~0.3 ms per 32 x 32 image,
-    more than the synth world's CLIP forward). When it keeps the image size (resize and centre crop to H x W), the
-    same pixels come from one batched tensor operation (8-bit conversion where the processor does it, then its
-    normalisation), ~40x faster; that path is used only after `_same_size_form` found it bit-identical to the
+    about a fifth of the synth world's CLIP forward). When it keeps the image size (resize and centre crop to H x W),
+    the same pixels come from one batched tensor operation (8-bit conversion where the processor does it, then its
+    normalisation), 10-40x faster; that path is used only after `_same_size_form` found it bit-identical to the
     processor on probe images, so scores never depend on which path ran.
     """
     image_processor = getattr(processor, "image_processor", processor)
