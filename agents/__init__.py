@@ -16,7 +16,7 @@ from promptgym.agents.checkpoint import (
 from promptgym.agents.conversation import ConversationPacking, conversation_gae
 from promptgym.agents.distributed import DataParallel, GlobalRows
 from promptgym.agents.gae import compute_gae
-from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, kl_estimate
+from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, exact_kl, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
 from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
 from promptgym.agents.ppo import Collected, PPOAgent, PPOConfig, ppo_losses
@@ -69,6 +69,7 @@ __all__ = [
     "conversation_gae",
     "ConversationPacking",
     "corrupt_keywords",
+    "exact_kl",
     "kl_estimate",
     "sample_restricted",
     "typical_mask",

@@ -41,6 +41,29 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: E
     return torch.expm1(log_r) - log_r  # (r - 1) - log r, with expm1 for accuracy when r is near 1
 
 
+def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits) || softmax(ref_logits)) summed over the last (vocabulary) axis: `[..., V] -> [...]`.
+
+    The exact per-token KL of the policy from the reference at each position, where the estimators above see only
+    the sampled token. Where the reference is confident (copying the source) a sampled estimate is almost always
+    ~0 and only the rare off-token draw carries signal; the exact value moves with every change of the policy's
+    distribution. Differentiable in `logits`; a token the reference rules out (-inf) while the policy gives it mass
+    makes the KL +inf, one the policy rules out contributes 0.
+    """
+    for name, tensor in (("logits", logits), ("ref_logits", ref_logits)):
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() == 0:
+            raise ValueError(f"{name} must be a floating-point tensor with a vocabulary axis")
+    if ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits must have the shape of logits {tuple(logits.shape)}, got {tuple(ref_logits.shape)}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # half-precision logits: the sum in float32
+    log_p = logits.to(dtype).log_softmax(-1)
+    log_q = ref_logits.to(dtype).log_softmax(-1)
+    p = log_p.exp()
+    mass = p > 0  # 0 * log 0 = 0, without a nan in the value or the gradient
+    zero = torch.zeros_like(log_p)
+    return (p * (torch.where(mass, log_p, zero) - torch.where(mass, log_q, zero))).sum(-1)
+
+
 class KLController(Protocol):
     """What the PPO loop needs from a KL-coefficient controller."""
 

@@ -8,7 +8,8 @@ One update, in the paper's and CleanRL's terms:
 2. per-token reward r_t = env reward_t - kl_coef * KL_t (the episode reward sits on the last token);
 3. GAE on V'(s_t) = V(s_t) + eta * CI(s_t) (*integrity-aware value*, eta = `integrity_value_coef`);
 4. `n_epochs` passes of minibatches of whole episodes: clipped surrogate, clipped value loss, entropy bonus,
-   advantage normalisation, gradient clipping, early stop when approx-KL exceeds 1.5 * `target_kl`.
+   advantage normalisation, gradient clipping, early stop when approx-KL exceeds 1.5 * `target_kl`; with
+   `kl_loss_coef`, also the exact per-token KL to the reference (over the whole vocabulary) as a loss term.
 
 Each DiffChat idea lives in its own file, and this one calls it: typical-set sampling in `sampling.py`,
 negatives in `negatives.py`, the integrity-aware value in `integrity_value.py`, GAE in `gae.py`, the KL penalty
@@ -43,10 +44,17 @@ from pydantic import Field
 from promptgym.agents.conversation import conversation_gae
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel, GlobalRows
 from promptgym.agents.integrity_value import integrity_aware_gae, integrity_bonus, prefix_integrity
-from promptgym.agents.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from promptgym.agents.kl import AdaptiveKLController, FixedKLController, exact_kl, kl_estimate
 from promptgym.agents.negatives import NegativeSampler
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.rollout import ChatRolloutCollector, RolloutBatch, RolloutCollector, evaluate_actions
+from promptgym.agents.rollout import (
+    ChatRolloutCollector,
+    RolloutBatch,
+    RolloutCollector,
+    action_logits,
+    reference_action_logits,
+    score_actions,
+)
 from promptgym.agents.validation import ConfigError, config_dataclass
 from promptgym.envs import PromptChatVectorEnv, PromptEditVectorEnv
 from promptgym.rewards import ContentIntegrityScorer, reward_seconds
@@ -96,6 +104,10 @@ class PPOConfig:
         "target KL of the adaptive controller that then tunes kl_coef; null: kl_coef stays fixed"
     ))] = None
     kl_horizon: Annotated[int, Field(ge=1, description="horizon (in episodes) of the adaptive KL controller")] = 10_000
+    kl_loss_coef: Annotated[float, Field(ge=0, description=(
+        "exact KL(policy || reference) over the vocabulary at every generated token, as a loss term with this "
+        "coefficient (where GRPO puts a sampled estimate); 0: off"
+    ))] = 0.0
     kl_estimator: Annotated[Literal["k1", "k2", "k3"], Field(description=(
         "per-token KL estimator (Schulman's k1, k2 or k3)"
     ))] = "k1"
@@ -378,9 +390,11 @@ class PPOAgent:
         num_tokens = dp.sum(mb.mask.sum().float()).clamp(min=1)
         if c.normalize_advantage:
             advantages = masked_whiten(advantages, mb.mask, mean_of=dp.masked_mean)
+        names = TERM_NAMES + (("kl_loss",) if c.kl_loss_coef else ())
         self.optimizer.zero_grad()
         if len(mb):
-            logprobs, values, entropy, restricted = evaluate_actions(self.policy, mb, c.typical_mass)
+            logits, values = action_logits(self.policy, mb)
+            logprobs, entropy, restricted = score_actions(logits, mb.actions, c.typical_mass)
             if c.old_logprob == "restricted":
                 logprobs = torch.where(mb.negative[:, None], logprobs, restricted)
             terms = ppo_losses(
@@ -388,14 +402,21 @@ class PPOAgent:
                 c.clip_range, c.clip_range_vf, num_tokens,
             )  # fmt: skip
             loss = terms["policy_loss"] + c.ent_coef * terms["entropy_loss"] + c.vf_coef * terms["value_loss"]
+            if c.kl_loss_coef:
+                terms["kl_loss"] = self._exact_kl_loss(mb, logits, num_tokens)
+                loss = loss + c.kl_loss_coef * terms["kl_loss"]
             loss.backward()
-            values_now = [float(terms[name].detach()) for name in TERM_NAMES]
+            values_now = [float(terms[name].detach()) for name in names]
         else:
-            values_now = [0.0] * len(TERM_NAMES)
+            values_now = [0.0] * len(names)
         dp.all_reduce_gradients(self.policy.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
         self.optimizer.step()
-        return dict(zip(TERM_NAMES, dp.sum_float(*values_now))) | {"grad_norm": float(grad_norm)}
+        return dict(zip(names, dp.sum_float(*values_now))) | {"grad_norm": float(grad_norm)}
+
+    def _exact_kl_loss(self, mb: RolloutBatch, logits: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+        """Token mean (over the global minibatch) of the exact KL(policy || reference) at each generated token."""
+        return (exact_kl(logits, reference_action_logits(self.policy, mb)) * mb.mask).sum() / num_tokens
 
     # -- the loop
     def _profile_counters(self) -> tuple[float, float | None, float | None]:

@@ -151,6 +151,27 @@ def generated_slice(context_length: int, steps: int) -> slice:
     return slice(context_length - 1, context_length - 1 + steps)
 
 
+def action_logits(policy: PolicyWithValue, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced logits `[B, T, V]` (float32) and V(s_t) `[B, T]` of `policy` at the batch's generated
+    positions (position t predicts a_t), on the policy's device."""
+    device = policy.device
+    out = policy(batch.input_ids.to(device), batch.attention_mask.to(device))
+    cols = generated_slice(batch.context_length, batch.actions.shape[1])
+    return out.logits[:, cols].float(), out.values[:, cols].float()
+
+
+def score_actions(
+    logits: torch.Tensor, actions: torch.Tensor, typical_mass: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """log pi(a_t|s_t) and the entropy `[B, T]` from `logits[B, T, V]`; with `typical_mass` also the log-prob
+    under the *current* locally typical set (-inf for actions outside it), else None."""
+    logprobs, entropy = action_logprobs_and_entropy(logits, actions)
+    restricted = None
+    if typical_mass is not None:
+        restricted = action_logprobs(logits, actions, typical_mask(logits.detach(), typical_mass))
+    return logprobs, entropy, restricted
+
+
 def evaluate_actions(
     policy: PolicyWithValue, batch: RolloutBatch, typical_mass: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -159,26 +180,26 @@ def evaluate_actions(
     With `typical_mass`, also the log-prob under the policy's *current* locally typical set (-inf for actions
     outside it); otherwise that entry is None. The results are on the policy's device.
     """
-    device = policy.device
-    out = policy(batch.input_ids.to(device), batch.attention_mask.to(device))
-    cols = generated_slice(batch.context_length, batch.actions.shape[1])
-    logits = out.logits[:, cols].float()
-    actions = batch.actions.to(device)
-    logprobs, entropy = action_logprobs_and_entropy(logits, actions)
-    restricted = None
-    if typical_mass is not None:
-        restricted = action_logprobs(logits, actions, typical_mask(logits.detach(), typical_mass))
-    return logprobs, out.values[:, cols].float(), entropy, restricted
+    logits, values = action_logits(policy, batch)
+    logprobs, entropy, restricted = score_actions(logits, batch.actions.to(logits.device), typical_mass)
+    return logprobs, values, entropy, restricted
 
 
 @torch.no_grad()
-def reference_logprobs(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
-    """log pi_ref(a_t | s_t) `[B, T]` on the batch's device, one teacher-forced pass of the reference model."""
+def reference_action_logits(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
+    """The reference model's logits `[B, T, V]` (float32) at the batch's generated positions, on the policy's
+    device: one teacher-forced pass that computes only those positions' logits."""
     steps, device = batch.actions.shape[1], policy.device
     ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
     logits = policy.reference_logits(ids, attention, logits_to_keep=steps + 1)
-    log_probs = logits[:, -(steps + 1) : -1].float().log_softmax(-1)
-    logprobs = log_probs.gather(-1, batch.actions.to(device).unsqueeze(-1)).squeeze(-1).to(batch.mask.device)
+    return logits[:, -(steps + 1) : -1].float()
+
+
+def reference_logprobs(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
+    """log pi_ref(a_t | s_t) `[B, T]` on the batch's device, one teacher-forced pass of the reference model."""
+    log_probs = reference_action_logits(policy, batch).log_softmax(-1)
+    actions = batch.actions.to(log_probs.device)
+    logprobs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1).to(batch.mask.device)
     return logprobs.masked_fill(~batch.mask, 0.0)
 
 

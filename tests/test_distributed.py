@@ -36,6 +36,7 @@ ALL_REFINEMENTS = dict(
     negative_fraction=0.25,
     integrity_value_coef=0.5,
     kl_coef=0.05,
+    kl_loss_coef=0.1,  # not DiffChat's: the exact-KL loss term, whose token mean must be global too
     seed=3,
 )
 

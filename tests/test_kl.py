@@ -177,3 +177,65 @@ def test_bad_controller_arguments(make, match):
 def test_non_integer_n_steps_is_a_type_error():
     with pytest.raises(TypeError, match=r"n_steps.*int.*2.5"):
         AdaptiveKLController(0.1, 6.0, 10.0).update(1.0, 2.5)
+
+
+# ------------------------------------------------------------------------------------------- exact KL
+def _reference_kl(p: list[float], q: list[float]) -> float:
+    """sum_v p_v log(p_v / q_v), by hand over plain floats (0 log 0 = 0)."""
+    return sum(pv * math.log(pv / qv) for pv, qv in zip(p, q) if pv > 0)
+
+
+def test_exact_kl_matches_a_hand_computation_per_position():
+    from promptgym.agents.kl import exact_kl
+
+    p = [[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]]
+    q = [[0.5, 0.25, 0.25], [0.8, 0.1, 0.1]]
+    logits, ref = torch.tensor(p, dtype=torch.float64).log(), torch.tensor(q, dtype=torch.float64).log()
+    out = exact_kl(logits + 3.0, ref - 1.0)  # logits are free up to a constant per position
+    assert out.shape == (2,) and out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.tensor([_reference_kl(p[0], q[0]), _reference_kl(p[1], q[1])],
+                                                 dtype=torch.float64))
+    torch.testing.assert_close(exact_kl(ref, ref), torch.zeros(2, dtype=torch.float64))
+
+
+def test_exact_kl_is_the_mean_of_the_sampled_k1_estimate():
+    from promptgym.agents.kl import exact_kl
+
+    gen = torch.Generator().manual_seed(0)
+    logits, ref = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
+    draws = torch.multinomial(logits.softmax(-1), 200_000, replacement=True, generator=gen)
+    k1 = kl_estimate(logits.log_softmax(-1)[draws], ref.log_softmax(-1)[draws], "k1")
+    assert abs(float(k1.mean()) - float(exact_kl(logits, ref))) < 0.02
+
+
+def test_exact_kl_edge_cases_minus_infinity_and_single_token_vocabulary():
+    from promptgym.agents.kl import exact_kl
+
+    inf = float("inf")
+    # the policy rules a token out: it contributes 0, value and gradient stay finite
+    logits = torch.tensor([0.0, 0.0, -inf], requires_grad=True)
+    ref = torch.tensor([0.0, 1.0, 2.0])
+    value = exact_kl(logits, ref)
+    q = ref.softmax(-1).tolist()
+    assert math.isclose(float(value.detach()), _reference_kl([0.5, 0.5, 0.0], q), rel_tol=1e-6)
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+    # the reference rules out a token the policy gives mass: infinite
+    assert exact_kl(torch.tensor([0.0, 0.0]), torch.tensor([0.0, -inf])) == inf
+    # both rule it out: 0
+    assert float(exact_kl(torch.tensor([0.0, -inf]), torch.tensor([1.0, -inf]))) == pytest.approx(0.0, abs=1e-7)
+    # one-token vocabulary: always 0; half-precision logits give a float32 sum
+    assert float(exact_kl(torch.zeros(4, 1), torch.ones(4, 1)).abs().max()) == 0.0
+    assert exact_kl(torch.randn(2, 5).half(), torch.randn(2, 5).half()).dtype == torch.float32
+
+
+def test_exact_kl_gradient_matches_finite_differences_and_rejects_bad_input():
+    from promptgym.agents.kl import exact_kl
+
+    logits = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: exact_kl(x, ref), (logits,))
+    with pytest.raises(ValueError, match="shape"):
+        exact_kl(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="floating-point"):
+        exact_kl(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3))

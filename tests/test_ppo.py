@@ -208,3 +208,29 @@ def test_agent_checks_env_size(tok):
 def test_config_round_trips_through_asdict():
     config = PPOConfig(typical_mass=0.9, negative_fraction=0.25)
     assert PPOConfig.from_dict(dataclasses.asdict(config)) == config
+
+
+def _exact_kl_to_reference(agent: PPOAgent) -> float:
+    """Mean exact KL(policy || reference) per generated token on a fresh batch, computed apart from the agent."""
+    from promptgym.agents.kl import exact_kl
+    from promptgym.agents.rollout import generated_slice
+
+    batch = agent.collector.collect(seed=123)
+    cols = generated_slice(batch.context_length, batch.actions.shape[1])
+    with torch.no_grad():
+        logits = agent.policy(batch.input_ids, batch.attention_mask).logits[:, cols]
+        ref = agent.policy._reference[0](input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, cols]
+    return float(masked_mean(exact_kl(logits, ref), batch.mask))
+
+
+def test_exact_kl_loss_is_reported_and_holds_the_policy_near_the_reference(tok):
+    free = make_agent(tok, learning_rate=3e-3, n_epochs=4)
+    held = make_agent(tok, learning_rate=3e-3, n_epochs=4, kl_loss_coef=5.0)
+    assert "ppo/kl_loss" not in free.step()
+    first = held.step()
+    assert 0.0 <= first["ppo/kl_loss"] < 1.0 and math.isfinite(first["ppo/policy_loss"])  # starts at the reference
+    for _ in range(3):
+        free.step(), held.step()
+    drift_free, drift_held = _exact_kl_to_reference(free), _exact_kl_to_reference(held)
+    assert drift_free > 0.0
+    assert drift_held < 0.5 * drift_free, (drift_held, drift_free)
