@@ -104,13 +104,13 @@ class PPOConfig:
         "target KL of the adaptive controller that then tunes kl_coef; null: kl_coef stays fixed"
     ))] = None
     kl_horizon: Annotated[int, Field(ge=1, description="horizon (in episodes) of the adaptive KL controller")] = 10_000
+    kl_estimator: Annotated[Literal["k1", "k2", "k3"], Field(description=(
+        "per-token KL estimator (Schulman's k1, k2 or k3)"
+    ))] = "k1"
     kl_loss_coef: Annotated[float, Field(ge=0, description=(
         "exact KL(policy || reference) over the vocabulary at every generated token, as a loss term with this "
         "coefficient (where GRPO puts a sampled estimate); 0: off"
     ))] = 0.0
-    kl_estimator: Annotated[Literal["k1", "k2", "k3"], Field(description=(
-        "per-token KL estimator (Schulman's k1, k2 or k3)"
-    ))] = "k1"
     typical_mass: Annotated[float | None, Field(gt=0, le=1, description=(
         "DiffChat's action-space dynamic modification: sample from the locally typical set of this probability "
         "mass; null: off"
