@@ -6,7 +6,7 @@ reward-weighted regression uses exp(r / temperature) as the weight. `RWRAgent` d
 `PromptEditVectorEnv`: per update it samples `n_episodes` edits with the collector PPO uses (one reward call each),
 weights them (`rwr_weights`) and takes `epochs` passes of weighted maximum-likelihood steps over minibatches of
 whole episodes, with an anchor to the start policy: the exact KL(pi || pi_start) over the vocabulary at every
-visited state (`exact_kl`), times `kl_coef`. There is no critic, no ratio clipping and no importance weight: each
+visited state (`kl.exact_kl`), times `kl_coef`. There is no critic, no ratio clipping and no importance weight: each
 batch is fresh from the current policy, and `epochs > 1` reuses it off-policy as RWR does.
 
 Weighting, over the episodes of one update (rewards r_1..r_N):
@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import torch
 
-from promptgym.agents.kl import kl_estimate
+from promptgym.agents.kl import exact_kl, kl_estimate
 from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.ppo import masked_mean, run_updates
-from promptgym.agents.rollout import RolloutBatch, RolloutCollector, generated_slice
+from promptgym.agents.rollout import RolloutBatch, RolloutCollector, action_logits, reference_action_logits
 from promptgym.envs import PromptEditVectorEnv
 from promptgym.rewards import reward_seconds
 
@@ -97,15 +97,6 @@ def rwr_weights(scores: torch.Tensor, weighting: Weighting = "exp", temperature:
     return (shifted / shifted.mean()).float()
 
 
-def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(logits) || softmax(ref_logits)) over the last axis, `[...]`; a token the policy gives
-    probability 0 contributes 0, one only the reference rules out contributes +inf."""
-    log_p, log_q = logits.float().log_softmax(-1), ref_logits.float().log_softmax(-1)
-    p = log_p.exp()
-    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
-    return terms.sum(-1)
-
-
 def weighted_nll(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """-sum_i w_i sum_t log pi(a_it) / (number of generated tokens): reward-weighted likelihood per token."""
     tokens = mask.sum().clamp(min=1)
@@ -163,18 +154,14 @@ class RWRAgent:
 
     def _minibatch_step(self, mb: RolloutBatch, weights: torch.Tensor) -> dict[str, float]:
         c = self.config
-        out = self.policy(mb.input_ids, mb.attention_mask)
-        cols = generated_slice(mb.context_length, mb.actions.shape[1])
-        logits = out.logits[:, cols].float()
+        logits, _ = action_logits(self.policy, mb)
         logprobs = logits.log_softmax(-1).gather(-1, mb.actions.unsqueeze(-1)).squeeze(-1)
         mask = mb.mask.float()
         nll = weighted_nll(logprobs, mask, weights)
         loss = nll
         anchor = torch.zeros((), device=logits.device)
         if c.kl_coef > 0:
-            steps = mb.actions.shape[1]
-            ref = self.policy.reference_logits(mb.input_ids, mb.attention_mask, logits_to_keep=steps + 1)
-            anchor = masked_mean(exact_kl(logits, ref[:, -(steps + 1) : -1]), mb.mask)
+            anchor = masked_mean(exact_kl(logits, reference_action_logits(self.policy, mb)), mb.mask)
             loss = loss + c.kl_coef * anchor
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
