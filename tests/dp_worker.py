@@ -37,7 +37,11 @@ def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: di
                                   max_context_tokens=96, sync_turns=True, **common)
     else:
         env = PromptEditVectorEnv(config.n_episodes // world, tasks=load_tasks("demo", "train")[:TASKS], **common)
-    agent = PPOAgent(policy, env, config, parallel=DataParallel(rank, world))
+    # Adam's eps at CleanRL's 1e-5, not torch's 1e-8: a minibatch whose advantages whiten to 0 has a gradient of
+    # ~1e-4 made of float noise, and with eps 1e-8 Adam's first step turns that noise into a step of +-lr on every
+    # weight, a different one in the single process (seen on one CPU: weights 0.4 apart after one step)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+    agent = PPOAgent(policy, env, config, optimizer=optimizer, parallel=DataParallel(rank, world))
     history, states = [], []
     for _ in range(updates):
         history.append(agent.step())

@@ -47,10 +47,11 @@ def _close(a: float, b: float, rel: float) -> bool:
     return abs(a - b) <= rel * max(1.0, abs(a))
 
 
-def _compare_metrics(single: list[dict], parallel: list[dict], rel: float) -> None:
+def _compare_metrics(single: list[dict], parallel: list[dict], rel: float, skip: tuple[str, ...] = ()) -> None:
     assert len(single) == len(parallel)
     for update, (a, b) in enumerate(zip(single, parallel), 1):
-        keys = {k for k in a if not k.startswith(("time/", "wall_time", "score_cache/", "renders/", "renderer/"))}
+        ignored = ("time/", "wall_time", "score_cache/", "renders/", "renderer/", *skip)
+        keys = {k for k in a if not k.startswith(ignored)}
         assert keys <= set(b), (update, sorted(keys - set(b)))
         wrong = {k: (a[k], b[k]) for k in keys if isinstance(a[k], (int, float)) and not _close(a[k], b[k], rel)}
         assert not wrong, (update, wrong)
@@ -130,18 +131,24 @@ def test_two_processes_make_the_single_process_update_on_conversations(tmp_path)
         assert torch.equal(value, ranks[1]["states"][0][name]), name
     # the same update up to float summation order, as above; here the processes' contexts (history included) are
     # left-padded to other widths than the single process's, and Adam turns the noise on ~0 gradients of the tied
-    # embedding's unused tokens into steps of up to learning_rate: measured 4e-4 of the distance moved elsewhere
+    # embedding's unused tokens into steps of up to learning_rate: measured 4e-4 of the distance moved elsewhere on
+    # one CPU, 3.5e-3 on another whose samples put a minibatch with ~0 gradient first (Adam eps 1e-5 in the worker;
+    # with torch's 1e-8 it was 0.11). A wrong global mean or a lost shard moves the weights by a tenth or more.
     start = PolicyWithValue.tiny(default_tokenizer(), seed=0).state_dict()
     tied = {"model.transformer.word_embeddings.weight", "model.lm_head.weight"}
     first = {k: v for k, v in reference["states"][0].items() if k not in tied}
     got = {k: v for k, v in ranks[0]["states"][0].items() if k not in tied}
-    assert _distance(got, first) < 1e-3 * _distance(first, {k: start[k] for k in first})
-    for name in tied:
-        assert (ranks[0]["states"][0][name] - reference["states"][0][name]).abs().max() <= 1.1 * config["learning_rate"]
+    assert _distance(got, first) < 1e-2 * _distance(first, {k: start[k] for k in first})
+    steps = config["n_epochs"] * math.ceil(12 / config["batch_size"])  # minibatches of 8 conversations + 4 negatives
+    for name in tied:  # Adam moves a weight by at most ~learning_rate a step, so two runs differ by 2 x that a step
+        difference = (ranks[0]["states"][0][name] - reference["states"][0][name]).abs().max()
+        assert difference <= 2 * steps * config["learning_rate"]
     history = ranks[0]["history"][0]
     assert history["negatives/count"] == 4.0 and history["counters/episodes"] == 8.0
     assert history["counters/reward_calls"] == reference["history"][0]["counters/reward_calls"] > 8 + 4
-    _compare_metrics(reference["history"], ranks[0]["history"], rel=1e-4)
+    # the clip fraction counts tokens past 1 +- clip_range: float noise moves one across (1 token in ~600 on one CPU)
+    _compare_metrics(reference["history"], ranks[0]["history"], rel=1e-4, skip=("ppo/clipfrac",))
+    assert abs(reference["history"][0]["ppo/clipfrac"] - history["ppo/clipfrac"]) < 0.01
     _compare_metrics(ranks[0]["history"], ranks[1]["history"], rel=0.0)
 
 
