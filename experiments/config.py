@@ -134,7 +134,7 @@ class RewardConfig:
         "e.g. {num_inference_steps: 2, images_per_prompt: 1}"
     ))] = field(default_factory=dict)
     integrity: Annotated[dict[str, Any], Field(description=(
-        "keyword overrides for ContentIntegrityScorer (threshold, mode, forbidden_penalty)"
+        "keyword overrides for ContentIntegrityScorer (threshold, mode, forbidden_penalty, edit_weight)"
     ))] = field(default_factory=dict)
     delta: Annotated[bool | list[str] | None, Field(description=(
         "terms scored as deltas against the source render (true: all, or a list of terms); null: the preset's"

@@ -120,7 +120,7 @@ def build_reward(
             a weight of 0 drops the term (and its render cost).
         renderer: keyword overrides for the renderer constructor (steps, size, `images_per_prompt`, ...); in
             `surrogate`, of the renderer of the gold monitors.
-        integrity: keyword overrides for `ContentIntegrityScorer` (`threshold`, `mode`, `forbidden_penalty`).
+        integrity: keyword overrides for `ContentIntegrityScorer` (`threshold`, `mode`, `forbidden_penalty`, `edit_weight`).
         delta: override which terms are scored in delta mode (default: the image terms).
         normalize: per-term running mean/std normalisation, as Stable-Baselines3's `VecNormalize` does for a
             reward (default off; the `synth` config turns it on): the reward of a prompt then depends on the
