@@ -162,6 +162,41 @@ def test_partial_is_monotone_while_typing_the_target(task, target):
     assert values[0] == 0.0 and values[-1] == 1.0
 
 
+# REPLACE with edit_weight w: "cat" is the one required keyword the source lacks; the other four weigh 1 each
+@pytest.mark.parametrize(
+    ("prompt", "weight", "expected"),
+    [
+        ("two red cats in a park, watercolor", 3.0, 1.0),
+        ("two red cats in a park", 3.0, 6 / 7),  # watercolor (1) of 4 + 3 missing
+        ("two red birds in a park, watercolor", 3.0, 4 / 7),  # the edit (3) not made, no forbidden word left
+        ("two red birds in a park, watercolor", 0.5, 4 / 4.5),
+        ("two red dogs in a park, watercolor", 3.0, 0.0),  # 4/7 - 1, floored
+        ("two red birds in a park, watercolor", 1.0, 4 / 5),  # w = 1: the unweighted ratio
+    ],
+)
+def test_edit_weight_weighs_the_keywords_the_edit_adds(prompt, weight, expected):
+    scorer = ContentIntegrityScorer(mode="ratio", edit_weight=weight)
+    assert scorer.ratio(REPLACE, prompt) == pytest.approx(expected)
+    assert scorer.partial(REPLACE, prompt) == pytest.approx(expected)
+    assert scorer.details(EditResult(REPLACE, prompt)).ratio == pytest.approx(expected)
+    present = set(prompt_lemmas(prompt))
+    spec = extract_keywords(REPLACE.source, REPLACE.instruction)
+    added = set(spec.required) - set(prompt_lemmas(REPLACE.source))
+    assert added == {"cat"}
+    weights = {word: weight if word in added else 1.0 for word in spec.required}
+    by_hand = sum(w for word, w in weights.items() if word in present) / sum(weights.values())
+    by_hand -= 1.0 if spec.forbidden & present else 0.0
+    assert max(0.0, by_hand) == pytest.approx(expected)
+
+
+def test_edit_weight_without_added_keywords_is_the_plain_ratio():
+    # "remove the hat and the scarf" adds nothing: every weight stays 1
+    prompt = "a black cat with a hat on a beach, oil painting"
+    assert ContentIntegrityScorer(mode="ratio", edit_weight=5.0).ratio(REMOVE2, prompt) == pytest.approx(
+        ContentIntegrityScorer(mode="ratio").ratio(REMOVE2, prompt)
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
@@ -172,6 +207,9 @@ def test_partial_is_monotone_while_typing_the_target(task, target):
         ({"mode": "soft"}, r"mode='soft'.*binary.*ratio"),
         ({"forbidden_penalty": -1.0}, r"forbidden_penalty=-1\.0.*>= 0"),
         ({"forbidden_penalty": math.inf}, r"forbidden_penalty=inf.*>= 0"),
+        ({"edit_weight": 0.0}, r"edit_weight=0\.0.*> 0"),
+        ({"edit_weight": math.nan}, r"edit_weight=nan.*> 0"),
+        ({"edit_weight": True}, r"edit_weight=True.*> 0"),
     ],
 )
 def test_constructor_validation_messages(kwargs, pattern):
