@@ -133,13 +133,15 @@ def test_two_processes_make_the_single_process_update_on_conversations(tmp_path)
     # left-padded to other widths than the single process's, and Adam turns the noise on ~0 gradients of the tied
     # embedding's unused tokens into steps of up to learning_rate: measured 4e-4 of the distance moved elsewhere on
     # one CPU, 3.5e-3 on another whose samples put a minibatch with ~0 gradient first (Adam eps 1e-5 in the worker;
-    # with torch's 1e-8 it was 0.11). A wrong global mean or a lost shard moves the weights by a tenth or more.
+    # with torch's 1e-8 it was 0.11). A wrong mean shows here or in the metrics: a per-process instead of global
+    # token mean of the KL loss moved the single-edit test's weights 2e-3 apart and its `ppo/kl_loss` 60% (below).
     start = PolicyWithValue.tiny(default_tokenizer(), seed=0).state_dict()
     tied = {"model.transformer.word_embeddings.weight", "model.lm_head.weight"}
     first = {k: v for k, v in reference["states"][0].items() if k not in tied}
     got = {k: v for k, v in ranks[0]["states"][0].items() if k not in tied}
     assert _distance(got, first) < 1e-2 * _distance(first, {k: start[k] for k in first})
-    steps = config["n_epochs"] * math.ceil(12 / config["batch_size"])  # minibatches of 8 conversations + 4 negatives
+    episodes = config["n_episodes"] * (1 + config["negative_fraction"])  # 8 conversations + 4 negative turns
+    steps = config["n_epochs"] * math.ceil(episodes / config["batch_size"])
     for name in tied:  # Adam moves a weight by at most ~learning_rate a step, so two runs differ by 2 x that a step
         difference = (ranks[0]["states"][0][name] - reference["states"][0][name]).abs().max()
         assert difference <= 2 * steps * config["learning_rate"]
