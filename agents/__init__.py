@@ -1,8 +1,8 @@
 """Agents for prompt editing: policy with value head, sampling, rollouts, PPO, reward-weighted likelihood (RWR), SFT
 and baselines.
 
-The math is in pure tensor functions (`compute_gae`, `typical_mask`, `kl_estimate`, `corrupt_keywords`)
-so each DiffChat refinement can be read, tested and swapped on its own.
+The math is in pure tensor functions (`compute_gae`, `typical_mask`, `kl_estimate`, `corrupt_keywords`,
+`leave_one_out_baseline`) so each DiffChat refinement can be read, tested and swapped on its own.
 """
 
 from promptgym.agents.checkpoint import (
@@ -16,6 +16,7 @@ from promptgym.agents.checkpoint import (
 from promptgym.agents.conversation import ConversationPacking, conversation_gae
 from promptgym.agents.distributed import DataParallel, GlobalRows
 from promptgym.agents.gae import compute_gae
+from promptgym.agents.groups import leave_one_out_baseline
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, exact_kl, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
 from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
@@ -71,6 +72,7 @@ __all__ = [
     "corrupt_keywords",
     "exact_kl",
     "kl_estimate",
+    "leave_one_out_baseline",
     "sample_restricted",
     "typical_mask",
 ]

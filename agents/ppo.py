@@ -43,6 +43,7 @@ from pydantic import Field
 
 from promptgym.agents.conversation import conversation_gae
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel, GlobalRows
+from promptgym.agents.groups import group_task_indices, last_token_index, leave_one_out_baseline
 from promptgym.agents.integrity_value import integrity_aware_gae, integrity_bonus, prefix_integrity
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, exact_kl, kl_estimate
 from promptgym.agents.negatives import NegativeSampler
@@ -129,11 +130,22 @@ class PPOConfig:
     integrity_value_coef: Annotated[float, Field(ge=0, description=(
         "DiffChat's integrity-aware value: eta in V'(s) = V(s) + eta * CI(s); 0: off"
     ))] = 0.0
+    samples_per_task: Annotated[int, Field(ge=1, description=(
+        "episodes of each task in an update: n_episodes / samples_per_task tasks, each sampled this many times "
+        "(n_episodes must be a multiple; single edits only)"
+    ))] = 1
+    group_baseline: Annotated[bool, Field(description=(
+        "with samples_per_task > 1, subtract from each episode's reward the mean reward of its task's other "
+        "episodes (RLOO's leave-one-out baseline) before GAE"
+    ))] = True
     seed: Annotated[int, Field(description="seeds token sampling and minibatch order")] = 0
 
     def __post_init__(self) -> None:
         if self.batch_size > self.n_episodes:
             raise ConfigError(f"PPOConfig.batch_size={self.batch_size} exceeds n_episodes={self.n_episodes}")
+        if self.n_episodes % self.samples_per_task:
+            raise ConfigError(f"PPOConfig.n_episodes={self.n_episodes} is not a multiple of "
+                              f"samples_per_task={self.samples_per_task}")
         if self.old_logprob == "restricted" and self.typical_mass is None:
             raise ConfigError("PPOConfig.old_logprob='restricted' needs typical_mass (the restricted set)")
 
@@ -287,6 +299,8 @@ class PPOAgent:
         # token sampling and minibatch order; every process draws the same numbers from both
         self.generator = torch.Generator().manual_seed(c.seed)
         self.conversations = isinstance(env, PromptChatVectorEnv)  # episodes are conversations, rows are turns
+        if self.conversations and c.samples_per_task > 1:
+            raise ConfigError("PPOConfig.samples_per_task > 1 is for single edits; the chat env draws conversations")
         collector = ChatRolloutCollector if self.conversations else RolloutCollector
         self.collector = collector(policy, env, c.typical_mass, self.generator)
         self.num_updates = 0
@@ -307,7 +321,12 @@ class PPOAgent:
         c, dp = self.config, self.parallel
         shard = dp.shard(c.n_episodes)
         seed = c.seed * 1_000_003 + self.num_updates * c.n_episodes  # fresh, reproducible tasks per update
-        batch = self.collector.collect(seed=seed + shard.start, shard=(shard.start, c.n_episodes))
+        options = None
+        if c.samples_per_task > 1:  # the same tasks in every process: drawn from the update's seed, then sharded
+            tasks = group_task_indices(np.random.default_rng(seed), len(self.env.episodes.tasks), c.n_episodes,
+                                       c.samples_per_task)
+            options = {"task_indices": tasks[shard]}
+        batch = self.collector.collect(seed=seed + shard.start, options=options, shard=(shard.start, c.n_episodes))
         candidates = self._negative_rows(batch, shard.start)  # per local episode: the row a negative would copy
         picked = self.negatives.choose([batch.tasks[r] for r in candidates], self.num_updates, dp)  # global episodes
         mine = [g for g in picked if shard.start <= g < shard.stop]
@@ -343,7 +362,8 @@ class PPOAgent:
         """(per-token rewards, advantages, critic targets, per-token KL), all `[B, T]`."""
         c = self.config
         kl = kl_estimate(batch.logprobs, batch.ref_logprobs, c.kl_estimator) * batch.mask
-        rewards = token_rewards(batch.env_rewards, kl, self.kl_controller.value, batch.mask)
+        env_rewards = self._group_centred(batch) if c.samples_per_task > 1 and c.group_baseline else batch.env_rewards
+        rewards = token_rewards(env_rewards, kl, self.kl_controller.value, batch.mask)
         if batch.episode is not None:  # turns of conversations: GAE across each whole conversation
             advantages, targets = conversation_gae(rewards, batch.values, batch.mask, batch.episode, batch.turn,
                                                    c.gamma, c.gae_lambda, batch.integrity, c.integrity_value_coef)
@@ -352,6 +372,18 @@ class PPOAgent:
             rewards, batch.values, batch.integrity, c.integrity_value_coef, batch.mask, c.gamma, c.gae_lambda
         )
         return rewards, advantages, targets, kl
+
+    def _group_centred(self, batch: RolloutBatch) -> torch.Tensor:
+        """`batch.env_rewards` with each positive episode's last token lowered by the leave-one-out mean return of
+        its task's other episodes (over every process's episodes: groups may straddle shards); negatives as they
+        are."""
+        positive = torch.nonzero(~batch.negative).flatten()
+        returns = (batch.env_rewards * batch.mask).sum(dim=1)[positive]
+        baseline = leave_one_out_baseline(self.parallel.gather(returns), self.config.samples_per_task)
+        start = self.parallel.shard(self.config.n_episodes).start
+        rewards = batch.env_rewards.clone()
+        rewards[positive, last_token_index(batch.mask[positive])] -= baseline[start : start + len(positive)]
+        return rewards
 
     # -- update
     def update(self, collected: Collected) -> dict[str, float]:

@@ -1,10 +1,12 @@
 """A PPO run in one process of a (possibly) data-parallel group, for tests/test_distributed.py.
 
 `run_agent(rank, world, ...)` joins a gloo group of `world` processes (file rendezvous), trains a seeded tiny
-policy for a few updates (on single edits, or with `chat` on conversations) with the content-integrity reward and saves its metrics and its weights after every update
+policy for a few updates (on single edits, or with `chat` on conversations) with the content-integrity reward (or,
+with `length_reward`, the prompt's length) and saves its metrics and its weights after every update
 to `out/rank<rank>.pt`. With world=1 it is the single-process reference.
 """
 
+import os
 from pathlib import Path
 
 import torch
@@ -12,8 +14,17 @@ import torch
 TASKS = 16
 
 
+class PromptLength:
+    """A reward that differs between samples of one task (integrity is 0 on every sample of the untrained policy)."""
+
+    name = "length"
+
+    def __call__(self, results) -> torch.Tensor:
+        return torch.tensor([len(result.prompt) / 16 for result in results], dtype=torch.float32)
+
+
 def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: dict, updates: int,
-              chat: bool = False) -> None:
+              chat: bool = False, length_reward: bool = False) -> None:
     torch.set_num_threads(1)
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -30,7 +41,8 @@ def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: di
     tokenizer = default_tokenizer()
     policy = PolicyWithValue.tiny(tokenizer, seed=0)
     config = PPOConfig(**config_kwargs)
-    common = dict(tokenizer=tokenizer, reward=ContentIntegrityScorer(mode="ratio"), max_new_tokens=16,
+    reward = PromptLength() if length_reward else ContentIntegrityScorer(mode="ratio")
+    common = dict(tokenizer=tokenizer, reward=reward, max_new_tokens=16,
                   autoreset_mode="disabled")
     if chat:  # conversations of 2-4 turns: the processes' shards differ in rows and turns
         env = PromptChatVectorEnv(config.n_episodes // world, load_conversations("demo", "train")[:TASKS],
@@ -48,4 +60,14 @@ def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: di
         states.append({k: v.detach().clone() for k, v in policy.state_dict().items()})
     torch.save({"history": history, "states": states}, Path(out) / f"rank{rank}.pt")
     if world > 1:
-        torch.distributed.destroy_process_group()
+        finish_process(world)
+
+
+def finish_process(world: int) -> None:
+    """Leave the group together and exit without the interpreter's teardown. A spawned process that exits with
+    gloo's threads still alive can abort in C++ while Python finalises ("terminate called without an active
+    exception", SIGABRT; pytorch/pytorch#179291): seen once in CI after this test's work was done. The barrier
+    keeps a process from leaving while the other is still in a collective, and `os._exit` skips the finalisation."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    os._exit(0)
