@@ -119,14 +119,13 @@ def picks(candidates: Sequence[Mapping[str, Any]], base: Mapping[str, Mapping[st
 def paired(choice: Mapping[str, Mapping[str, float]], base: Mapping[str, Mapping[str, float]], metric: str,
            seed: int = 0) -> tuple[float, float, float, float, int]:
     """`(mean of the choice, change, low, high, tasks)`: the choice minus the samples, paired per task."""
-    from promptgym.experiments.stats import mean_ci
+    from promptgym.experiments.stats import paired_task_change
 
-    tasks = [t for t in choice if t in base and math.isfinite(choice[t][metric]) and math.isfinite(base[t][metric])]
-    if not tasks:
+    change = paired_task_change(metric, {t: values[metric] for t, values in base.items()},
+                                {t: values[metric] for t, values in choice.items()}, seed=seed)
+    if change is None:
         return math.nan, math.nan, math.nan, math.nan, 0
-    diff = np.array([choice[t][metric] - base[t][metric] for t in tasks])
-    change, low, high = mean_ci(diff, seed=seed) if len(tasks) > 1 else (float(diff[0]),) * 3
-    return float(np.mean([choice[t][metric] for t in tasks])), change, low, high, len(tasks)
+    return change.after, change.change, change.low, change.high, change.n
 
 
 def headroom_rows(candidates: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, Any]]) -> list[dict]:

@@ -221,15 +221,24 @@ def paired_changes(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[
                  *(["integrity_ratio"] if "integrity_ratio" in first else [])]
     changes = []
     for name in names:
-        a, b = _task_means(before, name), _task_means(after, name)
-        tasks = [t for t in a if t in b and math.isfinite(a[t]) and math.isfinite(b[t])]
-        if not tasks:
-            continue
-        diff = np.array([b[t] - a[t] for t in tasks])
-        change, low, high = mean_ci(diff, confidence, n_resamples, seed) if len(tasks) > 1 else (diff[0],) * 3
-        changes.append(PairedChange(name, float(np.mean([a[t] for t in tasks])), float(np.mean([b[t] for t in tasks])),
-                                    float(change), float(low), float(high), len(tasks)))
+        change = paired_task_change(name, _task_means(before, name), _task_means(after, name), confidence,
+                                    n_resamples, seed)
+        if change is not None:
+            changes.append(change)
     return changes
+
+
+def paired_task_change(name: str, before: Mapping[str, float], after: Mapping[str, float], confidence: float = 0.95,
+                       n_resamples: int = 2000, seed: int = 0) -> PairedChange | None:
+    """The change from `before` to `after` (each `{task_id: value}`) over the tasks both have with finite values,
+    with its bootstrap CI over tasks (one task: the change itself as both ends); None when no task is shared."""
+    tasks = [t for t in before if t in after and math.isfinite(before[t]) and math.isfinite(after[t])]
+    if not tasks:
+        return None
+    diff = np.array([after[t] - before[t] for t in tasks])
+    change, low, high = mean_ci(diff, confidence, n_resamples, seed) if len(tasks) > 1 else (diff[0],) * 3
+    return PairedChange(name, float(np.mean([before[t] for t in tasks])), float(np.mean([after[t] for t in tasks])),
+                        float(change), float(low), float(high), len(tasks))
 
 
 def format_paired_table(changes: Sequence[PairedChange], before: str, after: str, confidence: float = 0.95) -> list[str]:

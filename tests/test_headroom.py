@@ -58,6 +58,16 @@ def test_paired_change_is_the_mean_task_difference():
     assert rows[2]["gold/aesthetic"]["change"] == pytest.approx(np.mean([0.9 - 0.5, 0.1 - 0.2]))
 
 
+def test_paired_task_change_edge_cases():
+    from promptgym.experiments.stats import paired_task_change
+
+    assert paired_task_change("m", {"a": 1.0}, {"b": 2.0}) is None  # no shared task
+    assert paired_task_change("m", {"a": math.nan}, {"a": 2.0}) is None
+    one = paired_task_change("m", {"a": 1.0, "b": 3.0}, {"a": 1.5})
+    assert (one.before, one.after, one.change, one.low, one.high, one.n) == (1.0, 1.5, 0.5, 0.5, 0.5, 1)
+    assert headroom.paired({}, {}, "gold/content")[4] == 0
+
+
 @pytest.mark.slow
 def test_headroom_end_to_end_on_the_synth_stack(tmp_path):
     samples = [{"task_id": "t0", "source": "an owl in a desert, anime", "instruction": "replace the owl with a rabbit",
