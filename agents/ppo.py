@@ -4,8 +4,10 @@ One update, in the paper's and CleanRL's terms:
 
 1. collect `n_episodes` episodes with the policy (KV-cached, optionally from the locally typical set:
    *action-space dynamic modification*), and, for a `negative_fraction` of them, the task's target with
-   keywords corrupted (*negative samples*), teacher-forced and scored by the same reward;
-2. per-token reward r_t = env reward_t - kl_coef * KL_t (the episode reward sits on the last token);
+   keywords corrupted (*negative samples*), teacher-forced and scored by the same reward; with
+   `samples_per_task` k > 1, n_episodes / k tasks, each sampled k times;
+2. per-token reward r_t = env reward_t - kl_coef * KL_t (the episode reward sits on the last token; with k > 1 and
+   `group_baseline`, minus the mean reward of the task's other k - 1 episodes: RLOO's baseline, `groups.py`);
 3. GAE on V'(s_t) = V(s_t) + eta * CI(s_t) (*integrity-aware value*, eta = `integrity_value_coef`);
 4. `n_epochs` passes of minibatches of whole episodes: clipped surrogate, clipped value loss, entropy bonus,
    advantage normalisation, gradient clipping, early stop when approx-KL exceeds 1.5 * `target_kl`; with
