@@ -154,6 +154,14 @@ class DataParallel:
         if self.enabled:
             torch.distributed.barrier()
 
+    def close(self) -> None:
+        """Leave the group together and destroy it (a no-op in one process). Call at the end of a run: a process
+        that exits with the group alive can abort in C++ while Python finalises ("terminate called without an
+        active exception", SIGABRT; pytorch/pytorch#179291), which a non-main process that finished first did."""
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     @property
     def device(self) -> torch.device:
         """Where collective tensors live: the current CUDA device under NCCL, else the CPU."""

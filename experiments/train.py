@@ -464,6 +464,13 @@ def train(config, out: str | Path, resume: bool = False, overwrite: bool = False
     locks and writes.
     """
     parallel = build_parallel(config)
+    result = _train_in(parallel, config, out, resume, overwrite)
+    parallel.close()  # every process, once the main one has written the summary
+    return result
+
+
+def _train_in(parallel: DataParallel, config, out: str | Path, resume: bool, overwrite: bool) -> RunResult:
+    """`train` in this process of `parallel`: the main one checks, locks and writes; the others only train."""
     if not parallel.is_main:
         return Trainer(config, out, resume=resume, parallel=parallel).run_updates()
     run = RunDir(out)
