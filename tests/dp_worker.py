@@ -59,15 +59,7 @@ def run_agent(rank: int, world: int, init_file: str, out: str, config_kwargs: di
         history.append(agent.step())
         states.append({k: v.detach().clone() for k, v in policy.state_dict().items()})
     torch.save({"history": history, "states": states}, Path(out) / f"rank{rank}.pt")
-    if world > 1:
-        finish_process(world)
-
-
-def finish_process(world: int) -> None:
-    """Leave the group together and exit without the interpreter's teardown. A spawned process that exits with
-    gloo's threads still alive can abort in C++ while Python finalises ("terminate called without an active
-    exception", SIGABRT; pytorch/pytorch#179291): seen once in CI after this test's work was done. The barrier
-    keeps a process from leaving while the other is still in a collective, and `os._exit` skips the finalisation."""
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    os._exit(0)
+    if world > 1:  # leave the group as `promptgym train` does, then skip the interpreter's teardown: a spawned
+        # process finalising with gloo's threads alive can abort in C++ (pytorch/pytorch#179291; seen once in CI)
+        DataParallel(rank, world).close()
+        os._exit(0)

@@ -60,7 +60,7 @@ def _compare_metrics(single: list[dict], parallel: list[dict], rel: float, skip:
 
 def _spawn_pair(tmp_path, out, config: dict, updates: int, chat: bool = False, length_reward: bool = False) -> None:
     """`dp_worker.run_agent` in two spawned processes (a gloo group). A process killed by a signal *after* both
-    saved their results (a C++ abort in gloo's teardown, which `dp_worker.finish_process` works around) is
+    saved their results (a C++ abort in gloo's teardown, which `DataParallel.close` and `os._exit` in the worker avoid) is
     reported as a warning; a signal or an exception before that fails the test."""
     try:
         args = (2, str(tmp_path / "rendezvous"), str(out), config, updates, chat, length_reward)

@@ -82,7 +82,7 @@ def test_an_update_samples_each_task_samples_per_task_times(tok):
     positives = ids[:8]
     assert len(set(positives[:4])) == 1 and len(set(positives[4:])) == 1
     assert batch.negative.tolist() == [False] * 8 + [True] * 2 and set(ids[8:]) <= set(positives)
-    again = agent.collect().batch  # the next update draws again (the counter moves with step; here the same)
+    again = agent.collect().batch  # same update counter: the same tasks (they are drawn from the update's seed)
     assert [task.id for task in again.tasks][:8] == positives
 
 
