@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from promptgym.agents.policy import PolicyWithValue, position_ids_from_mask
+from promptgym.agents.policy import PolicyWithValue, cache_argument, forward_parameters, position_ids_from_mask
 from promptgym.envs import default_tokenizer
 
 
@@ -110,3 +110,18 @@ def test_peft_reference_disables_adapters_instead_of_copying(tok):
     assert getattr(policy, "_reference", None) is None  # no second copy of the weights
     torch.testing.assert_close(policy.reference_logits(ids, mask), base_logits)
     assert not torch.allclose(policy(ids, mask).logits, base_logits)  # adapters active outside the context
+
+
+def test_forward_parameters_match_inspect_and_follow_an_instance_forward(tok):
+    import inspect
+
+    model = PolicyWithValue.tiny(tok, seed=0).model
+    assert forward_parameters(model) == frozenset(inspect.signature(model.forward).parameters)
+    assert cache_argument(model) in forward_parameters(model)
+
+    def forward(input_ids, attention_mask=None, past_key_values=None):  # set on the instance: not the class's
+        raise AssertionError("not called")
+
+    model.forward = forward
+    assert forward_parameters(model) == {"input_ids", "attention_mask", "past_key_values"}
+    assert cache_argument(model) == "past_key_values"
