@@ -256,7 +256,7 @@ def test_the_surrogate_row_trains_synth_ppo_on_the_text_only_reward_without_moni
     base = bench.variant_config("sft", 1, ["ppo.n_epochs=2"], config="synth")
     row = bench.variant_config("surrogate", 1, ["ppo.n_epochs=2"], config="synth")
     assert row.reward.preset == "surrogate" and row.reward.monitors is False  # no render in training
-    assert row.reward.weights == {"aesthetic": 0.7, "pickscore": 0.3, "integrity": 2.0}  # synth's integrity weight
+    assert row.reward.weights == {"aesthetic": 0.7, "pickscore": 0.3, "integrity": 4.0}  # synth's integrity weight
     assert (row.reward.integrity, row.reward.normalize) == (base.reward.integrity, base.reward.normalize)
     assert row.ppo == base.ppo and row.policy == base.policy and row.sft == base.sft and row.seed == 1
     bench._check_shared(base, {"surrogate": row})  # differs from the base only in its training reward

@@ -2,6 +2,7 @@
 and the env, the agent's chat path (per-turn negatives, whole-conversation minibatches, reward calls per turn),
 chat SFT examples, and the chat preset."""
 
+import dataclasses
 import math
 import random
 
@@ -302,7 +303,10 @@ def test_the_chat_preset_trains_on_conversations_with_chat_sft(tok):
     config = load_config("chat")
     assert (config.env.kind, config.env.max_context_tokens, config.sft.chat_turns) == ("chat", 160, True)
     synth = load_config("synth")
-    assert config.reward == synth.reward and config.policy == synth.policy  # what the comparison holds fixed
+    assert config.policy == synth.policy  # what the comparison holds fixed, and the reward but for integrity's weight
+    assert config.reward.weights["integrity"] == 2.0 and synth.reward.weights["integrity"] == 4.0  # chat as measured
+    assert dataclasses.replace(config.reward, weights=synth.reward.weights) == synth.reward
+    assert config.ppo.samples_per_task == 1  # the chat env draws whole conversations
     assert load_config().env.kind == "edit" and not load_config().sft.chat_turns  # the default stays single-turn
     sft, ppo = stage_conversations(config)
     assert sft and ppo and not {c.source for c in sft} & {c.source for c in ppo}  # disjoint sources (sft_share)

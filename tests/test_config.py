@@ -58,11 +58,13 @@ def test_default_is_the_synth_world_on_tinys_settings():
     assert (default.policy.num_layers, default.sft.num_epochs) == (4, 20.0)  # a start that can copy (README)
     assert default.data.sft_share == 0.5  # SFT and PPO on different sources (README)
     assert (default.reward.normalize, default.reward.integrity, default.reward.weights["integrity"]) == (
-        True, {"mode": "ratio"}, 2.0)  # what kept gold content (README)
+        True, {"mode": "ratio"}, 4.0)  # what kept gold content; weight 4 with groups (README, item 17)
     assert default.train.num_updates == 32  # the bench's 1,024 reward calls (README, items 10 and 12)
     # of DiffChat's refinements only the integrity-aware value (README, item 12), a third of tiny's learning rate
-    # (item 14); the rest of PPO is tiny's
-    assert default.ppo == dataclasses.replace(tiny.ppo, typical_mass=None, negative_fraction=0.0, learning_rate=1e-4)
+    # (item 14), 4 samples a task with the leave-one-out baseline (item 17); the rest of PPO is tiny's
+    assert default.ppo == dataclasses.replace(tiny.ppo, typical_mass=None, negative_fraction=0.0, learning_rate=1e-4,
+                                              samples_per_task=4)
+    assert default.ppo.group_baseline
     assert default.ppo.integrity_value_coef > 0
     same = {"name": "tiny", "reward": tiny.reward, "policy": tiny.policy, "sft": tiny.sft, "data": tiny.data,
             "train": tiny.train, "ppo": tiny.ppo}

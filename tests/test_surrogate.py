@@ -180,7 +180,7 @@ def test_surrogate_weights_override_and_config():
     assert set(reward.terms) == {"aesthetic", "integrity"}
     config = load_config("surrogate")
     assert config.reward.preset == "surrogate" and config.reward.monitors
-    assert config.reward.weights == {"aesthetic": 0.7, "pickscore": 0.3, "integrity": 2.0}  # synth's integrity
+    assert config.reward.weights == {"aesthetic": 0.7, "pickscore": 0.3, "integrity": 4.0}  # synth's integrity
     assert config.reward.normalize is True and config.reward.integrity == {"mode": "ratio"}
     assert config.policy == load_config("synth").policy and config.ppo == load_config("synth").ppo
 
