@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -324,11 +325,7 @@ class Trainer:
                 f" in {self.sft_result.wall_time_s:.0f} s"
             )
         if history:
-            first, last = history[0], history[-1]
-            lines.append(
-                f"- training reward (mean of the update's episodes): {first['env/reward_mean']:.3f} at update"
-                f" {first['update']} -> {last['env/reward_mean']:.3f} at update {last['update']}"
-            )
+            lines.append(training_trend(history))
         if samples:
             first_u, last_u = min(r["update"] for r in samples), max(r["update"] for r in samples)
             what = "conversations' turns" if self.chat else "tasks"
@@ -422,6 +419,28 @@ GOLD_TERMS = ("gold/content", "gold/aesthetic")
 
 def _direction(change: PairedChange) -> str:
     return "rose" if change.low > 0 else "fell" if change.high < 0 else "did not clearly move"
+
+
+def training_trend(history: list[dict[str, Any]], window: int = 5) -> str:
+    """One summary line on the training episodes: the mean over the first and over the last `window` updates (a
+    quarter of a shorter run, at least one) of the proxy reward, unnormalised where the reward is normalised (a
+    normalised total moves with its running statistics), and of the gold metrics logged beside it. Windows, not
+    single updates: one update sees only `n_episodes / samples_per_task` tasks, so its mean is noisy."""
+    width = max(1, min(window, len(history) // 4))
+    head, tail = history[:width], history[-width:]
+    proxy = f"env/{UNNORMALIZED_COMPONENT}" if f"env/{UNNORMALIZED_COMPONENT}" in history[0] else "env/reward_mean"
+    names = {proxy: "proxy reward (unnormalised)" if proxy != "env/reward_mean" else "reward"}
+    names.update({f"env/{term}": term for term in GOLD_TERMS if f"env/{term}" in history[0]})
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        return statistics.fmean(row[key] for row in rows)
+
+    def span(rows: list[dict[str, Any]]) -> str:
+        first, last = rows[0]["update"], rows[-1]["update"]
+        return f"update {first}" if first == last else f"updates {first}-{last}"
+
+    moves = "; ".join(f"{name} {mean(head, key):.3f} -> {mean(tail, key):.3f}" for key, name in names.items())
+    return f"- training episodes, mean of {span(head)} -> {span(tail)}: {moves}"
 
 
 def gold_verdict(samples: list[dict[str, Any]], first: int, last: int) -> str | None:

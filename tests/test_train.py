@@ -228,3 +228,20 @@ def test_before_after_table_pairs_each_task_with_itself():
     # per-task changes: reward +1 and +2 (mean +1.5, CI within [1, 2]); integrity +1 and 0
     assert reward.startswith("| reward | 0.500 | 2.000 | +1.500 [+1.000, +2.000]")
     assert integrity.startswith("| integrity | 0.500 | 1.000 | +0.500 [+0.000, +1.000]")
+
+
+def test_training_trend_averages_the_first_and_last_updates_of_proxy_and_gold():
+    from promptgym.experiments.train import training_trend
+
+    def row(u, reward, unnormalized, content, aesthetic):
+        return {"update": u, "env/reward_mean": reward, "env/reward/unnormalized": unnormalized,
+                "env/gold/content": content, "env/gold/aesthetic": aesthetic}
+
+    history = [row(u, -u, 1.0 + 0.1 * u, 0.9, 0.5 + 0.01 * u) for u in range(1, 33)]  # 32 updates: windows of 5
+    line = training_trend(history)
+    # by hand: updates 1-5 and 28-32; unnormalised proxy 1.3 -> 4.0, gold aesthetic 0.53 -> 0.80
+    assert line == ("- training episodes, mean of updates 1-5 -> updates 28-32: proxy reward (unnormalised) 1.300 -> "
+                    "4.000; gold/content 0.900 -> 0.900; gold/aesthetic 0.530 -> 0.800")
+    assert "updates 1-2 -> updates 7-8" in training_trend(history[:8])  # a quarter of a short run
+    tiny = [{"update": u, "env/reward_mean": float(u)} for u in (1, 2, 3)]  # no normalisation, no gold
+    assert training_trend(tiny) == "- training episodes, mean of update 1 -> update 3: reward 1.000 -> 3.000"
