@@ -58,6 +58,7 @@ from promptgym.rewards import (
     as_composite,
 )
 from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
+from promptgym.rewards.gold import attribute_misses, target_scene
 
 __all__ = [
     "EvalResult",
@@ -387,6 +388,8 @@ def _step_table(tasks, edit_tasks, prompts, totals, components, source, reward, 
         before = np.repeat(source.components[name].double().numpy(), k)
         add(name, edited, f"{name} of the edited prompt's renders (a monitor, not in the reward)")
         add(f"{name}_gain", edited - before, f"{name}: edited minus unedited source prompt")
+    if "gold/text_content" in getattr(reward, "monitors", {}):  # the synth world: where the words miss the target
+        rows += _attribute_miss_rows(edit_tasks, prompts, k)
     details = [integrity.details(result) for result in results]
     add("integrity_pass_rate", [d.passed for d in details], f"content integrity ratio >= {integrity.threshold:g}")
     add("integrity_ratio", [d.ratio for d in details], "fraction of required keywords kept (minus forbidden)")
@@ -409,6 +412,23 @@ def _step_table(tasks, edit_tasks, prompts, totals, components, source, reward, 
         for record, value in zip(samples, semantic):
             record["semantic_consistency"] = float(value)
     return _StepTable(rows, samples, notes)
+
+
+def _attribute_miss_rows(edit_tasks: Sequence[EditTask], prompts: Sequence[str], k: int
+                         ) -> list[tuple[str, np.ndarray, str]]:
+    """`text_missed/<attribute>/<kept|edited>` per task (`attribute_misses`): the share of its samples whose words ask
+    for another value of the attribute than the target scene's, for the attributes its instruction kept (copying
+    errors) or changed (edits not done); a row only where some task has that attribute of that kind."""
+    misses = attribute_misses(prompts, [task.source for task in edit_tasks], [target_scene(task) for task in edit_tasks])
+    rows = []
+    for name, values in misses.items():
+        per_task = _per_task_means(values.double().numpy(), k)  # NaN for a whole task or none of its samples
+        if np.isfinite(per_task).any():
+            attribute, kind = name.split("/")
+            which = "kept (a copying error)" if kind == "kept" else "changed (an edit not done)"
+            rows.append((f"text_missed/{name}", per_task,
+                         f"share of samples asking for another {attribute} than the target's, which the instruction {which}"))
+    return rows
 
 
 def _diversity_rows(prompts: Sequence[str], embeddings: list[torch.Tensor] | None, k: int, notes: list[str]

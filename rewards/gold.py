@@ -12,6 +12,8 @@
 - `text_content(prompts, scenes)`: the same fraction read off the prompt's words (`parse_scene`) instead of its
   render: what the policy wrote, without the renderer and judge between. The `synth` rewards report it as
   `gold/text_content` beside `gold/content`.
+- `attribute_misses(prompts, sources, scenes)`: where `text_content` falls short, per attribute, split by whether
+  the instruction kept the attribute (a copying error) or changed it (an edit not done, or done wrong).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "NOT_DRAWN",
     "SceneJudge",
     "aesthetic_statistics",
+    "attribute_misses",
     "drawn_labels",
     "gold_aesthetic",
     "gold_content",
@@ -224,6 +227,31 @@ def text_content(prompts: Sequence[str], scenes: Sequence[Scene | None]) -> torc
             continue
         asked, wanted, drawn = scene_labels(parse_scene(prompt).scene), scene_labels(scene), scene.drawn_attributes()
         out[i] = sum(asked[name] == wanted[name] for name in drawn) / len(drawn)
+    return out
+
+
+def attribute_misses(prompts: Sequence[str], sources: Sequence[str], scenes: Sequence[Scene | None]
+                     ) -> dict[str, torch.Tensor]:
+    """Which target attributes each prompt gets wrong, by kind: `{f"{attribute}/{kind}": float32 [N]}` for every
+    attribute of `ATTRIBUTES` and kind "kept" (the source asks for the target's value: the instruction kept it) or
+    "edited" (the source asks for another value: the instruction changed it). An entry is 1 where the prompt asks
+    for another value than the target scene's (`parse_scene`), 0 where it asks for that value, and NaN where the
+    attribute is of the other kind, not drawn in the target scene (`Scene.drawn_attributes`), or the scene is None.
+
+    Over the drawn attributes of a prompt, the misses of both kinds add up to `(1 - text_content) * len(drawn)`.
+    Read the "kept" misses as copying errors and the "edited" ones as instructed edits not done (or done wrong)."""
+    if not len(prompts) == len(sources) == len(scenes):
+        raise ValueError(f"{len(prompts)} prompts, {len(sources)} sources and {len(scenes)} scenes; expected one "
+                         "source and one target scene per prompt")
+    out = {f"{name}/{kind}": torch.full((len(prompts),), math.nan) for name in ATTRIBUTES for kind in ("kept", "edited")}
+    for i, (prompt, source, scene) in enumerate(zip(prompts, sources, scenes)):
+        if scene is None:
+            continue
+        asked, wanted = scene_labels(parse_scene(prompt).scene), scene_labels(scene)
+        before = scene_labels(parse_scene(source).scene)
+        for name in scene.drawn_attributes():
+            kind = "kept" if before[name] == wanted[name] else "edited"
+            out[f"{name}/{kind}"][i] = float(asked[name] != wanted[name])
     return out
 
 

@@ -532,3 +532,35 @@ def test_plot_quality_diversity(two_steps, tmp_path):
         plot_quality_diversity({"a": nan}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="no quality metric"):
         plot_quality_diversity({"a": [{"task_id": "t", "diversity": 0.2}]}, tmp_path / "x.png")
+
+
+def test_evaluate_policy_splits_text_misses_into_kept_and_edited_attributes(policy, tok, tasks):
+    """With the synth world's text monitor, each attribute gets a `text_missed/<attribute>/<kept|edited>` row: the
+    per-task share of samples asking for another value than the target's, averaged over the tasks that have it."""
+    import dataclasses
+
+    from promptgym.rewards import CompositeReward
+    from promptgym.rewards.gold import GoldTextContentScorer
+    from promptgym.rewards.scene import ATTRIBUTES, parse_scene
+
+    mixed = [*tasks, dataclasses.replace(tasks[0], target=None, id="no-target")]
+    reward = CompositeReward({"integrity": (ContentIntegrityScorer(), 1.0)},
+                             monitors={"gold/text_content": GoldTextContentScorer()})
+    res = evaluate_policy(policy, tok, mixed, reward, None, samples_per_task=3, max_new_tokens=12)
+    by_task: dict[str, list[str]] = {}
+    for sample in res.samples:
+        by_task.setdefault(sample["task_id"], []).append(sample["prompt"])
+    expected: dict[str, list[float]] = {}  # by hand: per task, the share of its samples that miss
+    for task in mixed[:-1]:
+        wanted, before = parse_scene(task.target).scene, parse_scene(task.source).scene
+        assert wanted.subject is not None  # every attribute is drawn
+        for name in ATTRIBUTES:
+            kind = "kept" if getattr(before, name) == getattr(wanted, name) else "edited"
+            asked = [getattr(parse_scene(p).scene, name) for p in by_task[task.id]]
+            expected.setdefault(f"text_missed/{name}/{kind}", []).append(
+                np.mean([a != getattr(wanted, name) for a in asked]))
+    rows = {m.name for m in res.metrics if m.name.startswith("text_missed/")}
+    assert rows == set(expected)  # only the attribute-kinds some task has
+    for name, shares in expected.items():
+        assert res[name].value == pytest.approx(np.mean(shares)) and res[name].n == len(shares)  # no-target left out
+    assert "text_missed/subject/kept" in rows or "text_missed/subject/edited" in rows

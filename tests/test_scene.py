@@ -20,6 +20,7 @@ from promptgym.rewards.gold import (
     GoldTextContentScorer,
     SceneJudge,
     aesthetic_statistics,
+    attribute_misses,
     gold_aesthetic,
     gold_content,
     scene_labels,
@@ -265,6 +266,34 @@ def test_text_content_counts_the_drawn_attributes_the_prompt_states():
     scores = scorer([EditResult(EditTask("a dog", "x", describe(target)), prompts[2]),
                      EditResult(EditTask("a dog", "x", None), prompts[2])])
     assert scores[0].item() == pytest.approx(6 / 7) and math.isnan(scores[1])
+
+
+def test_attribute_misses_split_text_content_into_copying_errors_and_undone_edits():
+    target = Scene(subject="dog", count=2, colour="blue", accessory="hat", background="beach", weather="snowy",
+                   style="anime")
+    source = "two red dogs with hats on a beach in snowy weather, anime"  # the instruction changed the colour only
+    prompts = ["two blue dogs with hats on a beach in snowy weather, anime",  # right
+               "two red cats with hats on a beach in snowy weather, anime",  # subject not copied, colour not edited
+               "two blue cats on a beach, anime, vibrant colors",  # subject, accessory and weather not copied
+               "a dog"]
+    misses = attribute_misses(prompts, [source] * 4, [target] * 4)
+    assert set(misses) == {f"{a}/{k}" for a in ATTRIBUTES for k in ("kept", "edited")}
+    assert misses["colour/edited"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert all(math.isnan(x) for x in misses["colour/kept"])  # the colour is an edited attribute here
+    assert misses["subject/kept"].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert misses["accessory/kept"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert misses["count/kept"].tolist() == [0.0, 0.0, 0.0, 1.0]  # "a dog" is one
+    assert all(math.isnan(x) for name in ATTRIBUTES if name != "colour" for x in misses[f"{name}/edited"])
+    # the misses of both kinds add up to what text_content misses
+    total = sum(torch.nan_to_num(values) for values in misses.values())
+    assert total.tolist() == pytest.approx(((1 - text_content(prompts, [target] * 4)) * 7).tolist())
+    empty = Scene(subject=None, background="beach", weather="night")  # no subject: no count, colour or accessory
+    no_subject = attribute_misses(["a park at night, red"], ["a beach at night"], [empty])
+    assert no_subject["background/kept"].tolist() == [1.0] and no_subject["weather/kept"].tolist() == [0.0]
+    assert math.isnan(no_subject["colour/kept"][0]) and math.isnan(no_subject["colour/edited"][0])
+    assert all(math.isnan(v[0]) for v in attribute_misses(["a dog"], ["a cat"], [None]).values())
+    with pytest.raises(ValueError, match="one source and one target scene per prompt"):
+        attribute_misses(["a dog"], [], [target])
 
 
 def test_gold_scorers_are_monitors_beside_the_reward():
