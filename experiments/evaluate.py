@@ -606,16 +606,18 @@ def write_task_records(records: Sequence[dict[str, Any]], path: str | os.PathLik
 def paired_changes_of(before: EvalResult, after: EvalResult, step: int = 1, confidence: float = 0.95,
                       n_resamples: int = 2000, seed: int = 0) -> list[PairedChange]:
     """Paired per-task changes from `before` to `after` (two evaluations of the same tasks) at expansion `step`:
-    the reward, every component and `integrity_ratio` from the samples, then the `DIVERSITY_METRICS` from the
-    per-task records (they exist per task, not per sample)."""
+    the reward, every component and `integrity_ratio` from the samples, then the `DIVERSITY_METRICS` and, on the
+    synth world, the `text_missed/...` shares from the per-task records (they exist per task, not per sample)."""
     def at_step(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return [record for record in records if record.get("step", 1) == step]
 
     samples = paired_changes(at_step(before.samples), at_step(after.samples), confidence=confidence,
                              n_resamples=n_resamples, seed=seed)
-    diversity = paired_changes(at_step(before.tasks), at_step(after.tasks), names=list(DIVERSITY_METRICS),
-                               confidence=confidence, n_resamples=n_resamples, seed=seed)
-    return samples + diversity
+    tasks_before, tasks_after = at_step(before.tasks), at_step(after.tasks)
+    misses = [name for name in (tasks_after[0] if tasks_after else {}) if name.startswith("text_missed/")]
+    per_task = paired_changes(tasks_before, tasks_after, names=[*DIVERSITY_METRICS, *misses], confidence=confidence,
+                              n_resamples=n_resamples, seed=seed)
+    return samples + per_task
 
 
 def paired_tables(before: EvalResult, after: EvalResult, before_label: str, after_label: str) -> str:

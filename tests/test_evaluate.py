@@ -564,3 +564,10 @@ def test_evaluate_policy_splits_text_misses_into_kept_and_edited_attributes(poli
     for name, shares in expected.items():
         assert res[name].value == pytest.approx(np.mean(shares)) and res[name].n == len(shares)  # no-target left out
     assert "text_missed/subject/kept" in rows or "text_missed/subject/edited" in rows
+    other = evaluate_policy(policy, tok, mixed, reward, None, samples_per_task=3, max_new_tokens=12, seed=1)
+    changes = {c.name: c for c in paired_changes_of(res, other) if c.name.startswith("text_missed/")}
+    assert set(changes) == rows  # --against pairs them per task, like the diversity metrics
+    for name, change in changes.items():
+        assert change.n == res[name].n and change.before == pytest.approx(res[name].value)
+        assert change.after == pytest.approx(other[name].value) and change.change == pytest.approx(
+            other[name].value - res[name].value)
