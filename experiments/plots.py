@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from promptgym.rewards.composite import UNNORMALIZED_COMPONENT  # noqa: E402
 from promptgym.rewards.jsonl import read_jsonl  # noqa: E402
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
 
 KL_ENTROPY_KEYS = ("objective/kl", "objective/kl_coef", "objective/entropy", "ppo/approx_kl", "ppo/clipfrac")
 REWARD_KEY = "env/reward_mean"
+UNNORMALIZED_KEY = f"env/{UNNORMALIZED_COMPONENT}"
 GOLD_KEYS = ("env/gold/content", "env/gold/aesthetic")
 DPI = 110
 _CAPTION_WIDTH = 38  # characters per caption line under a grid image
@@ -57,6 +59,12 @@ def read_metrics(metrics_jsonl_path: str | os.PathLike) -> list[dict[str, Any]]:
     if not records:
         raise ValueError(f"metrics_jsonl_path={str(path)!r} has no records; expected one JSON object per PPO update")
     return records
+
+
+def proxy_key(records: Sequence[Mapping[str, Any]]) -> str:
+    """The metrics key of the proxy reward to compare across updates: the unnormalised weighted sum where the reward
+    normalises its terms (a normalised total moves with its running statistics), else the reward itself."""
+    return UNNORMALIZED_KEY if len(_series(records, UNNORMALIZED_KEY)[0]) else REWARD_KEY
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +145,7 @@ def plot_training(
 def plot_gold_vs_proxy(records: Sequence[Mapping[str, Any]], path: Path, window: int) -> Path:
     """Proxy reward, gold content and gold aesthetic against the KL to the start policy (rolling means), one
     panel each, points coloured by update: over-optimisation shows as proxy rising while gold falls with KL."""
-    keys = [key for key in (REWARD_KEY, *GOLD_KEYS) if len(_series(records, key)[0])]
+    keys = [key for key in (proxy_key(records), *GOLD_KEYS) if len(_series(records, key)[0])]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.7), squeeze=False, layout="constrained")
     fig.suptitle(f"Proxy reward and gold metrics against KL to the start policy (rolling mean, window={window})",
                  fontsize=11)
@@ -149,7 +157,9 @@ def plot_gold_vs_proxy(records: Sequence[Mapping[str, Any]], path: Path, window:
         x, y = x[keep], rolling_mean(y, window)[keep]
         points = ax.scatter([kl_by_update[u] for u in x], y, c=x, cmap="viridis", s=14)
         ax.plot([kl_by_update[u] for u in x], y, color="grey", alpha=0.4, linewidth=0.8)
-        ax.set_title({REWARD_KEY: "proxy reward (what PPO maximises)"}.get(key, key[len("env/"):]), fontsize=10)
+        titles = {REWARD_KEY: "proxy reward (what PPO maximises)",
+                  UNNORMALIZED_KEY: "proxy reward, unnormalised (PPO maximises it normalised)"}
+        ax.set_title(titles.get(key, key[len("env/"):]), fontsize=10)
         ax.set_xlabel("KL to the start policy (objective/kl)")
         ax.grid(alpha=0.3)
     fig.colorbar(points, ax=axes[0, -1], label="PPO update")

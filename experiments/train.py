@@ -47,7 +47,7 @@ from promptgym.experiments.builders import (
     sft_examples,
 )
 from promptgym.experiments.config import ConfigError, save_config
-from promptgym.experiments.plots import plot_image_grid, plot_training
+from promptgym.experiments.plots import REWARD_KEY, plot_image_grid, plot_training, proxy_key
 from promptgym.experiments.rundir import RunDir, intact_checkpoint, read_run_jsonl
 from promptgym.experiments.stats import PairedChange, format_paired_table, paired_changes
 from promptgym.rewards import CompositeReward, reward_stats
@@ -428,8 +428,8 @@ def training_trend(history: list[dict[str, Any]], window: int = 5) -> str:
     single updates: one update sees only `n_episodes / samples_per_task` tasks, so its mean is noisy."""
     width = max(1, min(window, len(history) // 4))
     head, tail = history[:width], history[-width:]
-    proxy = f"env/{UNNORMALIZED_COMPONENT}" if f"env/{UNNORMALIZED_COMPONENT}" in history[0] else "env/reward_mean"
-    names = {proxy: "proxy reward (unnormalised)" if proxy != "env/reward_mean" else "reward"}
+    proxy = proxy_key(history)
+    names = {proxy: "reward" if proxy == REWARD_KEY else "proxy reward (unnormalised)"}
     names.update({f"env/{term}": term for term in GOLD_TERMS if f"env/{term}" in history[0]})
 
     def mean(rows: list[dict[str, Any]], key: str) -> float:

@@ -197,6 +197,17 @@ def test_plot_training_adds_gold_vs_proxy_when_gold_metrics_are_logged(tmp_path)
     assert_png(paths[-1], min_width=1000, min_height=300)
 
 
+
+def test_the_proxy_compared_across_updates_is_the_unnormalised_sum_where_logged():
+    from promptgym.experiments.plots import proxy_key
+
+    plain = [{"update": u, "env/reward_mean": 0.1 * u} for u in (1, 2)]
+    assert proxy_key(plain) == "env/reward_mean"  # an unnormalised reward is its own sum
+    normalised = [{**row, "env/reward/unnormalized": 3.0 + row["update"]} for row in plain]
+    assert proxy_key(normalised) == "env/reward/unnormalized"
+    assert proxy_key([{**row, "env/reward/unnormalized": float("nan")} for row in plain]) == "env/reward_mean"
+
+
 def test_curve_panels_with_ci_bands_and_gold_vs_kl(tmp_path):
     from promptgym.experiments.plots import bootstrap_mean_band, plot_curve_panels, plot_gold_vs_kl
 
