@@ -29,7 +29,12 @@ import torch.nn.functional as F
 from gymnasium.vector import AutoresetMode
 
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.sampling import action_logprobs, action_logprobs_and_entropy, sample_restricted, typical_mask
+from promptgym.agents.sampling import (
+    action_logprobs,
+    action_logprobs_and_entropy,
+    sample_with_log_probs,
+    typical_mask,
+)
 from promptgym.envs import Conversation, EditTask, PromptChatVectorEnv, PromptEditVectorEnv
 
 
@@ -298,8 +303,7 @@ class RolloutCollector:
         for t in range(horizon):
             logits = out.logits[:, -1].float()
             keep = typical_mask(logits, self.typical_mass) if self.typical_mass is not None else None
-            action, lp_full, lp_sample = sample_restricted(logits, keep, None, uniforms[t])
-            log_probs = logits.log_softmax(-1)
+            action, lp_full, lp_sample, log_probs = sample_with_log_probs(logits, keep, None, uniforms[t])
             entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)
             action, active = action.cpu(), ~done
             action = torch.where(active, action, torch.full_like(action, pad))

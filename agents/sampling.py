@@ -97,6 +97,18 @@ def sample_restricted(
     number in [0, 1) per row, any device) replaces the draw from `generator`: a CPU generator can then drive
     sampling on a GPU, and data-parallel processes can each take their slice of one global draw.
     """
+    return sample_with_log_probs(logits, mask, generator, uniforms)[:3]
+
+
+def sample_with_log_probs(
+    logits: torch.Tensor,
+    mask: torch.Tensor | None,
+    generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sample_restricted`'s (actions, logprob_full, logprob_restricted) and the full policy's log-softmax[..., V]
+    it computed on the way, so that a caller needing more of the distribution (the rollout's entropy) does not
+    compute it again."""
     _check_logits(logits)
     restricted = _restrict(logits, mask)
     logprobs_restricted = F.log_softmax(restricted, dim=-1)
@@ -108,9 +120,9 @@ def sample_restricted(
     actions = _inverse_cdf_draw(probs, generator, uniforms).reshape(logits.shape[:-1])
     logprob_restricted = logprobs_restricted.gather(-1, actions[..., None]).squeeze(-1)
     if mask is None:  # nothing restricted: the full distribution is the one just computed
-        return actions, logprob_restricted, logprob_restricted.clone()
-    logprob_full = F.log_softmax(logits, dim=-1).gather(-1, actions[..., None]).squeeze(-1)
-    return actions, logprob_full, logprob_restricted
+        return actions, logprob_restricted, logprob_restricted.clone(), logprobs_restricted
+    log_probs = F.log_softmax(logits, dim=-1)
+    return actions, log_probs.gather(-1, actions[..., None]).squeeze(-1), logprob_restricted, log_probs
 
 
 def _inverse_cdf_draw(
@@ -191,6 +203,8 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits must have V >= 1 tokens in the last dimension, got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if torch.isfinite(logits).all():  # the usual case, in one pass; the checks below say what is wrong
+        return
     if torch.isnan(logits).any():
         raise ValueError("logits must not contain nan")
     if torch.isposinf(logits).any():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TypicalLogitsWarper
 
-from promptgym.agents.sampling import action_logprobs, sample_restricted, typical_mask
+from promptgym.agents.sampling import action_logprobs, sample_restricted, sample_with_log_probs, typical_mask
 
 
 def warper_kept(logits, mass, min_tokens_to_keep=1):
@@ -172,6 +172,20 @@ def test_same_generator_seed_gives_same_samples():
     second = sample_restricted(logits, mask, torch.Generator().manual_seed(42))
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_sampling_also_returns_the_full_log_softmax_it_computed(masked):
+    logits = torch.randn(3, 9, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    logits[0, 2] = float("-inf")  # a token the policy rules out: log-prob -inf, never sampled
+    mask = typical_mask(logits, 0.6) if masked else None
+    *sampled, log_probs = sample_with_log_probs(logits, mask, torch.Generator().manual_seed(1))
+    for a, b in zip(sampled, sample_restricted(logits, mask, torch.Generator().manual_seed(1))):
+        assert torch.equal(a, b)
+    p = logits.exp() / logits.exp().sum(-1, keepdim=True)  # the full policy, masked or not
+    torch.testing.assert_close(log_probs.exp(), p, rtol=1e-12, atol=0)
+    assert log_probs[0, 2] == float("-inf")
+    torch.testing.assert_close(log_probs.gather(-1, sampled[0][:, None]).squeeze(-1), sampled[1])
 
 
 def test_no_mask_samples_the_full_distribution():
