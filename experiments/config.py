@@ -149,8 +149,10 @@ class RewardConfig:
         "seeds the tiny reward models and the render noise: the environment, not the run (see the module doc)"
     ))] = 0
     device: Annotated[str | None, Field(description='where real reward models run, e.g. "cuda"; null: the CPU')] = None
-    monitors: Annotated[bool, Field(description=(
-        "the gold monitors of the synth-world presets (false: no gold columns; surrogate then renders nothing)"
+    monitors: Annotated[bool | Literal["eval"], Field(description=(
+        "the gold monitors of the synth-world presets: true (every reward call, training included), eval (only "
+        "the evaluations: the fixed test tasks during training, promptgym eval, the bench's; surrogate then "
+        "renders nothing in training) or false (no gold columns)"
     ))] = True
     score_table: Annotated[str | None, Field(description=(
         "precomputed source scores of the image terms (promptgym.rewards.score_table): auto (synth: the shipped "
@@ -203,7 +205,7 @@ class RewardConfig:
             "on_error": self.on_error,
             "seed": self.seed,
             "device": self.device,
-            "monitors": self.monitors,
+            "monitors": self.monitors is not False,
             "score_table": self.score_table,
         }
 

@@ -51,7 +51,7 @@ from promptgym.experiments.plots import REWARD_KEY, plot_image_grid, plot_traini
 from promptgym.experiments.rundir import RunDir, intact_checkpoint, read_run_jsonl
 from promptgym.experiments.stats import PairedChange, format_paired_table, paired_changes
 from promptgym.rewards import CompositeReward, reward_stats
-from promptgym.rewards.composite import UNNORMALIZED_COMPONENT
+from promptgym.rewards.composite import UNNORMALIZED_COMPONENT, monitoring, unwrap
 
 SAMPLE_SEED = 20241113  # every evaluation samples with the same seed, so sample changes reflect the policy
 
@@ -134,6 +134,7 @@ class Trainer:
             load_conversations(config.data.conversations, split=config.data.eval_split), config.data.num_eval_tasks
         ) if self.chat else []
         self.reward = build_run_reward(config, self.tokenizer)
+        unwrap(self.reward).monitoring = config.reward.monitors is True  # "eval": gold in the evaluations only
         self.sft_result = None
         self.policy = self._starting_policy()
         self.env = build_training_env(config, self.tokenizer, self.reward, config.ppo.n_episodes // self.parallel.world_size)
@@ -271,10 +272,11 @@ class Trainer:
         if self.fixed_tasks and self.is_main:
             reward = self.agent.env.reward
             state = reward.state_dict()
-            if self.chat:
-                rows = sample_chat_rows(self.agent, self.fixed_conversations, update, self.config)
-            else:
-                rows = sample_rows(self.agent, self.fixed_tasks, update, self.config)
+            with monitoring(reward):
+                if self.chat:
+                    rows = sample_chat_rows(self.agent, self.fixed_conversations, update, self.config)
+                else:
+                    rows = sample_rows(self.agent, self.fixed_tasks, update, self.config)
             reward.load_state_dict(state)
             self.run.append_jsonl(self.run.samples, rows)
 

@@ -11,6 +11,7 @@ from promptgym.rewards.composite import (
     RunningMeanStd,
     ScorerError,
     as_composite,
+    monitoring,
     reward_seconds,
 )
 from promptgym.rewards.counting import CountingReward
@@ -60,6 +61,7 @@ __all__ = [
     "extract_keywords",
     "integrity_ratio",
     "lemma",
+    "monitoring",
     "prompt_lemmas",
     "reward_seconds",
     "reward_stats",

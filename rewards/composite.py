@@ -8,6 +8,8 @@ Optional per-term transforms, both off by default:
 *Monitors* (`monitors={name: scorer}`) are scored on the edited prompt and reported as components under their
 own names, but never enter the total: that is how the synth world logs its gold metrics beside the proxy reward.
 A monitor may return NaN (e.g. gold content of a task without a known target); NaN is reported, not an error.
+`reward.monitoring = False` skips them (a run that measures gold only in its evaluations: `with monitoring(reward)`
+turns them on for a block).
 
 Scorer failures follow `on_error`: "raise" stops with the scorer's name and the offending prompts;
 "zero" gives those episodes 0 for that term and counts them in the `reward_errors` component.
@@ -15,6 +17,7 @@ Scorer failures follow `on_error`: "raise" stops with the scorer's name and the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -102,6 +105,7 @@ class CompositeReward:
         self.on_error = on_error
         self.stats = {name: RunningMeanStd() for name in self.normalize}
         self.monitors = dict(monitors or {})
+        self.monitoring = True  # False: the monitors are skipped (not state: never checkpointed)
         self.call_seconds = 0.0  # wall time spent in __call__ (a profile, not state: never checkpointed)
         self.score_table = None  # a ScoreTable of source scores attached by `ScoreTable.attach` (not state)
         for name, scorer in self.monitors.items():
@@ -152,7 +156,7 @@ class CompositeReward:
             total += weight * value
         if self.normalize:
             components[UNNORMALIZED_COMPONENT] = unnormalized
-        for name, scorer in self.monitors.items():
+        for name, scorer in self.monitors.items() if self.monitoring else ():
             components[name] = self._monitor(name, scorer, results)
         if self.on_error == "zero":
             components[ERRORS_COMPONENT] = failed.float()
@@ -254,6 +258,21 @@ def unwrap(reward: Any) -> Any:
     while isinstance(reward, RewardWrapper):
         reward = reward.inner
     return reward
+
+
+@contextlib.contextmanager
+def monitoring(reward: Any, on: bool = True):
+    """Within the block, the monitors of `reward` (a `CompositeReward` or a wrapper of one; anything else is left
+    alone) are scored (`on`) or skipped, whatever `reward.monitoring` was; it is restored after."""
+    inner = unwrap(reward)
+    if not isinstance(inner, CompositeReward):
+        yield reward
+        return
+    before, inner.monitoring = inner.monitoring, on
+    try:
+        yield reward
+    finally:
+        inner.monitoring = before
 
 
 def reward_seconds(reward: Any) -> tuple[float, float] | None:

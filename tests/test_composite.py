@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from promptgym.envs import EditTask
-from promptgym.rewards import CompositeReward, EditResult, RewardOutput, ScorerError, as_composite
+from promptgym.rewards import (
+    CompositeReward,
+    EditResult,
+    RewardOutput,
+    RewardWrapper,
+    ScorerError,
+    as_composite,
+    monitoring,
+)
 
 
 class LengthScorer:
@@ -150,3 +158,27 @@ def test_as_composite_wraps_a_scorer():
     assert as_composite(composite) is composite
     with pytest.raises(TypeError, match="expected a CompositeReward or a Scorer"):
         as_composite(42)
+
+
+def test_monitors_can_be_skipped_and_turned_on_for_a_block():
+    """`monitoring = False` (a run whose gold is measured in its evaluations only) scores no monitor and changes
+    nothing else; `with monitoring(reward)` scores them inside the block, through a wrapper too, and restores."""
+    monitor = LengthScorer()
+    reward = CompositeReward({"fixed": (FixedScorer("fixed", [1.0, 2.0]), 1.0)}, monitors={"gold/length": monitor})
+    batch = results("one two", "one two three")
+    on = reward(batch)
+    assert on.components["gold/length"].tolist() == [2.0, 3.0] and monitor.calls == 1
+    reward.monitoring = False
+    off = reward(batch)
+    assert monitor.calls == 1 and set(off.components) == {"fixed"}
+    torch.testing.assert_close(off.total, on.total)
+    with monitoring(RewardWrapper(reward)) as wrapped:
+        assert wrapped(batch).components["gold/length"].tolist() == [2.0, 3.0]
+    assert reward.monitoring is False and monitor.calls == 2
+    reward.monitoring = True
+    with monitoring(reward, on=False):
+        assert "gold/length" not in reward(batch).components
+    assert reward.monitoring is True
+    scorer = LengthScorer()
+    with monitoring(scorer) as same:  # not a composite reward: nothing to switch
+        assert same is scorer

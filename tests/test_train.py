@@ -54,6 +54,19 @@ def test_train_writes_every_artifact(run_dir):
     assert "finished after 3 of 3 updates" in (run_dir / "summary.md").read_text()
 
 
+def test_gold_only_in_the_evaluations_with_monitors_eval(tmp_path):
+    """`reward.monitors=eval`: training episodes are scored without the gold monitors (the surrogate renders
+    nothing), the fixed test tasks' evaluations with them, so the summary still says whether gold followed."""
+    result = train(load_config("surrogate", [*SMALL, "reward.monitors=eval", "train.num_updates=2"]), tmp_path)
+    assert not result.interrupted
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and not any("gold/" in key for row in metrics for key in row)
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert sorted({s["update"] for s in samples}) == [0, 2]
+    assert all({"gold/content", "gold/aesthetic", "gold/text_content"} <= set(s["components"]) for s in samples)
+    assert "| gold/content |" in (tmp_path / "summary.md").read_text()
+
+
 def test_eval_against_the_start_pairs_each_task_with_itself(run_dir, capsys):
     import shutil
 
