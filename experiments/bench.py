@@ -12,7 +12,7 @@ The rules that make the comparison fair:
 - **Start.** Per seed, SFT runs once and every language-model variant (our PPO variants, GRPO, RLOO, RWR, the
   surrogate row, the oracle) starts from a deep copy of that SFT'd policy. SB3 PPO has no language model: it starts
   from scratch (the table says so). The `sft` row is that start evaluated with no RL.
-- **Config.** Every variant of a seed runs on `--config` (default: the synth world, as `promptgym train`) with the
+- **Config.** Every variant of a seed runs on `--config` (default: `synth`, the world's image reward) with the
   same `--set` overrides and seed. A PPO variant lays its ablation preset's `ppo` section over it (`ppo`: no
   DiffChat refinement; `ppo+adm`, `ppo+neg`, `ppo+civalue`: one each; `diffchat`: all three); the reference and
   the baselines use the config as it is (baselines: its env sizes, task splits, `ppo.n_episodes` as the batch,
@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 
 from promptgym.agents import PPOAgent, sft_warm_start
 from promptgym.envs import load_tasks
-from promptgym.experiments import DEFAULT_CONFIG
+from promptgym.experiments import BENCH_CONFIG
 from promptgym.experiments.builders import (
     build_policy,
     build_run_reward,
@@ -133,7 +133,7 @@ class BenchResult:
     eval_episodes: int
     sft_wall_time_s: dict[int, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
-    config: str = DEFAULT_CONFIG
+    config: str = BENCH_CONFIG
 
     def of(self, variant: str) -> list[RunResult]:
         return [run for run in self.runs if run.variant == variant]
@@ -158,7 +158,7 @@ def parse_variants(text: str | Sequence[str]) -> list[str]:
 
 
 def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = (), reward: str = "config",
-                   config: str | os.PathLike = DEFAULT_CONFIG):
+                   config: str | os.PathLike = BENCH_CONFIG):
     """The config a variant runs with on `seed` (None: the config's): `config` with the variant's layer (a PPO
     variant's ablation `ppo` section; the training reward of the oracle and the surrogate row), then `overrides`
     and the reward choice. The `surrogate` row trains without the gold monitors (text-only, as that reward is
@@ -474,7 +474,7 @@ def run_bench(
     eval_episodes: int = 64,
     progress: bool = True,
     on_run: Callable[[RunResult], Any] | None = None,
-    config: str | os.PathLike = DEFAULT_CONFIG,
+    config: str | os.PathLike = BENCH_CONFIG,
     resume: bool = False,
 ) -> BenchResult:
     """Train every variant on `seeds` seeds (config seed, +1, ...) for `budget` reward calls; write the tables,

@@ -35,7 +35,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from promptgym.experiments import DEFAULT_CONFIG
+from promptgym.experiments import BENCH_CONFIG, DEFAULT_CONFIG
 
 POLICIES = ("target", "source", "random")
 CONTROL_NAMES = ("keep", "detail", "lighting", "vivid")  # promptgym.envs.controls.CONTROLS (not imported: torch-free)
@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", parents=[debug],
                                 help="train PPO variants and baselines for the same reward-call budget")
-    bench.add_argument("--config", default=DEFAULT_CONFIG,
-                       help=f"base config of every variant: a preset name or a YAML path (default: {DEFAULT_CONFIG})")
+    bench.add_argument("--config", default=BENCH_CONFIG,
+                       help=f"base config of every variant: a preset name or a YAML path (default: {BENCH_CONFIG})")
     bench.add_argument("--variants", default="sft,ppo,ppo+adm,ppo+neg,ppo+civalue,diffchat,sb3-ppo,grpo,rloo,rwr,"
                        "surrogate,oracle",
                        help="comma-separated variants (default: all; sft = the SFT start without RL, the reference; "

@@ -51,9 +51,19 @@ def test_every_preset_parses_and_is_named_after_itself(name):
     assert config.ppo.seed == config.seed == config.sft.seed == config.policy.seed
 
 
-def test_default_is_the_synth_world_on_tinys_settings():
+def test_default_is_the_synth_config_on_the_surrogate_reward_for_256_updates():
     default = load_config()
-    assert default == load_config("synth") and default.reward.preset == "synth"
+    assert default == load_config("surrogate") and default.reward.preset == "surrogate"
+    synth = load_config("synth")
+    # gold in the evaluations only, 8,192 reward calls (README, learning item 19); otherwise the synth config
+    assert (default.reward.monitors, default.train.num_updates) == ("eval", 256)
+    assert dataclasses.replace(default, name="synth", reward=synth.reward, train=synth.train) == synth
+    assert dataclasses.replace(default.reward, preset="synth", monitors=True, weights=synth.reward.weights) == synth.reward
+
+
+def test_synth_is_the_image_reward_on_tinys_settings():
+    default = load_config("synth")
+    assert default.reward.preset == "synth"
     tiny = load_config("tiny")
     assert (default.policy.num_layers, default.sft.num_epochs) == (4, 20.0)  # a start that can copy (README)
     assert default.data.sft_share == 0.5  # SFT and PPO on different sources (README)
@@ -209,6 +219,7 @@ def error_of(overrides, name="tiny") -> str:
         ("reward.delta=[1]", "reward.delta=[1]: expected true or false, a list of strings or null"),
         ("data.tasks=null", "data.tasks=None: expected a non-empty string"),
         ("sft.enabled=maybe", "sft.enabled='maybe': expected true or false"),
+        ("reward.monitors=sometimes", "reward.monitors='sometimes': expected true or false or one of ['eval']"),
         ("seed=1.5", "seed=1.5: expected an integer"),
         ("name=3", "name=3: expected a non-empty string"),
         ("ppo=3", "ppo=3: expected a mapping with keys ['learning_rate'"),
@@ -433,6 +444,11 @@ def test_sft_section_is_an_sft_config_for_sft_warm_start():
     assert sft.total_steps(100) == 3
 
 
+def test_monitors_eval_builds_the_monitors_for_the_evaluations():
+    assert load_config("surrogate", ["reward.monitors=eval"]).reward.build_kwargs()["monitors"] is True
+    assert load_config("surrogate", ["reward.monitors=false"]).reward.build_kwargs()["monitors"] is False
+
+
 def test_reward_build_kwargs_match_build_reward_signature():
     import inspect
 
@@ -521,7 +537,7 @@ def test_config_show_prints_the_resolved_config_with_every_doc(capsys, tmp_path)
 
 def test_config_show_defaults_to_the_default_config_and_reports_a_bad_key(capsys):
     assert main(["config", "show"]) == 0
-    assert capsys.readouterr().out == config_yaml(load_config("synth"))
+    assert capsys.readouterr().out == config_yaml(load_config("surrogate"))
     assert main(["config", "show", "--set", "ppo.learning_rat=1"]) == 2
     assert "promptgym config: error: unknown key 'ppo.learning_rat'; did you mean" in capsys.readouterr().err
 

@@ -302,7 +302,7 @@ FAST = [
     "train.num_updates=6", "train.checkpoint_every=2", "train.eval_every=2", "sft.max_steps=5",
     "ppo.n_episodes=8", "ppo.batch_size=4", "ppo.n_epochs=1", "data.num_eval_tasks=2", "env.max_new_tokens=12",
     "reward.renderer={images_per_prompt: 1}", "logging.progress=false", "logging.plots=false",
-]  # the default synth reward, image terms and gold monitors included: 16 prompts a call render in 2 batches whose
+]  # the synth config's image reward, gold monitors included: 16 prompts a call render in 2 batches whose
 # make-up the caches decide, so an exact resume needs the checkpointed caches (CompositeReward.state_dict)
 
 
@@ -324,12 +324,13 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     reference.mkdir()
     (reference / "config.yaml").write_text("stale: from an older run\n")
     (reference / "notes.txt").write_text("mine")
-    done = _cli("train", "--out", str(reference), "--overwrite", *_sets(FAST))
+    done = _cli("train", "--config", "synth", "--out", str(reference), "--overwrite", *_sets(FAST))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (reference / "notes.txt").read_text() == "mine" and not (reference / ".lock.owner").exists()
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "promptgym.experiments", "train", "--out", str(killed), *_sets(FAST)]
+    command = [sys.executable, "-m", "promptgym.experiments", "train", "--config", "synth", "--out", str(killed),
+               *_sets(FAST)]
     process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
