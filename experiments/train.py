@@ -471,7 +471,8 @@ def gold_verdict(samples: list[dict[str, Any]], first: int, last: int) -> str | 
 
 
 def _renderer_of(reward: CompositeReward):
-    for scorer, _ in reward.terms.values():
+    """The renderer of the reward's terms, else of its monitors (the surrogate reward renders only for gold)."""
+    for scorer in [scorer for scorer, _ in reward.terms.values()] + list(getattr(reward, "monitors", {}).values()):
         if getattr(scorer, "renderer", None) is not None:
             return scorer.renderer
     return None

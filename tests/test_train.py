@@ -65,6 +65,7 @@ def test_gold_only_in_the_evaluations_with_monitors_eval(tmp_path):
     assert sorted({s["update"] for s in samples}) == [0, 2]
     assert all({"gold/content", "gold/aesthetic", "gold/text_content"} <= set(s["components"]) for s in samples)
     assert "| gold/content |" in (tmp_path / "summary.md").read_text()
+    Image.open(tmp_path / "plots" / "image_grid.png").verify()  # drawn with the gold monitors' renderer
 
 
 def test_eval_against_the_start_pairs_each_task_with_itself(run_dir, capsys):
