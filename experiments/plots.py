@@ -23,13 +23,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from promptgym.experiments.stats import PairedChange, paired_changes  # noqa: E402
 from promptgym.rewards.composite import UNNORMALIZED_COMPONENT  # noqa: E402
 from promptgym.rewards.jsonl import read_jsonl  # noqa: E402
 
 __all__ = [
     "KL_ENTROPY_KEYS",
     "bootstrap_mean_band",
+    "evaluation_changes",
     "plot_curve_panels",
+    "plot_evaluations",
     "plot_gold_vs_kl",
     "plot_gold_vs_proxy",
     "plot_image_grid",
@@ -166,6 +169,52 @@ def plot_gold_vs_proxy(records: Sequence[Mapping[str, Any]], path: Path, window:
     return _save(fig, path)
 
 
+def evaluation_changes(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, PairedChange]]]:
+    """For a run's `samples.jsonl` records (the fixed test tasks at every evaluation): each evaluation's paired
+    per-task change from the first one, with its bootstrap CI over tasks, as `{metric: [(update, change), ...]}`.
+
+    Metrics: the proxy (the unnormalised weighted sum where the reward logs it, else the reward) and every `gold/...`
+    component, in first-seen order. Empty with fewer than two evaluations. This is where a run whose training
+    episodes are not gold-scored (`reward.monitors: eval`) shows whether gold followed the proxy over updates."""
+    updates = sorted({int(row["update"]) for row in samples})
+    if len(updates) < 2:
+        return {}
+    components = dict.fromkeys(name for row in samples for name in row.get("components", {}))
+    proxy = UNNORMALIZED_COMPONENT if UNNORMALIZED_COMPONENT in components else "reward"
+    names = [proxy, *(name for name in components if name.startswith("gold/"))]
+    first = [row for row in samples if row["update"] == updates[0]]
+    changes: dict[str, list[tuple[int, PairedChange]]] = {name: [] for name in names}
+    for update in updates:
+        rows = [row for row in samples if row["update"] == update]
+        for change in paired_changes(first, rows, names):
+            changes[change.name].append((update, change))
+    return {name: points for name, points in changes.items() if points}
+
+
+def plot_evaluations(samples: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """`evaluation_changes` drawn: one panel per metric (the proxy, then each gold term), the mean per-task change
+    from the first evaluation at every evaluation with its paired 95% CI as a band, and the number of tasks."""
+    changes = evaluation_changes(samples)
+    if not changes:
+        raise ValueError("samples have fewer than two evaluations (distinct 'update' values); expected a run's "
+                         "samples.jsonl after at least one evaluation past the start")
+    n_tasks = max(point.n for points in changes.values() for _, point in points)
+    fig, axes = _grid(len(changes), title=f"Fixed test tasks at each evaluation: change from update "
+                      f"{min(u for points in changes.values() for u, _ in points)} ({n_tasks} tasks, paired "
+                      "95% bootstrap CI)", max_cols=4)
+    for i, (ax, (name, points)) in enumerate(zip(axes, changes.items())):
+        x = np.array([u for u, _ in points], dtype=float)
+        mid, low, high = (np.array([getattr(c, key) for _, c in points]) for key in ("change", "low", "high"))
+        ax.fill_between(x, low, high, color=f"C{i}", alpha=0.18, linewidth=0, label="95% CI")
+        ax.plot(x, mid, color=f"C{i}", marker="o", markersize=4, label="mean change")
+        ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":")
+        proxy = name in ("reward", UNNORMALIZED_COMPONENT)
+        ax.set_title(f"proxy: {name}" if proxy else name, fontsize=10)
+        ax.set_ylabel("change from the start")
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return _save(fig, Path(path))
+
+
 def _plot_reward_components(records, path: Path, window: int, source) -> Path:
     keys = reward_component_keys(records)
     panels = [k for k in keys if not (k.endswith("/source") and k[: -len("/source")] in keys)]  # drawn with parent
@@ -218,9 +267,9 @@ def _plot_kl_entropy(records, path: Path, window: int, source) -> Path:
     return _save(fig, path)
 
 
-def _grid(n: int, title: str) -> tuple[Figure, list[Any]]:
-    """A figure with `n` panels in up to 3 columns (extra axes removed), labelled x = update."""
-    cols = min(3, n)
+def _grid(n: int, title: str, max_cols: int = 3) -> tuple[Figure, list[Any]]:
+    """A figure with `n` panels in up to `max_cols` columns (extra axes removed), labelled x = update."""
+    cols = min(max_cols, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows + 0.5), squeeze=False, layout="constrained")
     flat = list(axes.flat)

@@ -6,7 +6,7 @@
     RUN/tb/                TensorBoard events
     RUN/sft_policy/        the policy after SFT: the KL reference, rebuilt from here on resume
     RUN/checkpoints/       agent checkpoints (`step_000010/`, `latest`)
-    RUN/plots/             reward_components.png, kl_entropy.png, image_grid.png
+    RUN/plots/             reward_components.png, kl_entropy.png, image_grid.png, evaluations.png
     RUN/summary.md         what the run did and how it ended
     RUN/.lock, .lock.owner one writer at a time: `RunDir.lock()`; the owner file names the holder's PID and host
 

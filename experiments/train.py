@@ -47,7 +47,13 @@ from promptgym.experiments.builders import (
     sft_examples,
 )
 from promptgym.experiments.config import ConfigError, save_config
-from promptgym.experiments.plots import REWARD_KEY, plot_image_grid, plot_training, proxy_key
+from promptgym.experiments.plots import (
+    REWARD_KEY,
+    plot_evaluations,
+    plot_image_grid,
+    plot_training,
+    proxy_key,
+)
 from promptgym.experiments.rundir import RunDir, intact_checkpoint, read_run_jsonl
 from promptgym.experiments.stats import PairedChange, format_paired_table, paired_changes
 from promptgym.rewards import CompositeReward, reward_stats
@@ -300,8 +306,10 @@ class Trainer:
         paths = []
         if self.run.metrics.exists() and read_run_jsonl(self.run.metrics):
             paths += plot_training(self.run.metrics, self.run.plots)
-        renderer = _renderer_of(self.reward)
         samples = read_run_jsonl(self.run.samples) if self.run.samples.exists() else []
+        if len({row["update"] for row in samples}) > 1:  # the fixed test tasks' proxy and gold at every evaluation
+            paths.append(plot_evaluations(samples, self.run.plots / "evaluations.png"))
+        renderer = _renderer_of(self.reward)
         if renderer is not None and samples:
             last = max(row["update"] for row in samples)
             rows = [row for row in samples if row["update"] == last]
@@ -336,7 +344,10 @@ class Trainer:
                 lines += ["", *chat_turn_table(samples, first_u, last_u)]
             verdict = gold_verdict(samples, first_u, last_u)
             if verdict:
-                lines += ["", verdict]
+                lines += ["", verdict, "", f"{len(self.fixed_tasks)} fixed tasks are few: `promptgym eval "
+                          f"{self.run.root} --samples 2 --against start` pairs the start and the latest policy on all "
+                          f"{len(self.eval_tasks)} {self.config.data.eval_split} tasks; `plots/evaluations.png` draws "
+                          "every evaluation of the fixed ones."]
             lines += [
                 "",
                 "## Samples at the last evaluation",

@@ -249,3 +249,56 @@ def test_variant_styles_stay_distinct_past_ten_and_match_across_plots(tmp_path):
                min_width=500)
     with pytest.raises(ValueError, match="window=0"):
         plot_gold_vs_kl(finals, tmp_path / "k.png", trajectories=trajectories, smooth=0)
+
+
+def _sample(update, task, reward, **components):
+    return {"update": update, "task_id": task, "reward": reward, "components": components}
+
+
+def test_evaluation_changes_pair_each_evaluation_with_the_first_by_task():
+    from promptgym.experiments.plots import evaluation_changes
+
+    samples = [_sample(0, "a", 1.0, **{"reward/unnormalized": 2.0, "gold/content": 0.5, "aesthetic/source": 9.0}),
+               _sample(0, "b", 3.0, **{"reward/unnormalized": 4.0, "gold/content": 0.7, "aesthetic/source": 9.0}),
+               _sample(5, "a", 2.0, **{"reward/unnormalized": 3.0, "gold/content": 0.4, "aesthetic/source": 9.0}),
+               _sample(5, "b", 3.0, **{"reward/unnormalized": 6.0, "gold/content": float("nan"), "aesthetic/source": 9.0}),
+               _sample(9, "b", 1.0, **{"reward/unnormalized": 1.0, "gold/content": 0.9, "aesthetic/source": 9.0})]
+    changes = evaluation_changes(samples)
+    # the unnormalised sum stands for the proxy (a normalised total moves with its statistics); gold terms follow
+    assert list(changes) == ["reward/unnormalized", "gold/content"]
+    proxy = changes["reward/unnormalized"]
+    assert [u for u, _ in proxy] == [0, 5, 9]
+    assert [c.change for _, c in proxy] == pytest.approx([0.0, (1.0 + 2.0) / 2, -3.0])  # per task, vs update 0
+    assert [c.n for _, c in proxy] == [2, 2, 1]  # task a is missing at update 9
+    gold = changes["gold/content"]
+    assert [(u, c.n) for u, c in gold] == [(0, 2), (5, 1), (9, 1)]  # a NaN leaves that task out of that point
+    assert gold[1][1].change == pytest.approx(-0.1) and gold[2][1].change == pytest.approx(0.2)
+    low, high = proxy[1][1].low, proxy[1][1].high
+    assert low <= proxy[1][1].change <= high and low < high  # a bootstrap CI over the two tasks
+
+
+def test_evaluation_changes_without_an_unnormalised_sum_use_the_reward_and_need_two_evaluations():
+    from promptgym.experiments.plots import evaluation_changes
+
+    plain = [_sample(0, "a", 1.0), _sample(0, "b", 2.0), _sample(4, "a", 1.5), _sample(4, "b", 2.5)]
+    changes = evaluation_changes(plain)
+    assert list(changes) == ["reward"]
+    assert changes["reward"][1][1].change == pytest.approx(0.5)
+    assert evaluation_changes(plain[:2]) == {}  # one evaluation: nothing to compare
+    assert evaluation_changes([]) == {}
+
+
+def test_plot_evaluations_draws_one_panel_per_metric(tmp_path):
+    from promptgym.experiments.plots import plot_evaluations
+
+    rng = np.random.default_rng(0)
+    samples = [_sample(u, f"t{i}", float(rng.normal(u / 10)),
+                       **{"reward/unnormalized": float(rng.normal(u / 10)), "gold/content": float(rng.uniform()),
+                          "gold/aesthetic": float(rng.normal(u / 20))})
+               for u in (0, 8, 16, 24) for i in range(8)]
+    path = plot_evaluations(samples, tmp_path / "evaluations.png")
+    assert path == tmp_path / "evaluations.png"
+    assert_png(path, min_width=1000, min_height=300)
+    with pytest.raises(ValueError, match="two evaluations"):
+        plot_evaluations(samples[:8], tmp_path / "one.png")
+    assert not (tmp_path / "one.png").exists()

@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory):
 def test_train_writes_every_artifact(run_dir):
     for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.md"):
         assert (run_dir / name).is_file(), name
-    for name in ("reward_components.png", "kl_entropy.png", "image_grid.png"):
+    for name in ("reward_components.png", "kl_entropy.png", "image_grid.png", "evaluations.png"):
         Image.open(run_dir / "plots" / name).verify()
     assert any((run_dir / "tb").iterdir())
     assert (run_dir / "checkpoints" / "latest").read_text().strip().endswith("step_000003")
@@ -64,8 +64,10 @@ def test_gold_only_in_the_evaluations_with_monitors_eval(tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert sorted({s["update"] for s in samples}) == [0, 2]
     assert all({"gold/content", "gold/aesthetic", "gold/text_content"} <= set(s["components"]) for s in samples)
-    assert "| gold/content |" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| gold/content |" in summary and "--samples 2 --against start` pairs the start" in summary
     Image.open(tmp_path / "plots" / "image_grid.png").verify()  # drawn with the gold monitors' renderer
+    Image.open(tmp_path / "plots" / "evaluations.png").verify()  # gold over evaluations, none in metrics.jsonl
 
 
 def test_eval_against_the_start_pairs_each_task_with_itself(run_dir, capsys):
