@@ -19,7 +19,7 @@ from promptgym.agents.gae import compute_gae
 from promptgym.agents.groups import leave_one_out_baseline
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, KLController, exact_kl, kl_estimate
 from promptgym.agents.negatives import corrupt_keywords
-from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead
+from promptgym.agents.policy import PolicyOutput, PolicyWithValue, ValueHead, fuse_gelu_modules
 from promptgym.agents.ppo import Collected, PPOAgent, PPOConfig, ppo_losses
 from promptgym.agents.rollout import ChatRolloutCollector, RolloutBatch, RolloutCollector, evaluate_actions
 from promptgym.agents.rwr import RWRAgent, RWRConfig, rwr_weights
@@ -42,6 +42,7 @@ __all__ = [
     "GlobalRows",
     "PolicyOutput",
     "PolicyWithValue",
+    "fuse_gelu_modules",
     "PPOAgent",
     "RWRAgent",
     "RWRConfig",

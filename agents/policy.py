@@ -6,6 +6,12 @@ logits and values at every position and passes the KV cache through, so a rollou
 
 The reference model for the KL penalty is a frozen copy of the policy's LM, or, when the LM is a PEFT/LoRA
 model, the same weights with the adapters disabled (one copy of the weights in memory).
+
+`fuse_gelu_modules` swaps the Python tanh-GELU modules of BLOOM (`BloomGelu`, a custom autograd function of eight
+element-wise ops each way) and GPT-2 (`NewGELUActivation`) for transformers' `GELUTanh`, torch's one fused kernel of
+the same function (rounding differs by ~1e-7). On the tiny policies those element-wise ops are a large share of a
+forward and backward pass; `PolicyWithValue(..., fuse_gelu=True)`, the default, applies it (`python -m promptgym.experiments.bench_gelu`
+measures it).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, BloomConfig, BloomForCausalLM, PreTrainedModel
+from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.models.bloom.modeling_bloom import BloomGelu
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -59,6 +67,20 @@ def position_ids_from_mask(attention_mask: torch.Tensor, past_length: int = 0) -
     return positions.clamp(min=0)[:, past_length:]
 
 
+TANH_GELU_MODULES = (BloomGelu, NewGELUActivation)  # 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) in Python ops
+
+
+def fuse_gelu_modules(module: nn.Module) -> int:
+    """Replace every `TANH_GELU_MODULES` instance inside `module` (in place) by `GELUTanh()`, torch's fused kernel
+    of the same tanh approximation; returns how many were replaced. No parameters change, so saved weights and
+    `from_pretrained` are unaffected."""
+    targets = [(parent, name) for parent in module.modules() for name, child in parent.named_children()
+               if isinstance(child, TANH_GELU_MODULES)]
+    for parent, name in targets:
+        setattr(parent, name, GELUTanh())
+    return len(targets)
+
+
 def _accepts_position_ids(model: nn.Module) -> bool:
     return "position_ids" in forward_parameters(model)
 
@@ -66,8 +88,15 @@ def _accepts_position_ids(model: nn.Module) -> bool:
 class PolicyWithValue(nn.Module):
     """A causal LM policy with a value head; `model` is any `AutoModelForCausalLM`-style model."""
 
-    def __init__(self, model: PreTrainedModel, value_head: ValueHead | None = None, critic: nn.Module | None = None):
+    def __init__(self, model: PreTrainedModel, value_head: ValueHead | None = None, critic: nn.Module | None = None,
+                 fuse_gelu: bool = True):
+        """`fuse_gelu` (default): replace the tanh-GELU modules of `model` and `critic` in place by the fused
+        kernel (module docstring); False keeps the models' own modules, for bit-exact comparisons."""
         super().__init__()
+        if fuse_gelu:
+            for trunk in (model, critic):
+                if trunk is not None:
+                    fuse_gelu_modules(trunk)
         self.model = model
         self.critic = critic
         trunk_config = (critic or model).config

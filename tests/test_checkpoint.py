@@ -23,7 +23,7 @@ from promptgym.agents.checkpoint import (
     save_checkpoint,
 )
 from promptgym.agents.kl import AdaptiveKLController
-from promptgym.agents.policy import PolicyWithValue
+from promptgym.agents.policy import PolicyWithValue, fuse_gelu_modules
 from promptgym.envs import EditTask, default_tokenizer
 from promptgym.rewards import CompositeReward, EditResult
 
@@ -167,6 +167,9 @@ def test_policy_and_tokenizer_load_with_plain_transformers(tok, tmp_path):
     path = save_checkpoint(tmp_path / "ck", policy=policy, tokenizer=tok)
     model = AutoModelForCausalLM.from_pretrained(path / "policy")
     ids = torch.tensor([[3, 17, 42, 8, 99]])
+    # the plain model has BLOOM's own GELU module, the policy the fused kernel of the same function: rounding apart
+    torch.testing.assert_close(model(ids).logits, policy.model(ids).logits)
+    fuse_gelu_modules(model)
     torch.testing.assert_close(model(ids).logits, policy.model(ids).logits, rtol=0, atol=0)
     loaded_tok = AutoTokenizer.from_pretrained(path / "policy")
     assert loaded_tok("a castle at night")["input_ids"] == tok("a castle at night")["input_ids"]
