@@ -14,8 +14,10 @@ tokenizer), on the three kinds of pass a PPO run makes:
 3. decode: prefill + `new_tokens - 1` single-token KV-cached forwards (the rollout's sampling loop, argmax).
 
 Rounds are interleaved (each round times every pass with both modules, alternating which goes first) so load from
-other processes hits both alike. Printed: median ms of each, the ratio own / fused (>1: fused is faster), and the
-largest logit difference between the two (rounding only). Compare runs made with the same thread count.
+other processes hits both alike, and each pass is timed in CPU time of this process (`time.process_time`), which a
+busy machine disturbs far less than wall time (on the shared 2-core machine wall-time ratios of one run ranged
+0.85-1.55x). Printed: median CPU ms of each, the ratio own / fused (>1: fused is cheaper), and the largest logit
+difference between the two (rounding only). Compare runs made with the same thread count.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def make_passes(policy: PolicyWithValue, ids: torch.Tensor, new_tokens: int) -> 
 
 
 def measure(passes: dict[str, dict[str, Callable[[], None]]], rounds: int) -> dict[str, dict[str, float]]:
-    """Median ms of every (variant, pass) over interleaved rounds, after one warm-up call of each."""
+    """Median CPU ms of every (variant, pass) over interleaved rounds, after one warm-up call of each."""
     times: dict[str, dict[str, list[float]]] = {v: {p: [] for p in PASSES} for v in passes}
     for fns in passes.values():
         for fn in fns.values():
@@ -82,9 +84,9 @@ def measure(passes: dict[str, dict[str, Callable[[], None]]], rounds: int) -> di
     for r in range(rounds):
         for name in PASSES:
             for variant in order if r % 2 == 0 else order[::-1]:
-                start = time.perf_counter()
+                start = time.process_time()
                 passes[variant][name]()
-                times[variant][name].append(1000 * (time.perf_counter() - start))
+                times[variant][name].append(1000 * (time.process_time() - start))
     return {v: {p: statistics.median(ts) for p, ts in by_pass.items()} for v, by_pass in times.items()}
 
 
@@ -112,10 +114,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
           f"({args.context} + {args.new_tokens}) tokens, torch threads {torch.get_num_threads()}, load average "
           f"{os.getloadavg()[0]:.2f}, {args.rounds} interleaved rounds; largest logit difference {diff:.1e}")
     medians = measure({v: make_passes(p, ids, args.new_tokens) for v, p in models.items()}, args.rounds)
-    print(f"{'pass':<12} {'BloomGelu ms':>13} {'fused ms':>9} {'own / fused':>12}")
+    print(f"{'pass':<12} {'BloomGelu CPU ms':>17} {'fused CPU ms':>13} {'own / fused':>12}")
     for name in PASSES:
         own, fused = medians["own"][name], medians["fused"][name]
-        print(f"{name:<12} {own:>13.1f} {fused:>9.1f} {own / fused:>11.2f}x")
+        print(f"{name:<12} {own:>17.1f} {fused:>13.1f} {own / fused:>11.2f}x")
     return medians
 
 
