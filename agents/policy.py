@@ -8,8 +8,8 @@ The reference model for the KL penalty is a frozen copy of the policy's LM, or, 
 model, the same weights with the adapters disabled (one copy of the weights in memory).
 
 `fuse_gelu_modules` swaps the Python tanh-GELU modules of BLOOM (`BloomGelu`, a custom autograd function of eight
-element-wise ops each way) and GPT-2 (`NewGELUActivation`) for transformers' `GELUTanh`, torch's one fused kernel of
-the same function (rounding differs by ~1e-7). On the tiny policies those element-wise ops are a large share of a
+element-wise ops each way) and GPT-2 (`NewGELUActivation`) for `torch.nn.GELU(approximate="tanh")`, torch's one
+fused kernel of the same function (rounding differs by ~1e-7). On the tiny policies those element-wise ops are a large share of a
 forward and backward pass; `PolicyWithValue(..., fuse_gelu=True)`, the default, applies it (`python -m promptgym.experiments.bench_gelu`
 measures it).
 """
@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, BloomConfig, BloomForCausalLM, PreTrainedModel
-from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.activations import NewGELUActivation
 from transformers.models.bloom.modeling_bloom import BloomGelu
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -71,13 +71,13 @@ TANH_GELU_MODULES = (BloomGelu, NewGELUActivation)  # 0.5x(1 + tanh(sqrt(2/pi)(x
 
 
 def fuse_gelu_modules(module: nn.Module) -> int:
-    """Replace every `TANH_GELU_MODULES` instance inside `module` (in place) by `GELUTanh()`, torch's fused kernel
+    """Replace every `TANH_GELU_MODULES` instance inside `module` (in place) by `nn.GELU(approximate="tanh")`, torch's fused kernel
     of the same tanh approximation; returns how many were replaced. No parameters change, so saved weights and
     `from_pretrained` are unaffected."""
     targets = [(parent, name) for parent in module.modules() for name, child in parent.named_children()
                if isinstance(child, TANH_GELU_MODULES)]
     for parent, name in targets:
-        setattr(parent, name, GELUTanh())
+        setattr(parent, name, nn.GELU(approximate="tanh"))
     return len(targets)
 
 

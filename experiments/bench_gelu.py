@@ -1,10 +1,10 @@
-"""Benchmark: the policy's tanh-GELU as BLOOM ships it (`BloomGelu`) against torch's fused kernel (`GELUTanh`).
+"""Benchmark: the policy's tanh-GELU as BLOOM ships it (`BloomGelu`) against torch's fused kernel (`nn.GELU`).
 
     python -m promptgym.experiments.bench_gelu [--config synth] [--batch 32] [--context 32] [--new-tokens 32]
                                                [--rounds 7] [--threads 1]
 
 `PolicyWithValue` replaces BLOOM's Python tanh-GELU (eight element-wise ops forward, a custom autograd backward)
-by `transformers.activations.GELUTanh`, one fused torch kernel of the same function (`fuse_gelu_modules`). This
+by `torch.nn.GELU(approximate="tanh")`, one fused torch kernel of the same function (`fuse_gelu_modules`). This
 times both on the config's policy shape (`policy.num_layers` x `policy.hidden_size`, random weights, the default
 tokenizer), on the three kinds of pass a PPO run makes:
 

@@ -199,9 +199,9 @@ def plot_evaluations(samples: Sequence[Mapping[str, Any]], path: str | os.PathLi
         raise ValueError("samples have fewer than two evaluations (distinct 'update' values); expected a run's "
                          "samples.jsonl after at least one evaluation past the start")
     n_tasks = max(point.n for points in changes.values() for _, point in points)
-    fig, axes = _grid(len(changes), title=f"Fixed test tasks at each evaluation: change from update "
-                      f"{min(u for points in changes.values() for u, _ in points)} ({n_tasks} tasks, paired "
-                      "95% bootstrap CI)", max_cols=4)
+    first_update = min(int(row["update"]) for row in samples)
+    fig, axes = _grid(len(changes), title=f"Fixed test tasks at each evaluation: change from update {first_update} "
+                      f"({n_tasks} tasks, paired 95% bootstrap CI)", max_cols=4)
     for i, (ax, (name, points)) in enumerate(zip(axes, changes.items())):
         x = np.array([u for u, _ in points], dtype=float)
         mid, low, high = (np.array([getattr(c, key) for _, c in points]) for key in ("change", "low", "high"))

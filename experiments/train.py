@@ -344,8 +344,10 @@ class Trainer:
                 lines += ["", *chat_turn_table(samples, first_u, last_u)]
             verdict = gold_verdict(samples, first_u, last_u)
             if verdict:
-                lines += ["", verdict, "", f"{len(self.fixed_tasks)} fixed tasks are few: `promptgym eval "
-                          f"{self.run.root} --samples 2 --against start` pairs the start and the latest policy on all "
+                lines += ["", verdict]
+            if verdict and not self.chat:  # promptgym eval scores single-turn tasks, not the fixed conversations
+                lines += ["", f"{len(self.fixed_tasks)} fixed tasks are few: `promptgym eval {self.run.root} "
+                          f"--samples 2 --against start` pairs the start and the latest policy on all "
                           f"{len(self.eval_tasks)} {self.config.data.eval_split} tasks; `plots/evaluations.png` draws "
                           "every evaluation of the fixed ones."]
             lines += [
