@@ -286,11 +286,11 @@ class RolloutCollector:
         device = self.policy.device
         tasks = [env.tasks[i] for i in idx]
         ids, mask = _trimmed_context({k: v[idx] for k, v in obs.items()}, env.episodes.max_context_tokens)
-        rec = {
-            name: torch.zeros(n, horizon) for name in ("logprobs", "sample_logprobs", "values", "entropy", "rewards")
-        }
-        actions = torch.full((n, horizon), pad, dtype=torch.long)
-        alive = torch.zeros(n, horizon, dtype=torch.bool)
+        # One entry per step, stacked once at the end (per-step writes into [n, horizon] tensors cost more).
+        rec: dict[str, list[torch.Tensor]] = {name: [] for name in ("logprobs", "sample_logprobs", "values", "entropy")}
+        step_actions: list[torch.Tensor] = []
+        step_alive: list[torch.Tensor] = []
+        step_rewards: list[np.ndarray] = []
         done = torch.zeros(n, dtype=torch.bool)
         prompts: list[str] = [""] * env.num_envs
         components: dict[str, torch.Tensor] = {}
@@ -299,44 +299,45 @@ class RolloutCollector:
         self.policy.eval()
         device_mask = mask.to(device)
         out = self.policy(ids.to(device), device_mask, use_cache=True)
-        steps = 0
         for t in range(horizon):
             logits = out.logits[:, -1].float()
             keep = typical_mask(logits, self.typical_mass) if self.typical_mass is not None else None
             action, lp_full, lp_sample, log_probs = sample_with_log_probs(logits, keep, None, uniforms[t])
-            entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)
-            action, active = action.cpu(), ~done
-            action = torch.where(active, action, torch.full_like(action, pad))
-            rec["logprobs"][:, t], rec["sample_logprobs"][:, t] = lp_full.cpu(), lp_sample.cpu()
-            rec["values"][:, t] = out.values[:, -1].float().cpu()
-            rec["entropy"][:, t] = entropy.cpu()
-            actions[:, t], alive[:, t] = action, active
+            action = action.cpu().masked_fill(done, pad)
+            rec["logprobs"].append(lp_full)
+            rec["sample_logprobs"].append(lp_sample)
+            rec["values"].append(out.values[:, -1])
+            rec["entropy"].append(-(log_probs.exp() * log_probs).nan_to_num().sum(-1))
+            step_actions.append(action)
+            step_alive.append(~done)
             env_actions[idx] = action.numpy()
             obs, rewards, terminated, truncated, infos = env.step(env_actions)
-            rec["rewards"][:, t] = torch.from_numpy(rewards[idx]).float()
+            step_rewards.append(rewards[idx])
             _record_finished(infos, prompts, components, env.num_envs)
             done |= torch.from_numpy(ended(terminated, truncated, infos)[idx])
-            steps = t + 1
             if done.all():
                 break
             device_mask = torch.cat([device_mask, torch.ones(n, 1, dtype=mask.dtype, device=device)], dim=1)
             out = self.policy(action.to(device).unsqueeze(1), device_mask, cache=out.cache, use_cache=True)
         self.policy.train(was_training)
-        alive = alive[:, :steps]
+        alive = torch.stack(step_alive, 1)
+        actions = torch.stack(step_actions, 1)
+        per_step = {name: torch.stack(values, 1).float().cpu() * alive for name, values in rec.items()}
+        env_rewards = torch.from_numpy(np.stack(step_rewards, 1)).float() * alive
         batch = RolloutBatch(
-            input_ids=torch.cat([ids, actions[:, :steps]], 1),
+            input_ids=torch.cat([ids, actions], 1),
             attention_mask=torch.cat([mask, alive.long()], 1),
             context_length=ids.shape[1],
-            actions=actions[:, :steps],
+            actions=actions,
             mask=alive,
-            logprobs=rec["logprobs"][:, :steps] * alive,
-            sample_logprobs=rec["sample_logprobs"][:, :steps] * alive,
-            values=rec["values"][:, :steps] * alive,
-            ref_logprobs=torch.zeros(n, steps),
-            env_rewards=rec["rewards"][:, :steps] * alive,
-            scores=(rec["rewards"][:, :steps] * alive).sum(1),
+            logprobs=per_step["logprobs"],
+            sample_logprobs=per_step["sample_logprobs"],
+            values=per_step["values"],
+            ref_logprobs=torch.zeros(alive.shape),
+            env_rewards=env_rewards,
+            scores=env_rewards.sum(1),
             negative=torch.zeros(n, dtype=torch.bool),
-            entropy=rec["entropy"][:, :steps] * alive,
+            entropy=per_step["entropy"],
             tasks=tasks,
             prompts=[prompts[i] for i in idx],
             components={name: values[rows] for name, values in components.items()},

@@ -2,6 +2,7 @@
 
     python -m promptgym.experiments.bench_rollout [--batch 32] [--new-tokens 32] [--rounds 5] [--quick]
                                                   [--threads 1] [--typical-mass P] [--seed 0] [--policy DIR]
+                                                  [--clock cpu|wall]
 
 All four variants run in one process on the same tiny policy (`PolicyWithValue.tiny(default_tokenizer(), 0)`)
 and the same context batch: the templated contexts of `--batch` demo tasks, left-padded as the env pads them
@@ -201,20 +202,25 @@ class Result:
     samples: dict[str, torch.Tensor]  # tokens[B, T] each variant sampled in its warm-up run
 
 
-def measure(bench: Bench, rounds: int) -> Result:
-    """Warm every variant up once, then time `rounds` interleaved rounds (each variant once, then the reference pass)."""
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def measure(bench: Bench, rounds: int, clock: str = "cpu") -> Result:
+    """Warm every variant up once, then time `rounds` interleaved rounds (each variant once, then the reference pass)
+    with `CLOCKS[clock]`."""
+    now = CLOCKS[clock]
     samples = {name: run(bench) for name, run in VARIANTS.items()}  # warm-up (and the reference copy)
     batch = collect(bench)
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     reference: list[float] = []
     for _ in range(rounds):
         for name, run in VARIANTS.items():
-            start = time.perf_counter()
+            start = now()
             run(bench)
-            seconds[name].append(time.perf_counter() - start)
-        start = time.perf_counter()
+            seconds[name].append(now() - start)
+        start = now()
         reference_logprobs(bench.policy, batch)
-        reference.append(time.perf_counter() - start)
+        reference.append(now() - start)
     collector = seconds["collector"]
     with_reference = [c + r for c, r in zip(collector, reference)]
     return Result(
@@ -228,13 +234,14 @@ def measure(bench: Bench, rounds: int) -> Result:
     )
 
 
-def report(result: Result, bench: Bench, rounds: int) -> list[str]:
+def report(result: Result, bench: Bench, rounds: int, clock: str = "cpu") -> list[str]:
     """The printed table: tokens/s per variant, whether all sampled the same tokens, the reference pass's cost,
     then each ratio with its target (and with the reference pass added)."""
     rates, samples = result.rates, result.samples
     lines = [
         f"batch {bench.input_ids.shape[0]} x {bench.new_tokens} new tokens"
-        f" | context {bench.input_ids.shape[1]} columns | typical_mass {bench.typical_mass} | median of {rounds} rounds",
+        f" | context {bench.input_ids.shape[1]} columns | typical_mass {bench.typical_mass} | median of {rounds} rounds"
+        f" | {clock} time",
         f"{'variant':<10} {'tokens/s':>12} {'tokens/run':>11}",
     ]
     lines += [f"{name:<10} {rates[name]:>12,.0f} {samples[name].numel():>11d}" for name in VARIANTS]
@@ -274,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> Result:
         help="a saved policy (e.g. RUN/sft_policy, which uses the default tokenizer) instead of the random tiny one: "
         "a trained policy's peaked distributions are what typical-set sampling sees in training",
     )
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="cpu",
+        help="time each run in CPU time of this process (default; steadier on a shared machine) or wall time",
+    )
     args = parser.parse_args(argv)
     batch = args.batch if args.batch is not None else (4 if args.quick else 32)
     new_tokens = args.new_tokens if args.new_tokens is not None else (4 if args.quick else 32)
@@ -290,9 +301,9 @@ def main(argv: Sequence[str] | None = None) -> Result:
         torch.set_num_threads(args.threads)
 
     bench = make_bench(batch, new_tokens, args.seed, args.typical_mass, args.policy)
-    result = measure(bench, rounds)
+    result = measure(bench, rounds, args.clock)
     print(f"torch threads: {torch.get_num_threads()} (torch's default on this machine: {default_threads})")
-    for line in report(result, bench, rounds):
+    for line in report(result, bench, rounds, args.clock):
         print(line)
     return result
 

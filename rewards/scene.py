@@ -81,7 +81,7 @@ class Scene:
     modifiers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name, allowed in attribute_values().items():
+        for name, allowed in _ATTRIBUTE_VALUES.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"Scene.{name}={value!r}; expected one of {list(allowed)}")
@@ -112,6 +112,9 @@ def attribute_values() -> dict[str, tuple]:
         "weather": (None, *(w for w, _ in WEATHERS)),
         "style": (None, *STYLES),
     }
+
+
+_ATTRIBUTE_VALUES = attribute_values()  # what Scene checks against (built once: every parse makes a Scene)
 
 
 def with_article(phrase: str) -> str:
@@ -163,7 +166,10 @@ def _lexicon() -> dict[tuple[str, ...], tuple[str, object]]:
 
 
 _LEXICON = _lexicon()
-_LONGEST = max(len(phrase) for phrase in _LEXICON)
+# First word -> the lengths of the lexicon's phrases starting with it, longest first: the parser tries only those
+# (a word that starts no phrase is looked up nowhere).
+_PHRASE_SIZES = {first: tuple(sorted({len(p) for p in _LEXICON if p[0] == first}, reverse=True))
+                 for first in {p[0] for p in _LEXICON}}
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -185,8 +191,8 @@ def parse_scene(prompt: str) -> ParsedScene:
     plural_subject = False
     i = 0
     while i < len(words):
-        for size in range(min(_LONGEST, len(words) - i), 0, -1):
-            entry = _LEXICON.get(tuple(words[i : i + size]))
+        for size in _PHRASE_SIZES.get(words[i], ()):
+            entry = _LEXICON.get(tuple(words[i : i + size])) if i + size <= len(words) else None
             if entry is not None:
                 break
         else:

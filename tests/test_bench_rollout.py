@@ -65,19 +65,40 @@ def test_main_prints_every_variant_and_ratio(capsys):
 def test_quick_flag_runs_the_tiny_settings(capsys, monkeypatch):
     seen = {}
 
-    def fake_measure(bench, rounds):  # the timing loop itself is covered above; here only the settings
-        seen.update(batch=bench.input_ids.shape[0], new_tokens=bench.new_tokens, rounds=rounds)
+    def fake_measure(bench, rounds, clock):  # the timing loop itself is covered above; here only the settings
+        seen.update(batch=bench.input_ids.shape[0], new_tokens=bench.new_tokens, rounds=rounds, clock=clock)
         samples = {name: torch.zeros(bench.input_ids.shape[0], bench.new_tokens) for name in VARIANTS}
         ones = {name: 1.0 for name in TARGETS}
         return bench_rollout.Result({name: 1.0 for name in VARIANTS}, ones, ones, 0.1, samples)
 
     monkeypatch.setattr(bench_rollout, "measure", fake_measure)
     main(["--quick", "--threads", "1"])
-    assert seen == {"batch": 4, "new_tokens": 4, "rounds": 1}
-    assert "batch 4 x 4 new tokens" in capsys.readouterr().out
+    assert seen == {"batch": 4, "new_tokens": 4, "rounds": 1, "clock": "cpu"}  # CPU time unless asked
+    out = capsys.readouterr().out
+    assert "batch 4 x 4 new tokens" in out and out.splitlines()[1].endswith("| cpu time")
+    main(["--quick", "--threads", "1", "--clock", "wall"])
+    assert seen["clock"] == "wall" and capsys.readouterr().out.splitlines()[1].endswith("| wall time")
 
 
-@pytest.mark.parametrize("argv", [["--batch", "0"], ["--rounds", "-1"], ["--threads", "-1"], ["--typical-mass", "1.5"]])
+@pytest.mark.parametrize("clock", ["cpu", "wall"])
+def test_measure_times_with_the_chosen_clock(monkeypatch, clock):
+    """Every timed run reads the chosen clock (and only it) before and after."""
+    calls = {"cpu": 0, "wall": 0}
+
+    def counting(name, real):
+        def now():
+            calls[name] += 1
+            return real()
+        return now
+
+    monkeypatch.setattr(bench_rollout, "CLOCKS", {name: counting(name, real) for name, real in bench_rollout.CLOCKS.items()})
+    rounds = 2
+    bench_rollout.measure(make_bench(2, 2), rounds, clock)
+    assert calls == {clock: 2 * rounds * (len(VARIANTS) + 1), ("wall" if clock == "cpu" else "cpu"): 0}
+
+
+@pytest.mark.parametrize("argv", [["--batch", "0"], ["--rounds", "-1"], ["--threads", "-1"], ["--typical-mass", "1.5"],
+                                  ["--clock", "gpu"]])
 def test_bad_options_are_rejected(argv, capsys):
     with pytest.raises(SystemExit):
         main(argv)
