@@ -45,7 +45,7 @@ from pydantic import Field
 
 from promptgym.agents.conversation import conversation_gae
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel, GlobalRows
-from promptgym.agents.groups import group_task_indices, last_token_index, leave_one_out_baseline
+from promptgym.agents.groups import TaskReplay, group_task_indices, last_token_index, leave_one_out_baseline
 from promptgym.agents.integrity_value import integrity_aware_gae, integrity_bonus, prefix_integrity
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, exact_kl, kl_estimate
 from promptgym.agents.negatives import NegativeSampler
@@ -140,6 +140,15 @@ class PPOConfig:
         "with samples_per_task > 1, subtract from each episode's reward the mean reward of its task's other "
         "episodes (RLOO's leave-one-out baseline) before GAE"
     ))] = True
+    replay_fraction: Annotated[float, Field(ge=0, lt=1, description=(
+        "with samples_per_task > 1: the share of an update's tasks drawn again from tasks seen before, with "
+        "probability proportional to how much their last group's replay_score differed (a simplified Prioritized "
+        "Level Replay; agents/groups.py TaskReplay); 0: every task drawn uniformly"
+    ))] = 0.0
+    replay_score: Annotated[str, Field(min_length=1, description=(
+        "what a group's spread is measured on for replay_fraction: 'return' (the episode's reward as PPO sees it) or "
+        "the name of a reward component (e.g. 'integrity', 'reward/unnormalized')"
+    ))] = "return"
     seed: Annotated[int, Field(description="seeds token sampling and minibatch order")] = 0
 
     def __post_init__(self) -> None:
@@ -150,6 +159,9 @@ class PPOConfig:
                               f"samples_per_task={self.samples_per_task}")
         if self.old_logprob == "restricted" and self.typical_mass is None:
             raise ConfigError("PPOConfig.old_logprob='restricted' needs typical_mass (the restricted set)")
+        if self.replay_fraction > 0 and self.samples_per_task < 2:
+            raise ConfigError(f"PPOConfig.replay_fraction={self.replay_fraction} needs samples_per_task > 1 (a task's "
+                              "score is the spread of its group)")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PPOConfig:
@@ -309,6 +321,7 @@ class PPOAgent:
         self.num_episodes = 0
         self.num_reward_calls = 0
         self.negatives = NegativeSampler(c.negative_fraction, c.corruption_rate, c.seed, c.n_episodes)
+        self.replay = TaskReplay(len(env.episodes.tasks), c.replay_fraction) if c.replay_fraction > 0 else None
         self.parallel.broadcast_parameters(policy)
         policy.freeze_reference()
 
@@ -323,12 +336,17 @@ class PPOAgent:
         c, dp = self.config, self.parallel
         shard = dp.shard(c.n_episodes)
         seed = c.seed * 1_000_003 + self.num_updates * c.n_episodes  # fresh, reproducible tasks per update
-        options = None
+        options, tasks = None, None
         if c.samples_per_task > 1:  # the same tasks in every process: drawn from the update's seed, then sharded
-            tasks = group_task_indices(np.random.default_rng(seed), len(self.env.episodes.tasks), c.n_episodes,
-                                       c.samples_per_task)
+            rng = np.random.default_rng(seed)
+            if self.replay is None:
+                tasks = group_task_indices(rng, len(self.env.episodes.tasks), c.n_episodes, c.samples_per_task)
+            else:
+                tasks, self._replayed = self.replay.draw(rng, c.n_episodes, c.samples_per_task)
             options = {"task_indices": tasks[shard]}
         batch = self.collector.collect(seed=seed + shard.start, options=options, shard=(shard.start, c.n_episodes))
+        if self.replay is not None:
+            self.replay.observe(tasks, self.parallel.gather(self._replay_values(batch)), c.samples_per_task)
         candidates = self._negative_rows(batch, shard.start)  # per local episode: the row a negative would copy
         picked = self.negatives.choose([batch.tasks[r] for r in candidates], self.num_updates, dp)  # global episodes
         mine = [g for g in picked if shard.start <= g < shard.stop]
@@ -346,6 +364,17 @@ class PPOAgent:
                 batch, self.env.tokenizer, self.env.episodes.template, self.integrity.partial
             )
         return Collected(batch, dp.rows_of(c.n_episodes, derived=picked))
+
+    def _replay_values(self, batch: RolloutBatch) -> torch.Tensor:
+        """This process's episodes' `replay_score`: the return (reward summed over the episode) or a reward
+        component (the collector's batch: positives only, one row per episode)."""
+        name = self.config.replay_score
+        if name == "return":
+            return (batch.env_rewards * batch.mask).sum(dim=1)
+        if name not in batch.components:
+            raise ConfigError(f"PPOConfig.replay_score={name!r} is not a component of this reward; expected 'return' "
+                              f"or one of {sorted(batch.components)}")
+        return batch.components[name].float()
 
     def _negative_rows(self, batch: RolloutBatch, start: int) -> list[int]:
         """For each of this process's episodes, the row of `batch` whose task a negative would corrupt: the episode
@@ -495,6 +524,9 @@ class PPOAgent:
             "counters/episodes": float(self.num_episodes),
             "counters/reward_calls": float(self.num_reward_calls),
         }
+        if self.replay is not None:
+            metrics |= {"replay/tasks": float(self._replayed),
+                        "replay/scored_tasks": float(sum(score > 0 for score in self.replay.scores.values()))}
         return metrics
 
     def learn(
@@ -576,7 +608,8 @@ class PPOAgent:
             kl_controller=self.kl_controller,
             reward=self.env.reward,
             counters=self._counters(),
-            extra={"ppo_config": dataclasses.asdict(self.config)},
+            extra={"ppo_config": dataclasses.asdict(self.config)}
+            | ({"task_replay": self.replay.state_dict()} if self.replay is not None else {}),
             generators={"sampling": self.generator},
             tokenizer=tokenizer if tokenizer is not None else self.env.tokenizer,
             **kwargs,
@@ -594,6 +627,11 @@ class PPOAgent:
             reward=self.env.reward,
             generators={"sampling": self.generator},
         )
+        if self.replay is not None:
+            if "task_replay" not in state.extra:
+                raise ValueError(f"checkpoint {str(directory)!r} has no task replay state; it was saved with "
+                                 "ppo.replay_fraction=0")
+            self.replay.load_state_dict(state.extra["task_replay"])
         self.num_updates = int(state.counters["updates"])
         self.num_episodes = int(state.counters["episodes"])
         self.num_reward_calls = int(state.counters["reward_calls"])

@@ -1,11 +1,20 @@
 """Several episodes per task (`PPOConfig.samples_per_task`) and the leave-one-out baseline (RLOO's)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from agent_helpers import assert_resume_equals_uninterrupted
 
 from promptgym.agents.gae import compute_gae
-from promptgym.agents.groups import group_task_indices, last_token_index, leave_one_out_baseline
+from promptgym.agents.groups import (
+    TaskReplay,
+    group_spread,
+    group_task_indices,
+    last_token_index,
+    leave_one_out_baseline,
+)
 from promptgym.agents.policy import PolicyWithValue
 from promptgym.agents.ppo import PPOAgent, PPOConfig
 from promptgym.agents.validation import ConfigError
@@ -131,3 +140,98 @@ def test_bad_group_configs_are_named(tok):
                               reward=ContentIntegrityScorer(), autoreset_mode="disabled", sync_turns=True)
     with pytest.raises(ConfigError, match="single edits"):
         PPOAgent(PolicyWithValue.tiny(tok, seed=0), env, PPOConfig(n_episodes=4, batch_size=2, samples_per_task=2))
+
+
+# ------------------------------------------------------------------------------------------ prioritised task replay
+def test_group_spread_by_hand():
+    values = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 2.0, 4.0, 4.0, 6.0])
+    expected = [0.0, 0.5, float(np.std([2.0, 4.0, 4.0, 6.0]))]  # population std, an independent computation
+    assert group_spread(values, 4).tolist() == pytest.approx(expected)
+    assert group_spread(torch.tensor([3.0]), 1).tolist() == [0.0]  # a single sample: no spread
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_spread(torch.ones(6), 4)
+
+
+def test_task_replay_draws_seen_tasks_by_their_spread():
+    replay = TaskReplay(num_tasks=100, fraction=0.5)
+    tasks, replayed = replay.draw(np.random.default_rng(0), 16, 4)  # nothing seen yet: all four drawn uniformly
+    assert replayed == 0 and len(tasks) == 16 and all(len(set(tasks[g:g + 4])) == 1 for g in range(0, 16, 4))
+    # task 7's samples differed most, task 3's less, task 5's not at all (never replayed)
+    replay.observe([7] * 4 + [3] * 4 + [5] * 4, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.4, 2.0, 2.0, 2.0, 2.0]), 4)
+    assert replay.scores == pytest.approx({7: 0.5, 3: float(np.std([0, 0, 0, 0.4])), 5: 0.0})
+    counts = {3: 0, 7: 0}
+    for seed in range(2000):
+        tasks, replayed = replay.draw(np.random.default_rng(seed), 16, 4)  # 2 of 4 tasks replayed: both candidates
+        assert replayed == 2 and sorted(tasks[:8:4]) == [3, 7]
+    rng = np.random.default_rng(1)
+    replay_one = TaskReplay(num_tasks=100, fraction=0.25)  # one task replayed an update: 7 three times as often as 3
+    replay_one.scores = dict(replay.scores)
+    for _ in range(4000):
+        tasks, _ = replay_one.draw(rng, 16, 4)
+        counts[tasks[0]] += 1
+    share = counts[7] / 4000
+    assert share == pytest.approx(0.5 / (0.5 + replay.scores[3]), abs=0.03)
+
+
+def test_task_replay_rescores_a_task_seen_again_and_round_trips_its_state():
+    replay = TaskReplay(num_tasks=10, fraction=0.5)
+    replay.observe([2, 2], torch.tensor([0.0, 1.0]), 2)
+    replay.observe([2, 2], torch.tensor([1.0, 1.0]), 2)  # learned: the samples now agree
+    assert replay.scores == {2: 0.0}
+    tasks, replayed = replay.draw(np.random.default_rng(0), 4, 2)
+    assert replayed == 0  # a task whose samples agree is not replayed
+    replay.observe([4, 4, 9, 9], torch.tensor([0.0, 2.0, 1.0, 0.0]), 2)
+    again = TaskReplay(num_tasks=10, fraction=0.5)
+    again.load_state_dict(json.loads(json.dumps(replay.state_dict())))  # JSON-able, as checkpoints store it
+    assert again.scores == replay.scores
+    assert again.draw(np.random.default_rng(5), 8, 2) == replay.draw(np.random.default_rng(5), 8, 2)
+
+
+def test_task_replay_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="fraction=1.0"):
+        TaskReplay(10, 1.0)
+    with pytest.raises(ValueError, match="num_tasks=0"):
+        TaskReplay(0, 0.5)
+    with pytest.raises(ValueError, match="not a multiple"):
+        TaskReplay(10, 0.5).draw(np.random.default_rng(0), 6, 4)
+    with pytest.raises(ValueError, match="3 task indices for 4 values"):
+        TaskReplay(10, 0.5).observe([1, 1, 1], torch.zeros(4), 2)
+
+
+def test_an_agent_with_replay_revisits_tasks_whose_samples_differed(tok):
+    agent = make_agent(tok, n_episodes=8, samples_per_task=2, replay_fraction=0.5, replay_score="integrity")
+    metrics = agent.step()
+    assert metrics["replay/tasks"] == 0  # nothing seen before the first update
+    first = agent.replay.scores
+    batch = agent.collect().batch  # update 1: half of its 4 tasks come from the scored ones, if any differed
+    ids = [task.id for task in batch.tasks]
+    scored = [t for t, score in first.items() if score > 0]
+    expected_replayed = min(2, len(scored))
+    tasks = agent.env.episodes.tasks
+    assert {ids[2 * g] for g in range(expected_replayed)} <= {tasks[t].id for t in scored}
+    # the scores are the integrity spreads of the groups the agent just collected (observed at collection)
+    values = batch.components["integrity"].reshape(-1, 2)
+    for g in range(4):
+        index = [t.id for t in tasks].index(ids[2 * g])
+        assert agent.replay.scores[index] == pytest.approx(float(values[g].double().std(correction=0)))
+
+
+def test_replay_configs_are_checked(tok):
+    with pytest.raises(ConfigError, match="replay_fraction=0.5 needs samples_per_task > 1"):
+        PPOConfig(n_episodes=4, batch_size=2, replay_fraction=0.5)
+    agent = make_agent(tok, replay_fraction=0.5, replay_score="no-such-term")
+    with pytest.raises(ConfigError, match="replay_score='no-such-term' is not a component.*'integrity'"):
+        agent.collect()
+
+
+def test_a_resumed_run_replays_what_the_uninterrupted_one_does(tok, tmp_path):
+    """The replay scores travel in the checkpoint: the second update (which replays) is the same after a reload."""
+    agent = make_agent(tok, replay_fraction=0.5)
+    agent.step()
+    assert sum(score > 0 for score in agent.replay.scores.values()) >= 1  # the second update has tasks to replay
+    assert_resume_equals_uninterrupted(lambda: make_agent(tok, replay_fraction=0.5), tmp_path / "ckpt")
+    plain = make_agent(tok)
+    plain.step()
+    plain.save(tmp_path / "plain")
+    with pytest.raises(ValueError, match="no task replay state"):
+        make_agent(tok, replay_fraction=0.5).load(tmp_path / "plain")
