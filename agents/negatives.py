@@ -166,7 +166,7 @@ def negative_samples(
         corrupted.append(corrupt_keywords(task.target, keywords, rate, task_rng, vocabulary))
     completions = tokenizer([episodes.template.completion(p) for p in corrupted], add_special_tokens=False)["input_ids"]
     tokens = [(ids + [episodes.eos_id])[: episodes.max_new_tokens] for ids in completions]
-    prompts = [episodes.decode(np.asarray(ids)) for ids in tokens]
+    prompts = episodes.decode_batch([np.asarray(ids) for ids in tokens])
     contexts = episodes.encode(list(tasks)) if contexts is None else [np.asarray(c, dtype=np.int64) for c in contexts]
     if len(contexts) != len(tasks):
         raise ValueError(f"got {len(contexts)} contexts for {len(tasks)} tasks; expected one per task")

@@ -385,7 +385,7 @@ class PromptChatVectorEnv(TokenVectorEnv):
 
     def _score_turns(self, ended: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:
         """Decode every turn that ended and score them all in one reward call; record each new prompt."""
-        prompts = [self.episodes.decode(self._generated(i)) for i in ended]
+        prompts = self.episodes.decode_batch([self._generated(i) for i in ended])
         tasks = [self._task(i) for i in ended]
         output = self.reward([EditResult(task, prompt) for task, prompt in zip(tasks, prompts)])
         rewards[ended] = output.total.double().numpy()

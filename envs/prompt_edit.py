@@ -135,6 +135,11 @@ class EditEpisodes:
         """The edited prompt from generated token ids (EOS and other special tokens dropped)."""
         return self.template.clean(self.tokenizer.decode(generated.tolist(), skip_special_tokens=True))
 
+    def decode_batch(self, generated: Sequence[np.ndarray]) -> list[str]:
+        """`decode` of each row, in one tokenizer call (a fast tokenizer decodes the batch in Rust)."""
+        texts = self.tokenizer.batch_decode([ids.tolist() for ids in generated], skip_special_tokens=True)
+        return [self.template.clean(text) for text in texts]
+
     def blank(self) -> tuple[np.ndarray, np.ndarray]:
         """An all-padding observation buffer: input_ids [L] int64 and attention_mask [L] int8."""
         return np.full(self.length, self.pad_id, dtype=np.int64), np.zeros(self.length, dtype=np.int8)

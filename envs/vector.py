@@ -231,7 +231,7 @@ class PromptEditVectorEnv(TokenVectorEnv):
 
     def _score(self, finished: np.ndarray, rewards: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:
         """Decode every finished episode and score them all in one reward call."""
-        prompts = [self.episodes.decode(self._generated(i)) for i in finished]
+        prompts = self.episodes.decode_batch([self._generated(i) for i in finished])
         output = self.reward([EditResult(self._tasks[i], p) for i, p in zip(finished, prompts)])
         rewards[finished] = output.total.double().numpy()
         for row, (i, prompt) in enumerate(zip(finished, prompts)):

@@ -267,3 +267,16 @@ def _fuzz_env():
             PromptEditEnv(tasks=[REPLACE], max_new_tokens=160, max_context_tokens=200, reward=ContentIntegrityScorer())
         )
     return _FUZZ_ENV[0]
+
+
+def test_decode_batch_equals_decoding_each_row(env):
+    """The vector env, the chat env and the negatives decode finished episodes in one tokenizer call: the same
+    prompts as decoding each row (special tokens dropped, the template's cleaning applied), any lengths."""
+    episodes = env.unwrapped.episodes
+    rng = np.random.default_rng(0)
+    specials = [episodes.eos_id, episodes.pad_id]
+    rows = [rng.integers(0, episodes.vocab_size, size=n) for n in (0, 1, 5, 17, 48)]
+    rows.append(np.array([*rows[3][:4], specials[0], *rows[3][4:8], specials[1]]))
+    rows.append(np.array(episodes.tokenizer.encode(" a red dog on a beach, soft lighting")))
+    assert episodes.decode_batch(rows) == [episodes.decode(row) for row in rows]
+    assert episodes.decode_batch([]) == []
