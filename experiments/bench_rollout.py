@@ -26,7 +26,10 @@ before EOS would not do: a finished row still costs a forward in every later ste
 
 Rounds are interleaved (round r runs every variant once, then the reference pass alone) so that load from
 other processes on a shared machine hits all variants alike; each variant is warmed up once first and re-seeded
-before every round. Printed: median tokens/s of each variant; whether the variants sampled the same tokens
+before every round. Each run is timed in CPU time of this process (`time.process_time`, `--clock cpu`, the default
+since 2026-12-01): with one thread that is the work a variant does, which other jobs on a shared machine disturb far
+less than wall time (`--clock wall`, how the figures before that date were taken; with three jobs on the 2-core
+machine a wall-time run read 0.67x where CPU-time runs of the same code read 0.79-0.88x). Printed: median tokens/s of each variant; whether the variants sampled the same tokens
 (collector, bare loop and naive loop must: same model, contexts, seed and sampler; `generate` uses
 `torch.multinomial`, so its tokens differ); the reference pass's cost; and the ratios against the targets
 (collector >= 0.8x bare loop, >= 1.0x generate, >= 5x naive), each the median of per-round ratios, also with
