@@ -71,8 +71,8 @@ class TaskReplay:
         if n_replay:
             weights = np.array([self.scores[int(task)] for task in candidates])
             replayed = rng.choice(candidates, size=n_replay, replace=False, p=weights / weights.sum())
-        fresh = rng.integers(self.num_tasks, size=n_tasks - n_replay)
-        return np.repeat(np.concatenate([replayed, fresh]), group_size).tolist(), int(n_replay)
+        fresh = group_task_indices(rng, self.num_tasks, (n_tasks - n_replay) * group_size, group_size)
+        return np.repeat(replayed, group_size).tolist() + fresh, int(n_replay)
 
     def observe(self, task_indices: list[int], values: torch.Tensor, group_size: int) -> None:
         """Record the score of every group of an update: `task_indices` and `values[N]` per episode, as drawn."""

@@ -9,9 +9,9 @@ model, the same weights with the adapters disabled (one copy of the weights in m
 
 `fuse_gelu_modules` swaps the Python tanh-GELU modules of BLOOM (`BloomGelu`, a custom autograd function of eight
 element-wise ops each way) and GPT-2 (`NewGELUActivation`) for `torch.nn.GELU(approximate="tanh")`, torch's one
-fused kernel of the same function (rounding differs by ~1e-7). On the tiny policies those element-wise ops are a large share of a
-forward and backward pass; `PolicyWithValue(..., fuse_gelu=True)`, the default, applies it (`python -m promptgym.experiments.bench_gelu`
-measures it).
+fused kernel of the same function (rounding differs by ~1e-7). On the tiny policies those element-wise ops are a
+large share of a forward and backward pass; `PolicyWithValue(..., fuse_gelu=True)`, the default, applies it
+(`python -m promptgym.experiments.bench_gelu` measures it).
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ TANH_GELU_MODULES = (BloomGelu, NewGELUActivation)  # 0.5x(1 + tanh(sqrt(2/pi)(x
 
 
 def fuse_gelu_modules(module: nn.Module) -> int:
-    """Replace every `TANH_GELU_MODULES` instance inside `module` (in place) by `nn.GELU(approximate="tanh")`, torch's fused kernel
-    of the same tanh approximation; returns how many were replaced. No parameters change, so saved weights and
-    `from_pretrained` are unaffected."""
+    """Replace every `TANH_GELU_MODULES` instance inside `module` (in place) by `nn.GELU(approximate="tanh")`,
+    torch's fused kernel of the same tanh approximation; returns how many were replaced. No parameters change, so
+    saved weights and `from_pretrained` are unaffected."""
     targets = [(parent, name) for parent in module.modules() for name, child in parent.named_children()
                if isinstance(child, TANH_GELU_MODULES)]
     for parent, name in targets:

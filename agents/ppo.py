@@ -322,6 +322,7 @@ class PPOAgent:
         self.num_reward_calls = 0
         self.negatives = NegativeSampler(c.negative_fraction, c.corruption_rate, c.seed, c.n_episodes)
         self.replay = TaskReplay(len(env.episodes.tasks), c.replay_fraction) if c.replay_fraction > 0 else None
+        self._replayed = 0  # tasks the last collection replayed (a metric)
         self.parallel.broadcast_parameters(policy)
         policy.freeze_reference()
 

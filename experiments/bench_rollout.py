@@ -29,11 +29,12 @@ other processes on a shared machine hits all variants alike; each variant is war
 before every round. Each run is timed in CPU time of this process (`time.process_time`, `--clock cpu`, the default
 since 2026-12-01): with one thread that is the work a variant does, which other jobs on a shared machine disturb far
 less than wall time (`--clock wall`, how the figures before that date were taken; with three jobs on the 2-core
-machine a wall-time run read 0.67x where CPU-time runs of the same code read 0.79-0.88x). Printed: median tokens/s of each variant; whether the variants sampled the same tokens
-(collector, bare loop and naive loop must: same model, contexts, seed and sampler; `generate` uses
-`torch.multinomial`, so its tokens differ); the reference pass's cost; and the ratios against the targets
-(collector >= 0.8x bare loop, >= 1.0x generate, >= 5x naive), each the median of per-round ratios, also with
-the reference pass added to the collector's time.
+machine a wall-time run read 0.67x where CPU-time runs of the same code read 0.79-0.88x).
+
+Printed: median tokens/s of each variant; whether the variants sampled the same tokens (collector, bare loop and
+naive loop must: same model, contexts, seed and sampler; `generate` uses `torch.multinomial`, so its tokens differ);
+the reference pass's cost; and the ratios against the targets (collector >= 0.8x bare loop, >= 1.0x generate, >= 5x
+naive), each the median of per-round ratios, also with the reference pass added to the collector's time.
 
 The tiny model's steps are small ([32, 1, 64] activations): intra-op threads buy nothing there, and on a machine
 whose cores other processes share they stall each other (on the 2-core dev machine, 2 threads ran every variant
