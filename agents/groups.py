@@ -9,6 +9,9 @@ leaves what this sample did better or worse than its siblings. PPO's critic and 
 `group_task_indices` draws the tasks of an update (each repeated `k` times, groups contiguous), and
 `leave_one_out_baseline` is the pure baseline over a flat vector of returns in that order.
 
+`group_improvers` marks the episodes that scored above their siblings' mean (what `PPOConfig.sil_coef` imitates: a
+group-relative self-imitation, Oh et al. 2018, on a score such as content integrity).
+
 `TaskReplay` draws part of an update's tasks again from those already seen, by how much their last group's samples
 differed (a simplified Prioritized Level Replay; Jiang et al. 2021). A group whose `k` samples all scored the same
 gives the leave-one-out baseline nothing to compare, so a task that some samples edit right and some wrong is where
@@ -99,6 +102,15 @@ def leave_one_out_baseline(returns: torch.Tensor, group_size: int) -> torch.Tens
         raise ValueError(f"{returns.numel()} returns cannot be split into groups of {group_size}")
     groups = returns.reshape(-1, group_size)
     return ((groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)).reshape(-1)
+
+
+def group_improvers(scores: torch.Tensor, group_size: int, tol: float = 1e-9) -> torch.Tensor:
+    """For `scores[N]` laid out as consecutive groups of `group_size`, which entries score above the mean of their
+    group's other entries (by more than `tol`): bool `[N]`. A group whose entries tie has none."""
+    if scores.dim() != 1:
+        raise ValueError(f"scores must have shape [N], got {tuple(scores.shape)}")
+    scores = scores.double()
+    return scores - leave_one_out_baseline(scores, group_size) > tol
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ One update, in the paper's and CleanRL's terms:
 3. GAE on V'(s_t) = V(s_t) + eta * CI(s_t) (*integrity-aware value*, eta = `integrity_value_coef`);
 4. `n_epochs` passes of minibatches of whole episodes: clipped surrogate, clipped value loss, entropy bonus,
    advantage normalisation, gradient clipping, early stop when approx-KL exceeds 1.5 * `target_kl`; with
-   `kl_loss_coef`, also the exact per-token KL to the reference (over the whole vocabulary) as a loss term.
+   `kl_loss_coef`, also the exact per-token KL to the reference (over the whole vocabulary) as a loss term; with
+   `sil_coef` (groups only), a self-imitation term: the negative log-likelihood of the episodes whose `sil_score`
+   beats the mean of their task's other episodes.
 
 Each DiffChat idea lives in its own file, and this one calls it: typical-set sampling in `sampling.py`,
 negatives in `negatives.py`, the integrity-aware value in `integrity_value.py`, GAE in `gae.py`, the KL penalty
@@ -45,7 +47,13 @@ from pydantic import Field
 
 from promptgym.agents.conversation import conversation_gae
 from promptgym.agents.distributed import SINGLE_PROCESS, DataParallel, GlobalRows
-from promptgym.agents.groups import TaskReplay, group_task_indices, last_token_index, leave_one_out_baseline
+from promptgym.agents.groups import (
+    TaskReplay,
+    group_improvers,
+    group_task_indices,
+    last_token_index,
+    leave_one_out_baseline,
+)
 from promptgym.agents.integrity_value import integrity_aware_gae, integrity_bonus, prefix_integrity
 from promptgym.agents.kl import AdaptiveKLController, FixedKLController, exact_kl, kl_estimate
 from promptgym.agents.negatives import NegativeSampler
@@ -149,6 +157,15 @@ class PPOConfig:
         "what a group's spread is measured on for replay_fraction: 'return' (the episode's reward as PPO sees it) or "
         "the name of a reward component (e.g. 'integrity', 'reward/unnormalized')"
     ))] = "return"
+    sil_coef: Annotated[float, Field(ge=0, description=(
+        "with samples_per_task > 1: weight of a self-imitation loss (minus the mean log probability per token) on "
+        "the episodes whose sil_score beats the mean of their task's other episodes (agents/groups.py "
+        "group_improvers); 0: off"
+    ))] = 0.0
+    sil_score: Annotated[str, Field(min_length=1, description=(
+        "what sil_coef's episodes are chosen by: 'return' (the episode's reward) or the name of a reward component "
+        "(e.g. 'integrity': imitate the samples that kept more of the content than their siblings)"
+    ))] = "integrity"
     seed: Annotated[int, Field(description="seeds token sampling and minibatch order")] = 0
 
     def __post_init__(self) -> None:
@@ -162,6 +179,9 @@ class PPOConfig:
         if self.replay_fraction > 0 and self.samples_per_task < 2:
             raise ConfigError(f"PPOConfig.replay_fraction={self.replay_fraction} needs samples_per_task > 1 (a task's "
                               "score is the spread of its group)")
+        if self.sil_coef > 0 and self.samples_per_task < 2:
+            raise ConfigError(f"PPOConfig.sil_coef={self.sil_coef} needs samples_per_task > 1 (an episode is imitated "
+                              "when it beats its task's other episodes)")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PPOConfig:
@@ -234,6 +254,16 @@ def ppo_losses(
         "approx_kl": approx_kl,
         "clipfrac": clipfrac,
     }
+
+
+def self_imitation_loss(
+    logprobs: torch.Tensor, mask: torch.Tensor, imitate: torch.Tensor, num_tokens: torch.Tensor | float | None = None
+) -> torch.Tensor:
+    """-sum of log pi(a_t|s_t) over the real tokens of the rows where `imitate[B]` is True, divided by `num_tokens`
+    (default: the real tokens of all rows, so the term is a token mean over the minibatch, like `ppo_losses`')."""
+    denominator = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    chosen = mask & imitate[:, None]
+    return -torch.where(chosen, logprobs, 0.0).sum() / denominator
 
 
 def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
@@ -347,7 +377,8 @@ class PPOAgent:
             options = {"task_indices": tasks[shard]}
         batch = self.collector.collect(seed=seed + shard.start, options=options, shard=(shard.start, c.n_episodes))
         if self.replay is not None:
-            self.replay.observe(tasks, self.parallel.gather(self._replay_values(batch)), c.samples_per_task)
+            scores = self._episode_scores(batch, c.replay_score, "replay_score")
+            self.replay.observe(tasks, self.parallel.gather(scores), c.samples_per_task)
         candidates = self._negative_rows(batch, shard.start)  # per local episode: the row a negative would copy
         picked = self.negatives.choose([batch.tasks[r] for r in candidates], self.num_updates, dp)  # global episodes
         mine = [g for g in picked if shard.start <= g < shard.stop]
@@ -366,14 +397,14 @@ class PPOAgent:
             )
         return Collected(batch, dp.rows_of(c.n_episodes, derived=picked))
 
-    def _replay_values(self, batch: RolloutBatch) -> torch.Tensor:
-        """This process's episodes' `replay_score`: the return (reward summed over the episode) or a reward
-        component (the collector's batch: positives only, one row per episode)."""
-        name = self.config.replay_score
+    @staticmethod
+    def _episode_scores(batch: RolloutBatch, name: str, field: str) -> torch.Tensor:
+        """This process's episodes' score `name` (the config's `field` names it): the return (reward summed over the
+        episode) or a reward component (the collector's batch: positives only, one row per episode)."""
         if name == "return":
             return (batch.env_rewards * batch.mask).sum(dim=1)
         if name not in batch.components:
-            raise ConfigError(f"PPOConfig.replay_score={name!r} is not a component of this reward; expected 'return' "
+            raise ConfigError(f"PPOConfig.{field}={name!r} is not a component of this reward; expected 'return' "
                               f"or one of {sorted(batch.components)}")
         return batch.components[name].float()
 
@@ -417,6 +448,18 @@ class PPOAgent:
         rewards[positive, last_token_index(batch.mask[positive])] -= baseline[start : start + len(positive)]
         return rewards
 
+    def imitated(self, batch: RolloutBatch) -> torch.Tensor:
+        """Bool `[B]`: the positive episodes whose `sil_score` beats the mean of their task's other episodes (over every
+        process's episodes: groups may straddle shards); negatives never. What `sil_coef` imitates."""
+        c = self.config
+        imitate = torch.zeros(len(batch), dtype=torch.bool)
+        positive = torch.nonzero(~batch.negative).flatten()
+        scores = self._episode_scores(batch, c.sil_score, "sil_score")[positive.to(batch.mask.device)]
+        better = group_improvers(self.parallel.gather(scores), c.samples_per_task)
+        start = self.parallel.shard(c.n_episodes).start
+        imitate[positive] = better[start : start + len(positive)].cpu()
+        return imitate.to(batch.mask.device)
+
     # -- update
     def update(self, collected: Collected) -> dict[str, float]:
         """PPO epochs over minibatches of whole episodes; returns the update's (global) metrics.
@@ -429,6 +472,7 @@ class PPOAgent:
         rewards, advantages, targets, kl = self.advantages(batch)
         old = batch.sample_logprobs if c.old_logprob == "restricted" else batch.logprobs
         old = torch.where(batch.negative[:, None], batch.logprobs, old)
+        imitate = self.imitated(batch) if c.sil_coef > 0 else None
         stats: dict[str, list[float]] = {}
         unit = _local_episode_of_rows(batch, rows)
         self.policy.train()
@@ -440,25 +484,33 @@ class PPOAgent:
             for mb in rows.minibatches(order, c.batch_size):
                 if unit is not None:  # this process's episodes of the minibatch -> all their rows
                     mb = torch.nonzero(torch.isin(unit, mb)).flatten()
-                terms = self._minibatch_step(batch.rows(mb), advantages[mb], targets[mb], old[mb])
+                terms = self._minibatch_step(batch.rows(mb), advantages[mb], targets[mb], old[mb],
+                                             None if imitate is None else imitate[mb])
                 for name, value in terms.items():
                     stats.setdefault(name, []).append(value)
                 approx_kls.append(terms["approx_kl"])
             if c.target_kl is not None and float(np.mean(approx_kls)) > 1.5 * c.target_kl:
                 break
-        return self._metrics(batch, rewards, advantages, targets, kl, stats, epochs_run)
+        metrics = self._metrics(batch, rewards, advantages, targets, kl, stats, epochs_run)
+        if imitate is not None:
+            metrics["sil/episodes"] = self.parallel.sum_float(float(imitate.sum()))[0]
+        return metrics
 
-    def _minibatch_step(self, mb: RolloutBatch, advantages, targets, old_logprobs) -> dict[str, float]:
-        """One gradient step on this process's rows of a minibatch (possibly none); returns global terms."""
+    def _minibatch_step(self, mb: RolloutBatch, advantages, targets, old_logprobs,
+                        imitate: torch.Tensor | None = None) -> dict[str, float]:
+        """One gradient step on this process's rows of a minibatch (possibly none); returns global terms. `imitate`
+        (bool per row, with `sil_coef`): the rows the self-imitation term trains on."""
         c, dp = self.config, self.parallel
         num_tokens = dp.sum(mb.mask.sum().float()).clamp(min=1)
         if c.normalize_advantage:
             advantages = masked_whiten(advantages, mb.mask, mean_of=dp.masked_mean)
-        names = TERM_NAMES + (("kl_loss",) if c.kl_loss_coef else ())
+        names = TERM_NAMES + (("kl_loss",) if c.kl_loss_coef else ()) + (("sil_loss",) if imitate is not None else ())
         self.optimizer.zero_grad()
         if len(mb):
             logits, values = action_logits(self.policy, mb)
             logprobs, entropy, restricted = score_actions(logits, mb.actions, c.typical_mass)
+            if imitate is not None:  # on the full policy's log-probs, before a typical-set restriction
+                sil_loss = self_imitation_loss(logprobs, mb.mask, imitate, num_tokens)
             if c.old_logprob == "restricted":
                 logprobs = torch.where(mb.negative[:, None], logprobs, restricted)
             terms = ppo_losses(
@@ -469,6 +521,9 @@ class PPOAgent:
             if c.kl_loss_coef:
                 terms["kl_loss"] = self._exact_kl_loss(mb, logits, num_tokens)
                 loss = loss + c.kl_loss_coef * terms["kl_loss"]
+            if imitate is not None:
+                terms["sil_loss"] = sil_loss
+                loss = loss + c.sil_coef * sil_loss
             loss.backward()
             values_now = [float(terms[name].detach()) for name in names]
         else:

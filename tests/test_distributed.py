@@ -105,12 +105,15 @@ def test_agent_needs_one_env_per_episode_of_its_shard():
 
 
 # samples_per_task=8: one task sampled 8 times, a group split over both processes (its leave-one-out baseline
-# needs the other process's returns), rewarded by prompt length so that the samples' rewards differ
+# needs the other process's returns), rewarded by prompt length so that the samples' rewards differ; with the
+# self-imitation term on the returns (which episodes beat their siblings is decided over both processes' returns)
 @pytest.mark.parametrize("samples_per_task", [1, 8])
 def test_two_processes_make_the_single_process_update(tmp_path, samples_per_task):
     updates = 2
-    config = ALL_REFINEMENTS | {"samples_per_task": samples_per_task}
     grouped = samples_per_task > 1
+    config = ALL_REFINEMENTS | {"samples_per_task": samples_per_task}
+    if grouped:
+        config |= {"sil_coef": 0.5, "sil_score": "return"}
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     single.mkdir(), parallel.mkdir()
     dp_worker.run_agent(0, 1, "", str(single), config, updates, False, grouped)
@@ -129,6 +132,8 @@ def test_two_processes_make_the_single_process_update(tmp_path, samples_per_task
     assert _distance(ranks[0]["states"][0], first) < 1e-3 * _distance(first, start)
     assert ranks[0]["history"][0]["negatives/count"] == 2.0
     assert ranks[0]["history"][-1]["counters/reward_calls"] == updates * 10
+    if grouped:
+        assert reference["history"][0]["sil/episodes"] > 0
     _compare_metrics(reference["history"][:1], ranks[0]["history"][:1], rel=1e-4)
     _compare_metrics(ranks[0]["history"], ranks[1]["history"], rel=0.0)  # every process reports global metrics
 

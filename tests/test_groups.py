@@ -10,13 +10,14 @@ from agent_helpers import assert_resume_equals_uninterrupted
 from promptgym.agents.gae import compute_gae
 from promptgym.agents.groups import (
     TaskReplay,
+    group_improvers,
     group_spread,
     group_task_indices,
     last_token_index,
     leave_one_out_baseline,
 )
 from promptgym.agents.policy import PolicyWithValue
-from promptgym.agents.ppo import PPOAgent, PPOConfig
+from promptgym.agents.ppo import PPOAgent, PPOConfig, self_imitation_loss
 from promptgym.agents.validation import ConfigError
 from promptgym.envs import PromptChatVectorEnv, PromptEditVectorEnv, default_tokenizer, load_conversations
 from promptgym.rewards import ContentIntegrityScorer
@@ -235,3 +236,75 @@ def test_a_resumed_run_replays_what_the_uninterrupted_one_does(tok, tmp_path):
     plain.save(tmp_path / "plain")
     with pytest.raises(ValueError, match="no task replay state"):
         make_agent(tok, replay_fraction=0.5).load(tmp_path / "plain")
+
+
+# ------------------------------------------------------------------------------------------ group self-imitation
+def test_group_improvers_against_a_loop():
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.857, 0.857, 0.857, 0.857, 1.0, 0.2, 0.5, 0.5, 0.5])
+    loop = []
+    for g in range(3):
+        group = scores[g * 4:g * 4 + 4].tolist()
+        loop += [s > np.mean(group[:i] + group[i + 1:]) + 1e-9 for i, s in enumerate(group)]
+    assert group_improvers(scores, 4).tolist() == loop == [True] * 3 + [False] * 4 + [True, False] + [True] * 3
+
+
+def test_group_improvers_edge_cases():
+    assert not group_improvers(torch.full((6,), 0.7), 3).any()  # ties: nobody to imitate
+    assert group_improvers(torch.tensor([0.0, 1.0]), 2).tolist() == [False, True]
+    assert not group_improvers(torch.tensor([1.0, 1.0 + 1e-12]), 2).any()  # within the tolerance: a tie
+    assert group_improvers(torch.zeros(0), 2).shape == (0,)
+    with pytest.raises(ValueError, match="at least 2"):
+        group_improvers(torch.ones(4), 1)
+    with pytest.raises(ValueError, match=r"shape \[N\]"):
+        group_improvers(torch.ones(2, 2), 2)
+
+
+def test_self_imitation_loss_against_a_loop():
+    logprobs = torch.tensor([[-0.5, -1.0, -float("inf")], [-2.0, -0.1, -0.3], [-0.7, -0.2, -0.4]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    imitate = torch.tensor([True, False, True])
+    # the imitated rows' real tokens: -0.5, -1.0 (row 0) and -0.7 (row 2); a token mean over all 6 real tokens
+    assert float(self_imitation_loss(logprobs, mask, imitate)) == pytest.approx((0.5 + 1.0 + 0.7) / 6)
+    assert float(self_imitation_loss(logprobs, mask, imitate, num_tokens=11.0)) == pytest.approx(2.2 / 11)
+    assert float(self_imitation_loss(logprobs, mask, torch.zeros(3, dtype=torch.bool))) == 0.0
+    assert float(self_imitation_loss(logprobs, torch.zeros_like(mask), imitate)) == 0.0  # all padding
+
+
+def test_an_agent_imitates_the_episodes_that_beat_their_siblings(tok):
+    agent = make_agent(tok, negative_fraction=0.25, sil_coef=0.5)
+    collected = agent.collect()
+    batch = collected.batch
+    imitate = agent.imitated(batch)
+    integrity = batch.components["integrity"][:8].double().reshape(2, 4)
+    for g in range(2):
+        for i in range(4):
+            others = torch.cat([integrity[g, :i], integrity[g, i + 1:]]).mean()
+            assert bool(imitate[4 * g + i]) == bool(integrity[g, i] > others + 1e-9)
+    assert not imitate[8:].any()  # negatives are never imitated
+    metrics = agent.update(collected)
+    assert metrics["sil/episodes"] == float(imitate.sum()) and np.isfinite(metrics["ppo/sil_loss"])
+    assert "sil/episodes" not in make_agent(tok).step() and "ppo/sil_loss" not in make_agent(tok).step()
+
+
+def test_self_imitation_changes_an_update_only_when_an_episode_beats_its_siblings(tok):
+    def parameters_after_one_update(agent):
+        agent.step()
+        return torch.cat([p.detach().flatten() for p in agent.policy.parameters()])
+
+    plain = parameters_after_one_update(make_agent(tok))
+    probe = make_agent(tok, sil_coef=1.0)
+    assert probe.imitated(probe.collect().batch).any(), "the test needs a group whose integrity differs"
+    assert not torch.equal(parameters_after_one_update(make_agent(tok, sil_coef=1.0)), plain)
+    nobody = make_agent(tok, sil_coef=1.0)
+    nobody.imitated = lambda batch: torch.zeros(len(batch), dtype=torch.bool)  # every group tied
+    assert torch.equal(parameters_after_one_update(nobody), plain)
+
+
+def test_self_imitation_configs_are_checked(tok):
+    with pytest.raises(ConfigError, match="sil_coef=0.5 needs samples_per_task > 1"):
+        PPOConfig(n_episodes=4, batch_size=2, sil_coef=0.5)
+    with pytest.raises(ValueError, match="sil_coef"):
+        PPOConfig(sil_coef=-1.0)
+    agent = make_agent(tok, sil_coef=0.5, sil_score="no-such-term")
+    with pytest.raises(ConfigError, match="sil_score='no-such-term' is not a component.*'integrity'"):
+        agent.update(agent.collect())
