@@ -438,27 +438,27 @@ class PPOAgent:
 
     def _group_centred(self, batch: RolloutBatch) -> torch.Tensor:
         """`batch.env_rewards` with each positive episode's last token lowered by the leave-one-out mean return of
-        its task's other episodes (over every process's episodes: groups may straddle shards); negatives as they
-        are."""
+        its task's other episodes; negatives as they are."""
         positive = torch.nonzero(~batch.negative).flatten()
         returns = (batch.env_rewards * batch.mask).sum(dim=1)[positive]
-        baseline = leave_one_out_baseline(self.parallel.gather(returns), self.config.samples_per_task)
-        start = self.parallel.shard(self.config.n_episodes).start
         rewards = batch.env_rewards.clone()
-        rewards[positive, last_token_index(batch.mask[positive])] -= baseline[start : start + len(positive)]
+        rewards[positive, last_token_index(batch.mask[positive])] -= self._over_groups(returns, leave_one_out_baseline)
         return rewards
 
     def imitated(self, batch: RolloutBatch) -> torch.Tensor:
-        """Bool `[B]`: the positive episodes whose `sil_score` beats the mean of their task's other episodes (over every
-        process's episodes: groups may straddle shards); negatives never. What `sil_coef` imitates."""
-        c = self.config
-        imitate = torch.zeros(len(batch), dtype=torch.bool)
+        """Bool `[B]`: the positive episodes whose `sil_score` beats the mean of their task's other episodes; negatives
+        never. What `sil_coef` imitates."""
         positive = torch.nonzero(~batch.negative).flatten()
-        scores = self._episode_scores(batch, c.sil_score, "sil_score")[positive.to(batch.mask.device)]
-        better = group_improvers(self.parallel.gather(scores), c.samples_per_task)
-        start = self.parallel.shard(c.n_episodes).start
-        imitate[positive] = better[start : start + len(positive)].cpu()
-        return imitate.to(batch.mask.device)
+        scores = self._episode_scores(batch, self.config.sil_score, "sil_score")[positive]
+        imitate = torch.zeros(len(batch), dtype=torch.bool, device=batch.mask.device)
+        imitate[positive] = self._over_groups(scores, group_improvers)
+        return imitate
+
+    def _over_groups(self, values: torch.Tensor, per_group: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """`per_group(all values, samples_per_task)` over every process's positives (groups may straddle shards),
+        then this process's part of it. `values`: one per positive episode of this process, in batch order."""
+        start = self.parallel.shard(self.config.n_episodes).start
+        return per_group(self.parallel.gather(values), self.config.samples_per_task)[start : start + len(values)]
 
     # -- update
     def update(self, collected: Collected) -> dict[str, float]:
