@@ -47,6 +47,22 @@ class PolicyOutput:
     values: torch.Tensor
     cache: Any = None
 
+    def last_position_rows(self, index: torch.Tensor) -> PolicyOutput:
+        """The output for batch rows `index` (repeats allowed), of the last position only (logits[len(index), 1, V],
+        values[len(index), 1]) and with the cache's rows selected likewise (in place: this output's cache is
+        consumed). How one prefill of each distinct context serves every row that shares it."""
+        cache = None if self.cache is None else select_cache_rows(self.cache, index)
+        return PolicyOutput(self.logits[index, -1:], self.values[index, -1:], cache)
+
+
+def select_cache_rows(cache: Any, index: torch.Tensor) -> Any:
+    """`cache` (a `PolicyOutput.cache`: one model's key/value cache, or the (LM, critic) pair of caches) keeping the
+    batch rows `index`, repeats allowed; transformers' `Cache` objects are changed in place and returned."""
+    if isinstance(cache, tuple):
+        return tuple(select_cache_rows(part, index) for part in cache)
+    cache.batch_select_indices(index)
+    return cache
+
 
 class ValueHead(nn.Module):
     """V(s) = w·h + b on a trunk's last hidden state h[..., H]."""
@@ -148,11 +164,23 @@ class PolicyWithValue(nn.Module):
 
         `logits_to_keep > 0` computes only the last that many positions' logits (when the model supports it).
         """
+        return self.reference_forward(input_ids, attention_mask, logits_to_keep=logits_to_keep).logits
+
+    def reference_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+    ):
+        """The reference LM's output (no gradient): `.logits`, and with `use_cache` its key/value cache
+        (`output_cache`), which a later call continues with `cache`; `attention_mask[B, past + S]` as in `forward`."""
         if self.is_peft:
             with torch.no_grad(), self.model.disable_adapter():
                 return _lm_forward(
-                    self.model, self._position_ids, input_ids, attention_mask, None, False, False, logits_to_keep
-                ).logits
+                    self.model, self._position_ids, input_ids, attention_mask, cache, use_cache, False, logits_to_keep
+                )
         if getattr(self, "_reference", None) is None:
             self.freeze_reference()
         with torch.no_grad():
@@ -160,8 +188,8 @@ class PolicyWithValue(nn.Module):
             if next(reference.parameters()).device != input_ids.device:  # the policy was moved after the snapshot
                 reference.to(input_ids.device)
             return _lm_forward(
-                reference, self._position_ids, input_ids, attention_mask, None, False, False, logits_to_keep
-            ).logits
+                reference, self._position_ids, input_ids, attention_mask, cache, use_cache, False, logits_to_keep
+            )
 
     def freeze_reference(self) -> None:
         """Snapshot the current LM as the KL reference (a no-op for PEFT models, which disable adapters)."""

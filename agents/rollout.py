@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium.vector import AutoresetMode
 
-from promptgym.agents.policy import PolicyWithValue
+from promptgym.agents.policy import PolicyOutput, PolicyWithValue, output_cache, select_cache_rows
 from promptgym.agents.sampling import (
     action_logprobs,
     action_logprobs_and_entropy,
@@ -190,14 +190,39 @@ def evaluate_actions(
     return logprobs, values, entropy, restricted
 
 
+def distinct_contexts(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(the first row of each distinct context, each row's context as an index into those) for left-padded contexts
+    `input_ids[B, C]` / `attention_mask[B, C]`, or None when every row's context is its own. Two rows share a context
+    when their real tokens and padding agree (what `ppo.samples_per_task` makes: a task's samples start from one)."""
+    keys = torch.cat([input_ids * attention_mask, attention_mask], 1)
+    distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    if len(distinct) == len(keys):
+        return None
+    rows = torch.arange(len(keys))
+    first = torch.full((len(distinct),), len(keys)).scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
+
+
 @torch.no_grad()
 def reference_action_logits(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
     """The reference model's logits `[B, T, V]` (float32) at the batch's generated positions, on the policy's
-    device: one teacher-forced pass that computes only those positions' logits."""
-    steps, device = batch.actions.shape[1], policy.device
+    device: one teacher-forced pass that computes only those positions' logits. Rows that share a context
+    (`distinct_contexts`) encode it once: one cached pass over the distinct contexts, then one over every row's
+    generated tokens."""
+    steps, device, c = batch.actions.shape[1], policy.device, batch.context_length
     ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
-    logits = policy.reference_logits(ids, attention, logits_to_keep=steps + 1)
-    return logits[:, -(steps + 1) : -1].float()
+    shared = distinct_contexts(batch.input_ids[:, :c], batch.attention_mask[:, :c])
+    if shared is None:
+        logits = policy.reference_logits(ids, attention, logits_to_keep=steps + 1)
+        return logits[:, -(steps + 1) : -1].float()
+    first, inverse = (index.to(device) for index in shared)
+    context = policy.reference_forward(ids[first, :c], attention[first, :c], use_cache=True, logits_to_keep=1)
+    logits = [context.logits[inverse, -1:]]  # position C - 1 predicts a_0
+    if steps > 1:
+        cache = select_cache_rows(output_cache(context), inverse)
+        written = ids[:, c : c + steps - 1]
+        logits.append(policy.reference_forward(written, attention[:, : c + steps - 1], cache=cache).logits)
+    return torch.cat(logits, 1).float()
 
 
 def reference_logprobs(policy: PolicyWithValue, batch: RolloutBatch) -> torch.Tensor:
@@ -298,7 +323,7 @@ class RolloutCollector:
         was_training = self.policy.training
         self.policy.eval()
         device_mask = mask.to(device)
-        out = self.policy(ids.to(device), device_mask, use_cache=True)
+        out = self._prefill(ids, mask)
         for t in range(horizon):
             logits = out.logits[:, -1].float()
             keep = typical_mask(logits, self.typical_mass) if self.typical_mass is not None else None
@@ -343,6 +368,17 @@ class RolloutCollector:
             components={name: values[rows] for name, values in components.items()},
         )
         return batch, obs
+
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> PolicyOutput:
+        """The policy's cached forward over the contexts `ids[n, C]`, each distinct context once (`distinct_contexts`:
+        a task's samples share one), its last position's logits, value and cache copied to every row that has it."""
+        device = self.policy.device
+        shared = distinct_contexts(ids, mask)
+        if shared is None:
+            return self.policy(ids.to(device), mask.to(device), use_cache=True)
+        first, inverse = shared
+        out = self.policy(ids[first].to(device), mask[first].to(device), use_cache=True)
+        return out.last_position_rows(inverse.to(device))
 
     def _with_reference(self, batch: RolloutBatch) -> RolloutBatch:
         """`batch` with `ref_logprobs` filled by one teacher-forced pass of the reference model (timed)."""

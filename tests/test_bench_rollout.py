@@ -9,6 +9,7 @@ from promptgym.experiments import bench_rollout
 from promptgym.experiments.bench_rollout import (
     EOS_BIAS,
     TARGETS,
+    TARGETS_WITH_REFERENCE,
     VARIANTS,
     eos_blocked,
     main,
@@ -27,14 +28,15 @@ def one_thread():
 
 
 def test_main_prints_every_variant_and_ratio(capsys):
-    batch, new_tokens = 3, 4
-    result = main(["--batch", str(batch), "--new-tokens", str(new_tokens), "--rounds", "3", "--threads", "1"])
+    batch, new_tokens = 4, 4
+    result = main(["--batch", str(batch), "--new-tokens", str(new_tokens), "--rounds", "3", "--threads", "1",
+                   "--samples-per-task", "2"])
     lines = capsys.readouterr().out.splitlines()
 
     assert set(result.rates) == set(VARIANTS) and all(rate > 0 for rate in result.rates.values())
     assert re.fullmatch(r"torch threads: 1 \(torch's default on this machine: \d+\)", lines[0])
     assert re.match(
-        r"batch 3 x 4 new tokens \| context \d+ columns \| typical_mass None \| median of 3 rounds", lines[1]
+        r"batch 4 x 4 new tokens \| 2 tasks x 2 samples \| context \d+ columns \| typical_mass None \| median of 3 rounds", lines[1]
     )
     for name in VARIANTS:  # "<name> <tokens/s> <tokens/run>", tokens/run = batch x new_tokens for every variant
         (line,) = [line for line in lines if re.match(rf"{name}\s+[\d,]+\s+\d+$", line)]
@@ -60,6 +62,10 @@ def test_main_prints_every_variant_and_ratio(capsys):
         assert f"target >= {target:g}x" in line
         # the verdict is taken on the unrounded ratio (0.998 prints as 1.00x but misses a 1x target)
         assert ("ok" if result.ratios[name] >= target else "MISSED") in line
+        if name in TARGETS_WITH_REFERENCE:
+            target = TARGETS_WITH_REFERENCE[name]
+            verdict = "ok" if result.ratios_with_reference[name] >= target else "MISSED"
+            assert line.endswith(f"with the reference pass {with_reference:.2f}x (target >= {target:g}x) {verdict}")
 
 
 def test_quick_flag_runs_the_tiny_settings(capsys, monkeypatch):
@@ -98,7 +104,7 @@ def test_measure_times_with_the_chosen_clock(monkeypatch, clock):
 
 
 @pytest.mark.parametrize("argv", [["--batch", "0"], ["--rounds", "-1"], ["--threads", "-1"], ["--typical-mass", "1.5"],
-                                  ["--clock", "gpu"]])
+                                  ["--clock", "gpu"], ["--samples-per-task", "3"], ["--samples-per-task", "0"]])
 def test_bad_options_are_rejected(argv, capsys):
     with pytest.raises(SystemExit):
         main(argv)
@@ -124,10 +130,12 @@ def test_baselines_sample_the_same_full_length_tokens():
     """Same model, contexts, seed and sampler: collector, cached loop and naive loop draw identical tokens, so they
     do the same work; no variant ever samples EOS. (The untrained tiny model is near-uniform, so this is no fine
     check of the KV cache: test_rollout compares log-probs for that.)"""
-    bench = make_bench(batch=3, new_tokens=5, seed=2)
+    bench = make_bench(batch=6, new_tokens=5, seed=2, samples_per_task=3)
+    assert [id(task) for task in bench.env.tasks[:3]] == [id(bench.env.tasks[0])] * 3 != [id(bench.env.tasks[3])] * 3
+    assert torch.equal(bench.input_ids[0], bench.input_ids[2]) and not torch.equal(bench.input_ids[0], bench.input_ids[3])
     tokens = {name: run(bench) for name, run in VARIANTS.items()}
     for name, sampled in tokens.items():
-        assert sampled.shape == (3, 5), name
+        assert sampled.shape == (6, 5), name
         assert not (sampled == bench.env.episodes.eos_id).any(), name
     assert torch.equal(tokens["collector"], tokens["bare loop"])
     assert torch.equal(tokens["naive"], tokens["bare loop"])

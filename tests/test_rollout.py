@@ -5,9 +5,17 @@ import pytest
 import torch
 from agent_helpers import assert_equals_teacher_forcing
 
+from promptgym.agents import rollout
 from promptgym.agents.integrity_value import prefix_integrity
 from promptgym.agents.negatives import keyword_vocabulary, negative_samples
-from promptgym.agents.rollout import RolloutBatch, RolloutCollector, evaluate_actions, reference_logprobs
+from promptgym.agents.policy import PolicyWithValue
+from promptgym.agents.rollout import (
+    RolloutBatch,
+    RolloutCollector,
+    distinct_contexts,
+    evaluate_actions,
+    reference_logprobs,
+)
 from promptgym.agents.sampling import typical_mask
 from promptgym.envs import EditTemplate, PromptEditVectorEnv, load_tasks
 from promptgym.rewards import ContentIntegrityScorer, EditResult
@@ -118,3 +126,79 @@ def test_prefix_integrity_is_partial_integrity_of_each_prefix(tok, valued_policy
         assert ci[i, n - 1] == pytest.approx(scorer.partial(task, EditTemplate.clean(before_last)))
         assert ci[i, n:].abs().sum() == 0
     assert ci[:, 1:].max() > 0  # prefixes of (nearly uncorrupted) targets do keep keywords
+
+
+# ------------------------------------------------------------------------------ contexts shared by a task's samples
+def test_distinct_contexts_against_a_loop():
+    pad = 3
+    ids = torch.tensor([[pad, 5, 6], [7, 5, 6], [pad, 5, 6], [pad, pad, 6], [9, 5, 6], [7, 5, 6]])
+    mask = (ids != pad).long()
+    mask[3, 1] = 0
+    ids[2, 0] = 8  # another id under padding: the same context as row 0
+    first, inverse = distinct_contexts(ids, mask)
+    for i in range(len(ids)):
+        j = int(first[inverse[i]])
+        same = torch.equal(mask[i], mask[j]) and torch.equal(ids[i][mask[i] == 1], ids[j][mask[j] == 1])
+        assert same and j == min(k for k in range(len(ids)) if torch.equal(inverse[k], inverse[i]))
+    groups = {tuple(k for k in range(len(ids)) if inverse[k] == inverse[i]) for i in range(len(ids))}
+    assert groups == {(0, 2), (1, 5), (3,), (4,)}
+    assert distinct_contexts(ids[[0, 1, 3, 4]], mask[[0, 1, 3, 4]]) is None  # every context its own
+    one = distinct_contexts(ids[[1, 5]], mask[[1, 5]])
+    assert one[0].tolist() == [0] and one[1].tolist() == [0, 0]
+
+
+def grouped_env(tok, picked, k, max_new_tokens=10):
+    env = make_env(tok, n=len(picked) * k, max_new_tokens=max_new_tokens)
+    return env, {"tasks": [task for task in picked for _ in range(k)]}
+
+
+def collect_unshared(monkeypatch, collector, **kwargs):
+    """What the collector did before contexts were shared: every row prefilled and reference-encoded on its own."""
+    with monkeypatch.context() as patch:
+        patch.setattr(rollout, "distinct_contexts", lambda ids, mask: None)
+        return collector.collect(**kwargs)
+
+
+@pytest.mark.parametrize("typical_mass", [None, 0.9])
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_shared_contexts_sample_what_every_row_prefilled_alone_would(tok, monkeypatch, typical_mass, separate_critic):
+    policy = PolicyWithValue.tiny(tok, seed=2, num_layers=2, separate_critic=separate_critic).eval()
+    tasks = load_tasks("demo", "test")
+    env, options = grouped_env(tok, [tasks[3], tasks[11], tasks[3], tasks[20]], k=3)  # tasks 3 twice: 6 rows
+    calls = []
+    with monkeypatch.context() as patch:
+        patch.setattr(rollout, "distinct_contexts", lambda *a: calls.append(distinct_contexts(*a)) or calls[-1])
+        shared = RolloutCollector(policy, env, typical_mass, torch.Generator().manual_seed(4)).collect(
+            seed=0, options=options)
+    assert len(calls[0][0]) == 3 and len(calls[1][0]) == 3  # prefill and reference pass: 3 distinct contexts
+    env, _ = grouped_env(tok, [tasks[3], tasks[11], tasks[3], tasks[20]], k=3)
+    alone = collect_unshared(monkeypatch, RolloutCollector(policy, env, typical_mass, torch.Generator().manual_seed(4)),
+                             seed=0, options=options)
+    assert torch.equal(shared.actions, alone.actions) and shared.prompts == alone.prompts
+    m = shared.mask
+    for name in ("logprobs", "sample_logprobs", "values", "entropy", "ref_logprobs"):
+        torch.testing.assert_close(getattr(shared, name)[m], getattr(alone, name)[m], atol=1e-5, rtol=1e-5)
+    assert_equals_teacher_forcing(policy, shared, typical_mass)
+
+
+def test_shared_context_reference_pass_equals_one_full_forward(tok):
+    """Through a trained policy (the reference differs from it), a GPT-2 (position ids) and a single generated
+    column."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=128))
+    tasks = load_tasks("demo", "test")
+    for policy in (PolicyWithValue.tiny(tok, seed=1), PolicyWithValue(gpt2)):
+        policy.freeze_reference()
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        for max_new_tokens in (1, 9):
+            env, options = grouped_env(tok, tasks[:3], k=4, max_new_tokens=max_new_tokens)
+            batch = RolloutCollector(policy.eval(), env).collect(seed=1, options=options)
+            steps = batch.actions.shape[1]
+            full = policy.reference_logits(batch.input_ids, batch.attention_mask)[:, batch.context_length - 1 :][:, :steps]
+            expected = full.log_softmax(-1).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1).masked_fill(~batch.mask, 0)
+            torch.testing.assert_close(batch.ref_logprobs, expected, atol=1e-5, rtol=1e-5)
+            policy_logprobs = evaluate_actions(policy, batch)[0]
+            assert (policy_logprobs - batch.ref_logprobs)[batch.mask].abs().max() > 1e-3  # a real reference
