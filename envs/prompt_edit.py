@@ -28,6 +28,7 @@ from promptgym.rewards import CompositeReward, EditResult, PotentialShaping, Sco
 from promptgym.rewards.scene import parse_scene
 
 OPTION_KEYS = ("task", "task_index")
+CONTEXT_CACHE_SIZE = 4096  # contexts of tasks given at reset that an env keeps tokenized
 
 
 def default_reward() -> CompositeReward:
@@ -78,6 +79,10 @@ class EditEpisodes:
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
         self.contexts = self.encode(self.tasks)
+        # Context ids by task for tasks given at reset (`options["task"]`: the PPO agent pins each sub-env's task, so
+        # that a task's samples share a context): no tokenizer call per reset.
+        self._known_context_ids: dict[EditTask, np.ndarray] = dict(zip(self.tasks, self.contexts))
+        self._seen_context_ids: dict[EditTask, np.ndarray] = {}
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = spaces.Dict(
             {
@@ -112,7 +117,7 @@ class EditEpisodes:
             task = options["task"]
             if not isinstance(task, EditTask):
                 raise TypeError(f"options['task']={task!r}; expected an EditTask")
-            return task, self.encode([task])[0]
+            return task, self.context_ids(task)
         if "task_index" in options:
             index = options["task_index"]
             if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index < len(self.tasks):
@@ -120,6 +125,20 @@ class EditEpisodes:
         else:
             index = int(rng.integers(len(self.tasks)))
         return self.tasks[index], self.contexts[index]
+
+    def context_ids(self, task: EditTask) -> np.ndarray:
+        """The context ids of `task`, tokenized once: the known tasks' from the start, other tasks' when first seen
+        (read-only; the latest `CONTEXT_CACHE_SIZE` are kept)."""
+        ids = self._known_context_ids.get(task)
+        if ids is None:
+            ids = self._seen_context_ids.get(task)
+        if ids is None:
+            ids = self.encode([task])[0]
+            ids.flags.writeable = False
+            if len(self._seen_context_ids) >= CONTEXT_CACHE_SIZE:
+                del self._seen_context_ids[next(iter(self._seen_context_ids))]  # the oldest
+            self._seen_context_ids[task] = ids
+        return ids
 
     def check_action(self, action: Any) -> int:
         """The token id of `action`; raises ValueError unless it is an integer in [0, vocab_size)."""

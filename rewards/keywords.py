@@ -147,8 +147,10 @@ def _words(text: str) -> list[str]:
     return [t for t in tokenize(text) if t[0].isalnum()]
 
 
+@functools.lru_cache(maxsize=65536)
 def prompt_lemmas(text: str) -> frozenset[str]:
-    """Lemma set of every word in `text` (stop words included): what keyword presence is checked against."""
+    """Lemma set of every word in `text` (stop words included): what keyword presence is checked against (cached:
+    a task's samples and the source repeat across a run's reward calls)."""
     return frozenset(lemma(w) for w in _words(text))
 
 

@@ -19,6 +19,7 @@ are skipped, and everything else, including a second value for an attribute alre
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 from typing import NamedTuple
@@ -179,10 +180,15 @@ def parse_scene(prompt: str) -> ParsedScene:
     Phrases are matched longest first ("pixel art" before "art"). The first value of an attribute wins; a later,
     different value is reported as unparsed. The count is the number word ("two"), 1 for "a"/"an" or a singular
     subject; a plural subject without a number word ("dogs in a park") means two.
-    Repeated modifiers count once.
+    Repeated modifiers count once. Results are cached (prompts repeat across a run's reward calls and monitors).
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}: {prompt!r:.80}")
+    return _parse_scene(prompt)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_scene(prompt: str) -> ParsedScene:
     words = _WORD.findall(prompt.lower())
     found: dict[str, object] = {}
     modifiers: list[str] = []

@@ -167,6 +167,29 @@ def test_reset_options(env):
         env.reset(options={"task": "a dog"})
 
 
+def test_a_task_given_at_reset_is_tokenized_once(env, monkeypatch):
+    """`options["task"]` contexts come from a cache (the PPO agent pins every sub-env's task each update): the same ids
+    as tokenizing the task, read-only, one tokenizer call per new task, the oldest dropped past the cache's size."""
+    import promptgym.envs.prompt_edit as prompt_edit
+
+    episodes = env.episodes
+    monkeypatch.setattr(episodes, "_seen_context_ids", {})
+    monkeypatch.setattr(prompt_edit, "CONTEXT_CACHE_SIZE", 2)
+    calls = []
+    encode = episodes.encode
+    monkeypatch.setattr(episodes, "encode", lambda tasks: calls.append(len(tasks)) or encode(tasks))
+    others = [EditTask(f"a red fox in a forest, {style}", "make it night") for style in ("oil painting", "sketch")]
+    for task in (REPLACE, REPLACE, *others, REPLACE):
+        obs, _ = env.reset(options={"task": task})
+        context = encode([task])[0]
+        np.testing.assert_array_equal(obs["input_ids"][episodes.max_context_tokens - len(context) : episodes.max_context_tokens], context)
+    assert calls == [1, 1, 1, 1]  # REPLACE, the two others, then REPLACE again: dropped when the second other came
+    assert not episodes.context_ids(REPLACE).flags.writeable
+    calls.clear()
+    episodes.context_ids(env.tasks[0])
+    assert calls == []  # a known task's context was tokenized with the env
+
+
 def test_constructor_validation():
     with pytest.raises(ValueError, match="tasks is empty"):
         PromptEditEnv(tasks=[])
