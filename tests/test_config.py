@@ -57,8 +57,13 @@ def test_default_is_the_synth_config_on_the_surrogate_reward_for_256_updates():
     synth = load_config("synth")
     # gold in the evaluations only, 8,192 reward calls (README, learning item 19); otherwise the synth config
     assert (default.reward.monitors, default.train.num_updates) == ("eval", 256)
-    assert dataclasses.replace(default, name="synth", reward=synth.reward, train=synth.train) == synth
-    assert dataclasses.replace(default.reward, preset="synth", monitors=True, weights=synth.reward.weights) == synth.reward
+    # an added keyword counted 4 times and self-imitation of each group's more faithful samples (README, item 23)
+    assert default.reward.integrity == {"mode": "ratio", "edit_weight": 4}
+    assert (default.ppo.sil_coef, default.ppo.sil_score) == (4.0, "integrity")
+    assert dataclasses.replace(default, name="synth", reward=synth.reward, train=synth.train,
+                               ppo=dataclasses.replace(default.ppo, sil_coef=0.0)) == synth
+    assert dataclasses.replace(default.reward, preset="synth", monitors=True, weights=synth.reward.weights,
+                               integrity=synth.reward.integrity) == synth.reward
 
 
 def test_synth_is_the_image_reward_on_tinys_settings():
