@@ -98,6 +98,9 @@ SURROGATE = "surrogate"  # the config's PPO on BeautifulPrompt's text-only surro
 # it means}. They are scored like every variant, by the config's reward, whose outputs carry gold.
 TRAINING_REWARDS = {ORACLE: (ORACLE_PRESET, "the synth world's gold metrics"),
                     SURROGATE: ("surrogate", "the text-only surrogate reward of the synth world")}
+# What such a variant takes from its preset's config file: the reward it trains on (the default run's other settings
+# in surrogate.yaml, its PPO knobs and its integrity's `edit_weight`, stay out: the row is the bench config's PPO).
+TRAINING_REWARD_KEYS = ("preset", "weights")
 ORACLE_PROXIES = ("synth", "surrogate")  # the synth-world proxy presets these variants can stand beside
 VARIANTS = (REFERENCE,) + PPO_VARIANTS + BASELINES + (SURROGATE, ORACLE)
 REWARDS = ("config", "integrity")
@@ -178,9 +181,10 @@ def variant_config(variant: str, seed: int | None, overrides: Sequence[str] = ()
                 f"the {variant!r} variant trains on {meaning}, so it needs a config whose reward preset is 'synth' "
                 f"or 'surrogate' and --reward config; got preset {base.reward.preset!r} with --reward {reward}"
             )
-        layer = preset_layer(preset)
+        reward_layer = {k: v for k, v in preset_layer(preset).get("reward", {}).items() if k in TRAINING_REWARD_KEYS}
         if variant == SURROGATE:
-            layer = {**layer, "reward": {**layer.get("reward", {}), "monitors": False}}
+            reward_layer["monitors"] = False
+        layer = {"reward": reward_layer}
         return load_config(config, [*overrides, *([f"seed={seed}"] if seed is not None else [])], layer=layer)
     layer = {"ppo": preset_layer(variant)["ppo"]} if variant in PPO_VARIANTS else None
     return load_config(config, settings, layer=layer)
