@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -181,8 +182,10 @@ def test_surrogate_weights_override_and_config():
     config = load_config("surrogate")
     assert config.reward.preset == "surrogate" and config.reward.monitors
     assert config.reward.weights == {"aesthetic": 0.7, "pickscore": 0.3, "integrity": 4.0}  # synth's integrity
-    assert config.reward.normalize is True and config.reward.integrity == {"mode": "ratio"}
-    assert config.policy == load_config("synth").policy and config.ppo == load_config("synth").ppo
+    # the default run's: an added keyword counted 4 times, self-imitation at weight 4 (README, learning item 23)
+    assert config.reward.normalize is True and config.reward.integrity == {"mode": "ratio", "edit_weight": 4}
+    synth = load_config("synth")
+    assert config.policy == synth.policy and config.ppo == dataclasses.replace(synth.ppo, sil_coef=4.0)
 
 
 def test_bench_variants_build_on_the_surrogate_config():
