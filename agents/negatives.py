@@ -167,7 +167,7 @@ def negative_samples(
     completions = tokenizer([episodes.template.completion(p) for p in corrupted], add_special_tokens=False)["input_ids"]
     tokens = [(ids + [episodes.eos_id])[: episodes.max_new_tokens] for ids in completions]
     prompts = episodes.decode_batch([np.asarray(ids) for ids in tokens])
-    contexts = episodes.encode(list(tasks)) if contexts is None else [np.asarray(c, dtype=np.int64) for c in contexts]
+    contexts = [episodes.context_ids(t) for t in tasks] if contexts is None else [np.asarray(c, dtype=np.int64) for c in contexts]
     if len(contexts) != len(tasks):
         raise ValueError(f"got {len(contexts)} contexts for {len(tasks)} tasks; expected one per task")
     c, t, n = max(map(len, contexts)), max(map(len, tokens)), len(tasks)
@@ -175,7 +175,7 @@ def negative_samples(
     attention = torch.zeros(n, c + t, dtype=torch.long)
     mask = torch.zeros(n, t, dtype=torch.bool)
     for i, (context, ids) in enumerate(zip(contexts, tokens)):
-        input_ids[i, c - len(context) : c] = torch.from_numpy(context)
+        input_ids[i, c - len(context) : c] = torch.tensor(context)
         input_ids[i, c : c + len(ids)] = torch.tensor(ids)
         attention[i, c - len(context) : c + len(ids)] = 1
         mask[i, : len(ids)] = True

@@ -92,9 +92,12 @@ class EditEpisodes:
         )
 
     def encode(self, tasks: Sequence[EditTask]) -> list[np.ndarray]:
-        """Context token ids of each task; raises if any is longer than `max_context_tokens`."""
+        """Context token ids of each task (read-only arrays: the env keeps them); raises if any is longer than
+        `max_context_tokens`."""
         texts = [self.template.context(task) for task in tasks]
         encoded = [np.asarray(ids, dtype=np.int64) for ids in self.tokenizer(texts)["input_ids"]]
+        for ids in encoded:
+            ids.flags.writeable = False
         too_long = [(task, len(ids)) for task, ids in zip(tasks, encoded) if len(ids) > self.max_context_tokens]
         if too_long:
             task, length = max(too_long, key=lambda item: item[1])
@@ -127,14 +130,13 @@ class EditEpisodes:
         return self.tasks[index], self.contexts[index]
 
     def context_ids(self, task: EditTask) -> np.ndarray:
-        """The context ids of `task`, tokenized once: the known tasks' from the start, other tasks' when first seen
-        (read-only; the latest `CONTEXT_CACHE_SIZE` are kept)."""
+        """The context ids of `task`, tokenized once: the known tasks' with the env, other tasks' when first seen (the
+        latest `CONTEXT_CACHE_SIZE` are kept)."""
         ids = self._known_context_ids.get(task)
         if ids is None:
             ids = self._seen_context_ids.get(task)
         if ids is None:
             ids = self.encode([task])[0]
-            ids.flags.writeable = False
             if len(self._seen_context_ids) >= CONTEXT_CACHE_SIZE:
                 del self._seen_context_ids[next(iter(self._seen_context_ids))]  # the oldest
             self._seen_context_ids[task] = ids

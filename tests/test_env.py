@@ -184,7 +184,7 @@ def test_a_task_given_at_reset_is_tokenized_once(env, monkeypatch):
         context = encode([task])[0]
         np.testing.assert_array_equal(obs["input_ids"][episodes.max_context_tokens - len(context) : episodes.max_context_tokens], context)
     assert calls == [1, 1, 1, 1]  # REPLACE, the two others, then REPLACE again: dropped when the second other came
-    assert not episodes.context_ids(REPLACE).flags.writeable
+    assert not episodes.context_ids(REPLACE).flags.writeable and not episodes.context_ids(env.tasks[0]).flags.writeable
     calls.clear()
     episodes.context_ids(env.tasks[0])
     assert calls == []  # a known task's context was tokenized with the env
